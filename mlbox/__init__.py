@@ -1,0 +1,51 @@
+"""mlbox: a single-node MLOps appliance.
+
+The package root re-exports a small public surface. Heavy names load on first use, so
+`import mlbox` stays fast and never imports torch, xgboost, bentoml or textual.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from mlbox._version import __version__
+from mlbox.config import Settings, load_settings
+from mlbox.errors import MlboxError
+
+if TYPE_CHECKING:
+    from mlbox.box import Box
+    from mlbox.features.definitions import Entity, FeatureView, Field
+
+__all__ = [
+    "Box",
+    "Entity",
+    "Field",
+    "FeatureView",
+    "MlboxError",
+    "Settings",
+    "__version__",
+    "load_settings",
+    "open_box",
+]
+
+_LAZY = {
+    "Box": "mlbox.box",
+    "Entity": "mlbox.features.definitions",
+    "Field": "mlbox.features.definitions",
+    "FeatureView": "mlbox.features.definitions",
+}
+
+
+def open_box(home: str | None = None) -> Box:
+    """Open the box at `home` (or the one chosen by MLBOX_HOME / the nearest mlbox.toml / ~/.mlbox)."""
+    from mlbox.box import Box
+
+    return Box(load_settings(home))
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'mlbox' has no attribute {name!r}")

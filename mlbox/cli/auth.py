@@ -1,0 +1,102 @@
+"""`mlbox auth`: users, roles and API tokens."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from mlbox.cli._common import actor, console, done, emit_json, ok, open_box, state, table
+from mlbox.errors import UsageError
+from mlbox.types import parse_duration
+
+app = typer.Typer(help="Users, roles and API tokens.", no_args_is_help=True)
+user_app = typer.Typer(help="Box users and their roles.", no_args_is_help=True)
+token_app = typer.Typer(help="API tokens for the HTTP API and scripts (MLBOX_TOKEN).", no_args_is_help=True)
+app.add_typer(user_app, name="user")
+app.add_typer(token_app, name="token")
+
+USER_COLUMNS = ["name", "role", "os_user", "created_at", "disabled_at"]
+TOKEN_COLUMNS = ["id", "user", "role", "state", "expires_at", "last_used_at", "description"]
+
+
+@user_app.command("add")
+def user_add(
+    name: Annotated[str, typer.Argument(help="User name.")],
+    role: Annotated[str, typer.Option("--role", "-r", help="admin, ml-engineer, data-scientist, viewer or service.")],
+    os_user: Annotated[str | None, typer.Option("--os-user", help="OS account that acts as this user in the CLI.")] = None,
+) -> None:
+    """Add a user with a role."""
+    with open_box() as box:
+        user = box.identity.add_user(actor(box, "auth.manage").name, name, role, os_user)
+    done(user.as_dict(), f"added {user.name} as {user.role}")
+
+
+@user_app.command("list")
+def user_list() -> None:
+    """List users."""
+    with open_box() as box:
+        actor(box, "read")
+        users = box.identity.users()
+    table([u.as_dict() for u in users], USER_COLUMNS)
+
+
+@user_app.command("role")
+def user_role(
+    name: Annotated[str, typer.Argument(help="User name.")],
+    role: Annotated[str, typer.Argument(help="New role.")],
+) -> None:
+    """Change a user's role."""
+    with open_box() as box:
+        user = box.identity.set_role(actor(box, "auth.manage").name, name, role)
+    done(user.as_dict(), f"{user.name} is now {user.role}")
+
+
+@user_app.command("disable")
+def user_disable(name: Annotated[str, typer.Argument(help="User name.")]) -> None:
+    """Disable a user and revoke all their tokens."""
+    with open_box() as box:
+        user = box.identity.disable_user(actor(box, "auth.manage").name, name)
+    done(user.as_dict(), f"disabled {user.name}; their tokens are revoked")
+
+
+@token_app.command("create")
+def token_create(
+    user: Annotated[str, typer.Option("--user", "-u", help="User the token acts as.")],
+    role: Annotated[str | None, typer.Option("--role", "-r", help="Role of the token (default: the user's; never more).")] = None,
+    expires: Annotated[
+        str | None, typer.Option("--expires", help="Lifetime such as 30d or 12h, or 'never' (default: auth.token_ttl_days).")
+    ] = None,
+    description: Annotated[str, typer.Option("--description", "-d", help="What the token is for.")] = "",
+) -> None:
+    """Create an API token. It is shown once and stored only as a hash."""
+    never = expires == "never"
+    seconds = None if expires is None or never else parse_duration(expires)
+    with open_box() as box:
+        who = actor(box, "auth.manage")
+        info, token = box.identity.create_token(who.name, user, role, seconds, never, description)
+    if state.json:
+        emit_json({**info.as_dict(), "token": token})
+        return
+    ok(f"token {info.id} for {info.user} ({info.role}), expires {info.expires_at or 'never'}")
+    console.print("  Copy it now; it is not shown again:")
+    console.print(f"  [bold]{token}[/bold]", soft_wrap=True)
+
+
+@token_app.command("list")
+def token_list(user: Annotated[str | None, typer.Option("--user", "-u", help="Only this user's tokens.")] = None) -> None:
+    """List tokens (never their secrets)."""
+    with open_box() as box:
+        actor(box, "auth.manage")
+        tokens = box.identity.tokens(user)
+    table([t.as_dict() for t in tokens], TOKEN_COLUMNS)
+
+
+@token_app.command("revoke")
+def token_revoke(token_id: Annotated[str, typer.Argument(help="Token id from `mlbox auth token list`.")]) -> None:
+    """Revoke a token at once."""
+    if token_id.startswith("mlbx_"):
+        raise UsageError("pass the token id (first column of `mlbox auth token list`), not the token itself")
+    with open_box() as box:
+        info = box.identity.revoke_token(actor(box, "auth.manage").name, token_id)
+    done(info.as_dict(), f"revoked token {info.id} of {info.user}")

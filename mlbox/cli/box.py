@@ -1,0 +1,126 @@
+"""Box-level commands: `init`, `doctor`, `backup`, `settings`, `version`."""
+
+from __future__ import annotations
+
+import platform
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from mlbox.cli._common import actor, console, emit_json, ok, open_box, os_user, record, settings, state, table
+from mlbox.errors import MlboxError
+
+
+def init(
+    directory: Annotated[str, typer.Argument(help="Folder for the new project and box (default: the current one).")] = ".",
+    template: Annotated[str, typer.Option("--template", "-t", help="Project template to copy.")] = "tabular-classification",
+) -> None:
+    """Create a project from a template and its box; you become its admin."""
+    from mlbox.box import Box
+    from mlbox.config import load_settings
+    from mlbox.project import init_project
+
+    dest = Path(directory).expanduser().resolve()
+    files = init_project(dest, template)
+    box = Box.create(load_settings(dest), os_user())
+    try:
+        admin = box.identity.users()[0].name
+        box.audit.record(admin, "box.init", str(dest), {"template": template, "files": len(files)})
+    finally:
+        box.close()
+    if state.json:
+        emit_json({"home": str(dest), "template": template, "files": files, "admin": admin})
+        return
+    ok(f"created {template} project in {dest} ({len(files)} files); {admin} is its admin")
+    console.print(f"  next: cd {directory} && mlbox doctor")
+
+
+def doctor() -> None:
+    """Check Python, packages, GPU or CPU mode, disk, metadata integrity and the audit chain."""
+    from mlbox.doctor import run_checks
+    from mlbox.store.audit import AuditLog, load_or_create_key
+    from mlbox.store.layout import BoxPaths, open_meta
+
+    conf = settings()
+    paths = BoxPaths(conf.home)
+    db = audit = None
+    if paths.exists():
+        db = open_meta(paths, busy_timeout_ms=conf["store.busy_timeout_ms"], synchronous=conf["store.synchronous"])
+        audit = AuditLog(db, load_or_create_key(paths.audit_key))
+    try:
+        checks = run_checks(conf, paths, db, audit)
+    finally:
+        if db is not None:
+            db.close()
+    if state.json:
+        emit_json([c.as_dict() for c in checks])
+    else:
+        style = {"ok": "green", "warn": "yellow", "fail": "red"}
+        for c in checks:
+            console.print(f"[{style[c.status]}]{c.status:>4}[/]  {c.name:<22} {c.detail}", soft_wrap=True)
+    failed = [c.name for c in checks if c.status == "fail"]
+    if failed:
+        raise MlboxError(f"{len(failed)} check(s) failed: {', '.join(failed)}")
+
+
+def backup(dest: Annotated[str, typer.Argument(help="New folder to write the copy to (outside the box).")]) -> None:
+    """Make a consistent copy of the box while other processes keep writing."""
+    from rich.progress import Progress
+
+    from mlbox.store.backup import backup_box
+
+    with open_box() as box:
+        who = actor(box, "box.admin")
+        with Progress(console=console, transient=True, disable=state.json) as progress:
+            task = progress.add_task("backing up", total=None)
+            report = backup_box(box.paths.home, Path(dest).expanduser(), lambda label, n: progress.update(task, advance=n, description=label))
+        box.audit.record(who.name, "box.backup", str(report.dest), {"files": report.files, "bytes": report.bytes})
+    result = {
+        "dest": str(report.dest),
+        "databases": report.databases,
+        "files": report.files,
+        "bytes": report.bytes,
+        "seconds": round(report.seconds, 3),
+    }
+    if state.json:
+        emit_json(result)
+    else:
+        ok(f"backed up to {report.dest}: {report.databases} databases, {report.files} files, {report.bytes / 1e6:.1f} MB in {report.seconds:.2f}s")
+
+
+def settings_cmd() -> None:
+    """List every setting with its value here, default and help text."""
+    from mlbox.config import SETTINGS
+
+    conf = settings()
+    rows = [
+        {"name": s.name, "value": conf[s.name], "default": s.default, "env": s.env_var, "help": s.help} for s in SETTINGS
+    ]
+    table(rows, ["name", "value", "default", "help"], title=f"settings of {conf.home} ({conf.source or 'defaults'})")
+
+
+def version() -> None:
+    """Print mlbox's version and Python's."""
+    from mlbox._version import __version__
+
+    if state.json:
+        emit_json({"mlbox": __version__, "python": platform.python_version()})
+    else:
+        console.print(f"mlbox {__version__} (Python {platform.python_version()})")
+
+
+def whoami() -> None:
+    """Show which box user you act as, with which role."""
+    with open_box() as box:
+        who = actor(box)
+    record({"user": who.name, "role": who.role, "via": who.via, "box": str(box.paths.home)})
+
+
+def register(app: typer.Typer) -> None:
+    app.command()(init)
+    app.command()(doctor)
+    app.command()(backup)
+    app.command("settings")(settings_cmd)
+    app.command()(version)
+    app.command()(whoami)

@@ -1,0 +1,77 @@
+"""The `mlbox` command: global options, one sub-app per noun, and the one error wrapper."""
+
+from __future__ import annotations
+
+import sqlite3
+import sys
+from typing import Annotated
+
+import typer
+
+from mlbox.cli import _common
+from mlbox.cli._common import err_console, state
+from mlbox.errors import MlboxError
+
+app = typer.Typer(
+    name="mlbox",
+    help="A single-node MLOps appliance: feature store, tracking, registry, training, serving, monitoring.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+    rich_markup_mode=None,  # plain help: typer's rich help imports markdown-it (+150 ms on every --help)
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+
+@app.callback()
+def main(
+    home: Annotated[
+        str | None,
+        typer.Option("--home", help="Box folder (default: $MLBOX_HOME, the nearest mlbox.toml, then ~/.mlbox)."),
+    ] = None,
+    json_output: Annotated[bool, typer.Option("--json", help="Print machine-readable JSON instead of tables.")] = False,
+    debug: Annotated[bool, typer.Option("--debug", help="Show full tracebacks on errors.")] = False,
+) -> None:
+    state.home, state.json, state.debug = home, json_output, debug
+
+
+def _register() -> None:
+    from mlbox.cli import audit, auth, box, features, quickstart
+
+    box.register(app)
+    quickstart.register(app)
+    app.add_typer(auth.app, name="auth")
+    app.add_typer(audit.app, name="audit")
+    app.add_typer(features.app, name="features")
+
+
+_register()
+
+
+def _fail(message: str, code: int) -> None:
+    err_console.print(f"[bold red]error:[/bold red] [red]{message}[/red]", soft_wrap=True)
+    sys.exit(code)
+
+
+def run() -> None:
+    """Console-script entry point: MlboxError becomes one red line and its exit code."""
+    debug = "--debug" in sys.argv
+    try:
+        app()
+    except MlboxError as exc:
+        if debug:
+            raise
+        _fail(str(exc), exc.exit_code)
+    except sqlite3.OperationalError as exc:
+        if debug:
+            raise
+        _fail(f"metadata store: {exc}", 7)
+    except KeyboardInterrupt:
+        _fail("interrupted", 130)
+    except Exception as exc:  # a bug: say so in one line; --debug shows the traceback
+        if debug:
+            raise
+        _fail(f"internal error: {type(exc).__name__}: {exc} (run with --debug for the traceback)", 1)
+
+
+__all__ = ["_common", "app", "run"]

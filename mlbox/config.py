@@ -1,0 +1,208 @@
+"""Settings: the documented table, home resolution, and loading once from mlbox.toml + environment.
+
+Settings are read once at the edge (`load_settings`) and passed down; nothing else in
+mlbox reads the environment. Any value may be a reference instead of a literal:
+`{"$env": "NAME"}` reads an environment variable, `{"$file": "path"}` a file's first line,
+so secrets never sit inline in mlbox.toml.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from mlbox.errors import SettingsError
+
+CONFIG_FILE = "mlbox.toml"
+ENV_PREFIX = "MLBOX_"
+# MLBOX_* variables that are not settings.
+RESERVED_ENV = frozenset({"MLBOX_HOME", "MLBOX_TOKEN", "MLBOX_DEBUG"})
+
+
+@dataclass(frozen=True)
+class Setting:
+    """One documented setting: dotted name, default, type, help text and allowed choices."""
+
+    name: str
+    default: Any
+    help: str
+    choices: tuple[str, ...] = ()
+
+    @property
+    def type(self) -> type:
+        return type(self.default)
+
+    @property
+    def env_var(self) -> str:
+        return ENV_PREFIX + self.name.replace(".", "_").upper()
+
+
+SETTINGS: tuple[Setting, ...] = (
+    Setting("project.name", "", "Display name of the project; defaults to the box folder's name."),
+    Setting("project.features", "features.yaml", "Feature definitions file, relative to the box."),
+    Setting("project.train", "train.yaml", "Default training spec, relative to the box."),
+    Setting("store.busy_timeout_ms", 30000, "How long a SQLite writer waits for another process's lock before failing."),
+    Setting(
+        "store.synchronous",
+        "NORMAL",
+        "SQLite synchronous mode for meta.db and online.db: NORMAL survives process crashes, FULL also power loss.",
+        ("NORMAL", "FULL"),
+    ),
+    Setting("auth.token_ttl_days", 90, "Lifetime of a new API token when --expires is not given; 0 means no expiry."),
+    Setting("doctor.min_free_disk_gb", 5.0, "`mlbox doctor` warns when the box's disk has less free space than this."),
+    Setting(
+        "features.duplicate_policy",
+        "reject",
+        "What ingest does with several rows for the same (entity, event timestamp): reject the batch or keep the last.",
+        ("reject", "keep-last"),
+    ),
+    Setting(
+        "features.naive_timestamps",
+        "utc",
+        "How ingest treats timestamps without a timezone: read them as UTC, or reject the batch.",
+        ("utc", "reject"),
+    ),
+    Setting("features.online_chunk_rows", 50000, "Rows per SQLite transaction when materializing to the online store."),
+)
+SETTINGS_BY_NAME: dict[str, Setting] = {s.name: s for s in SETTINGS}
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Resolved settings of one box. `settings["store.busy_timeout_ms"]`."""
+
+    home: Path
+    values: Mapping[str, Any] = field(default_factory=dict)
+    source: Path | None = None
+    home_reason: str = ""
+
+    def __getitem__(self, name: str) -> Any:
+        if name not in SETTINGS_BY_NAME:
+            raise KeyError(name)
+        return self.values.get(name, SETTINGS_BY_NAME[name].default)
+
+    def project_name(self) -> str:
+        return str(self["project.name"] or self.home.name)
+
+
+def find_project(start: Path) -> Path | None:
+    """Nearest directory at or above `start` holding an mlbox.toml."""
+    for d in (start, *start.parents):
+        if (d / CONFIG_FILE).is_file():
+            return d
+    return None
+
+
+def resolve_home(cli_home: str | os.PathLike[str] | None, environ: Mapping[str, str], cwd: Path) -> tuple[Path, str]:
+    """The box directory and why it was chosen: --home, MLBOX_HOME, nearest mlbox.toml, ~/.mlbox."""
+    if cli_home:
+        return (cwd / Path(cli_home).expanduser()).resolve(), "--home"
+    if environ.get("MLBOX_HOME"):
+        return (cwd / Path(environ["MLBOX_HOME"]).expanduser()).resolve(), "MLBOX_HOME"
+    project = find_project(cwd)
+    if project is not None:
+        return project.resolve(), f"nearest {CONFIG_FILE}"
+    home = Path(environ.get("HOME") or Path.home())
+    return (home / ".mlbox").resolve(), "default ~/.mlbox"
+
+
+def _flatten(table: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in table.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict) and not _is_reference(value):
+            out.update(_flatten(value, name + "."))
+        else:
+            out[name] = value
+    return out
+
+
+def _is_reference(value: Any) -> bool:
+    return isinstance(value, dict) and len(value) == 1 and next(iter(value)) in ("$env", "$file")
+
+
+def _deref(name: str, value: Any, where: str, environ: Mapping[str, str], base: Path) -> Any:
+    if not _is_reference(value):
+        return value
+    kind, target = next(iter(value.items()))
+    if kind == "$env":
+        if str(target) not in environ:
+            raise SettingsError(f"{where}: setting '{name}' refers to environment variable {target}, which is not set")
+        return environ[str(target)]
+    path = base / str(target)
+    try:
+        return path.read_text().splitlines()[0].strip() if path.stat().st_size else ""
+    except OSError as exc:
+        raise SettingsError(f"{where}: setting '{name}' refers to file {path}: {exc.strerror}") from None
+
+
+def coerce(setting: Setting, raw: Any, where: str) -> Any:
+    """Check and convert one raw value (TOML value or environment string) to the setting's type."""
+    want = setting.type
+    value: Any = raw
+    if isinstance(raw, str) and want is not str:
+        text = raw.strip()
+        try:
+            if want is bool:
+                if text.lower() not in ("1", "0", "true", "false", "yes", "no", "on", "off"):
+                    raise ValueError(text)
+                value = text.lower() in ("1", "true", "yes", "on")
+            else:
+                value = want(text)
+        except ValueError:
+            raise SettingsError(f"{where}: setting '{setting.name}' must be {want.__name__}, got {raw!r}") from None
+    elif want is float and isinstance(raw, int) and not isinstance(raw, bool):
+        value = float(raw)
+    if type(value) is not want:
+        raise SettingsError(f"{where}: setting '{setting.name}' must be {want.__name__}, got {raw!r}")
+    if setting.choices and value not in setting.choices:
+        raise SettingsError(f"{where}: setting '{setting.name}' must be one of {', '.join(setting.choices)}, got {raw!r}")
+    if want in (int, float) and value < 0:
+        raise SettingsError(f"{where}: setting '{setting.name}' must not be negative, got {raw!r}")
+    return value
+
+
+def read_config_file(path: Path, environ: Mapping[str, str]) -> dict[str, Any]:
+    """Parse mlbox.toml into checked {dotted name: value}; one clear error naming key and file."""
+    try:
+        table = tomllib.loads(path.read_text(encoding="utf-8"))
+    except tomllib.TOMLDecodeError as exc:
+        raise SettingsError(f"{path}: not valid TOML: {exc}") from None
+    except UnicodeDecodeError:
+        raise SettingsError(f"{path}: not UTF-8 text") from None
+    values: dict[str, Any] = {}
+    for name, raw in _flatten(table).items():
+        setting = SETTINGS_BY_NAME.get(name)
+        if setting is None:
+            raise SettingsError(f"{path}: unknown setting '{name}'", hint="`mlbox settings` lists them")
+        values[name] = coerce(setting, _deref(name, raw, str(path), environ, path.parent), str(path))
+    return values
+
+
+def load_settings(
+    home: str | os.PathLike[str] | None = None,
+    environ: Mapping[str, str] | None = None,
+    cwd: Path | None = None,
+) -> Settings:
+    """Resolve the box and load its settings: defaults < mlbox.toml < MLBOX_* environment."""
+    env = dict(os.environ if environ is None else environ)
+    box, reason = resolve_home(home, env, cwd or Path.cwd())
+    config = box / CONFIG_FILE
+    values: dict[str, Any] = {}
+    source = None
+    if config.is_file():
+        values.update(read_config_file(config, env))
+        source = config
+    by_env = {s.env_var: s for s in SETTINGS}
+    for var, raw in env.items():
+        if not var.startswith(ENV_PREFIX) or var in RESERVED_ENV:
+            continue
+        setting = by_env.get(var)
+        if setting is None:
+            raise SettingsError(f"environment: unknown setting variable {var}", hint="`mlbox settings` lists them")
+        values[setting.name] = coerce(setting, raw, f"environment variable {var}")
+    return Settings(home=box, values=values, source=source, home_reason=reason)

@@ -1,0 +1,340 @@
+"""The offline store: validated ingest into immutable Parquet batches, and reading them back.
+
+DuckDB runs in memory; no DuckDB file is ever held open (ARCHITECTURE.md's locking rule).
+An ingest validates the whole source before anything is written, writes the batch under
+a temporary name, fsyncs it, then — holding meta.db's write lock — renames it into place
+and commits its catalog row in the same transaction. A crash leaves either no batch or
+the whole batch; temporary files of dead processes and renamed-but-uncommitted files are
+swept on the next open, under the same write lock so no live commit is touched.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import duckdb
+
+from mlbox.errors import UsageError, ValidationError
+from mlbox.features.catalog import Batch, Catalog, ViewVersion
+from mlbox.features.definitions import DTYPES
+from mlbox.features.stats import _q, column_stats
+from mlbox.store.audit import AuditLog
+
+TMP_PREFIX = ".tmp-"
+NAIVE_TYPES = ("TIMESTAMP", "TIMESTAMP_NS", "TIMESTAMP_MS", "TIMESTAMP_S", "DATE", "TIMESTAMP WITHOUT TIME ZONE")
+TZ_SUFFIX = r"([zZ]|[+-][0-9]{2}(:?[0-9]{2})?)$"
+Progress = Callable[[str], None]
+
+
+def connect(threads: int | None = None, temp_dir: Path | None = None) -> duckdb.DuckDBPyConnection:
+    """An in-memory DuckDB connection with mlbox's session settings (UTC, explicit threads)."""
+    con = duckdb.connect(":memory:")
+    con.execute("SET TimeZone = 'UTC'")
+    con.execute(f"SET threads = {int(threads or os.cpu_count() or 1)}")
+    if temp_dir is not None:
+        con.execute("SET temp_directory = ?", [str(temp_dir)])
+    return con
+
+
+@dataclass
+class IngestResult:
+    batch: Batch
+    seconds: float
+    notes: list[str] = field(default_factory=list)
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as fh:
+        while chunk := fh.read(1 << 20):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+class OfflineStore:
+    """Immutable Parquet batches under `<box>/features/<view>/v<version>/`."""
+
+    def __init__(self, catalog: Catalog, audit: AuditLog, home: Path, temp_dir: Path) -> None:
+        self.catalog = catalog
+        self.audit = audit
+        self.home = home
+        self.root = home / "features"
+        self.temp_dir = temp_dir
+
+    def connect(self) -> duckdb.DuckDBPyConnection:
+        return connect(temp_dir=self.temp_dir)
+
+    # reading -------------------------------------------------------------
+    def files(self, version: ViewVersion, snapshot: int | None = None) -> list[tuple[Batch, Path]]:
+        return [(b, self.home / b.path) for b in self.catalog.batches(version.name, version.version, snapshot)]
+
+    # crash recovery ------------------------------------------------------
+    def sweep(self) -> list[Path]:
+        """Remove temporary files of dead processes and batch files no catalog row names."""
+        removed: list[Path] = []
+        if not self.root.exists():
+            return removed
+        with self.catalog.db.atomic():  # the write lock: no rename-and-commit is in flight meanwhile
+            known = self.catalog.all_batch_paths()
+            for path in self.root.rglob("*.parquet"):
+                rel = str(path.relative_to(self.home))
+                if path.name.startswith(TMP_PREFIX):
+                    match = re.match(rf"{re.escape(TMP_PREFIX)}(\d+)-", path.name)
+                    if match and _pid_alive(int(match.group(1))):
+                        continue
+                elif rel in known:
+                    continue
+                path.unlink(missing_ok=True)
+                removed.append(path)
+        return removed
+
+    # ingest --------------------------------------------------------------
+    def ingest(
+        self,
+        version: ViewVersion,
+        source: Any,
+        actor: str,
+        *,
+        duplicate_policy: str = "reject",
+        naive_timestamps: str = "utc",
+        base_dir: Path | None = None,
+        progress: Progress | None = None,
+    ) -> IngestResult:
+        """Validate `source` against the view, write one immutable batch and commit it."""
+        started = time.perf_counter()
+        step = progress or (lambda _label: None)
+        view, keys = version.view, version.entity.join_keys
+        con = self.connect()
+        notes: list[str] = []
+        try:
+            step("reading source")
+            label = register_source(con, source, base_dir or Path.cwd())
+            if view.transformation:
+                check_select(con, view.transformation, f"transformation of {view.name}")
+                try:
+                    con.execute(f"CREATE TEMP VIEW __out AS {view.transformation}")
+                    con.execute("SELECT * FROM __out LIMIT 0").fetchall()
+                except duckdb.Error as exc:
+                    raise ValidationError(f"transformation of {view.name!r} failed on {label}: {_first_line(exc)}") from None
+                relation = "__out"
+            else:
+                relation = "source"
+            step("validating")
+            columns = dict(con.execute(f"SELECT column_name, column_type FROM (DESCRIBE {relation})").fetchall())
+            expected = {**keys, view.timestamp: "timestamp", **{f.name: f.dtype for f in view.fields}}
+            _check_columns(columns, expected, label, bool(view.transformation))
+            select, naive = _validate(con, relation, columns, keys, view, label)
+            if naive:
+                if naive_timestamps == "reject":
+                    raise ValidationError(
+                        f"{label}: {naive} timestamp(s) in {view.timestamp!r} have no timezone",
+                        hint="add an offset such as Z or +04:00, or set features.naive_timestamps = 'utc'",
+                    )
+                notes.append(f"{naive} timestamp(s) without a timezone were read as UTC (features.naive_timestamps)")
+            key_cols = ", ".join(_q(k) for k in [*keys, view.timestamp])
+            con.execute(f"CREATE TEMP VIEW __typed AS SELECT {select}, row_number() OVER () AS __ord FROM {relation}")
+            dupes = con.execute(
+                f"SELECT count(*), sum(n) FROM (SELECT count(*) AS n FROM __typed GROUP BY {key_cols} HAVING n > 1)"
+            ).fetchone() or (0, 0)
+            final = "SELECT * EXCLUDE (__ord) FROM __typed"
+            if dupes[0]:
+                if duplicate_policy == "reject":
+                    example = con.execute(
+                        f"SELECT {key_cols} FROM __typed GROUP BY {key_cols} HAVING count(*) > 1 LIMIT 1"
+                    ).fetchone()
+                    raise ValidationError(
+                        f"{label}: {dupes[0]} (entity, timestamp) pair(s) appear more than once, e.g. {example}",
+                        hint="deduplicate the source or set features.duplicate_policy = 'keep-last'",
+                    )
+                final = f"{final} QUALIFY row_number() OVER (PARTITION BY {key_cols} ORDER BY __ord DESC) = 1"
+                notes.append(f"dropped {int(dupes[1]) - int(dupes[0])} duplicate row(s), keeping the last (keep-last)")
+            step("writing batch")
+            folder = self.root / view.name / f"v{version.version}"
+            folder.mkdir(parents=True, exist_ok=True)
+            name = uuid.uuid4().hex
+            tmp = folder / f"{TMP_PREFIX}{os.getpid()}-{name}.parquet"
+            target = folder / f"{name}.parquet"
+            try:
+                con.execute(f"COPY ({final}) TO {lit(tmp)} (FORMAT parquet, COMPRESSION zstd)")
+                step("computing statistics")
+                con.execute(f"CREATE TEMP VIEW __batch AS SELECT * FROM read_parquet({lit(tmp)})")
+                stats = column_stats(con, "__batch", view)
+                if stats["rows"] == 0:
+                    raise ValidationError(f"{label} has no rows")
+                with tmp.open("rb+") as fh:
+                    os.fsync(fh.fileno())
+                digest = _sha256(tmp)
+                os.chmod(tmp, 0o444)
+                step("committing")
+                with self.catalog.db.atomic():
+                    os.rename(tmp, target)
+                    _fsync_dir(folder)
+                    batch = self.catalog.add_batch(
+                        version,
+                        path=str(target.relative_to(self.home)),
+                        source=label,
+                        row_count=int(stats["rows"]),
+                        min_ts=stats["ts_min"],
+                        max_ts=stats["ts_max"],
+                        sha256=digest,
+                        stats=stats,
+                        actor=actor,
+                    )
+                    self.audit.record(
+                        actor, "features.ingest", version.ref, {"batch": batch.id, "rows": batch.row_count, "source": label}
+                    )
+            except BaseException:
+                tmp.unlink(missing_ok=True)
+                if target.exists() and str(target.relative_to(self.home)) not in self.catalog.all_batch_paths():
+                    target.unlink(missing_ok=True)
+                raise
+        finally:
+            con.close()
+        return IngestResult(batch, time.perf_counter() - started, notes)
+
+
+def lit(path: Path | str) -> str:
+    """A SQL string literal for a path (DuckDB cannot bind parameters in COPY or view definitions)."""
+    return "'" + str(path).replace("'", "''") + "'"
+
+
+def _first_line(exc: BaseException) -> str:
+    return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+
+
+def check_select(con: duckdb.DuckDBPyConnection, sql: str, what: str) -> None:
+    """Refuse anything but one SELECT statement."""
+    try:
+        statements = con.extract_statements(sql)
+    except duckdb.Error as exc:
+        raise UsageError(f"{what}: {_first_line(exc)}") from None
+    if len(statements) != 1 or statements[0].type != duckdb.StatementType.SELECT:
+        raise UsageError(f"{what} must be a single SELECT statement")
+
+
+def register_source(con: duckdb.DuckDBPyConnection, source: Any, base_dir: Path) -> str:
+    """Expose `source` (CSV/Parquet path, pandas DataFrame, Arrow table) as the view `source`; return its label."""
+    if isinstance(source, (str, os.PathLike)):
+        path = (base_dir / Path(source).expanduser()).resolve()
+        if not path.is_file():
+            raise UsageError(f"source file {path} not found")
+        suffixes = "".join(path.suffixes[-2:]).lower()
+        try:
+            if path.suffix.lower() == ".parquet":
+                rel = con.read_parquet(str(path))
+            elif path.suffix.lower() in (".csv", ".tsv") or suffixes in (".csv.gz", ".tsv.gz"):
+                rel = con.read_csv(str(path), header=True)
+            else:
+                raise UsageError(f"cannot read {path.name}: use a .csv, .csv.gz, .tsv or .parquet file")
+        except duckdb.Error as exc:
+            raise ValidationError(f"cannot read {path}: {_first_line(exc)}") from None
+        rel.create_view("source")
+        return str(path)
+    module = type(source).__module__
+    if module.startswith(("pandas", "pyarrow", "polars")):
+        con.register("source", source)
+        return f"{type(source).__name__} ({len(source)} rows)"
+    raise UsageError(f"cannot ingest a {type(source).__name__}: pass a file path, a pandas DataFrame or an Arrow table")
+
+
+def _check_columns(columns: dict[str, str], expected: dict[str, str], label: str, transformed: bool) -> None:
+    missing = [c for c in expected if c not in columns]
+    extra = [c for c in columns if c not in expected]
+    if not missing and not extra:
+        return
+    parts = []
+    if missing:
+        parts.append(f"missing column(s) {', '.join(missing)}")
+    if extra:
+        parts.append(f"extra column(s) {', '.join(extra)}")
+    where = "the transformation's output" if transformed else label
+    raise ValidationError(
+        f"{where} does not match the view: {'; '.join(parts)}",
+        hint="declare extra columns as fields, or drop them with a transformation" if extra else None,
+    )
+
+
+def _validate(
+    con: duckdb.DuckDBPyConnection, relation: str, columns: dict[str, str], keys: dict[str, str], view: Any, label: str
+) -> tuple[str, int]:
+    """One pass over the data: cast failures, null keys and timestamps, naive timestamps.
+
+    Returns the typed SELECT list and the number of naive timestamps.
+    """
+    checks: list[str] = []
+    select: list[str] = []
+    names: list[tuple[str, str]] = []
+    for col, dtype in [*keys.items(), *((f.name, f.dtype) for f in view.fields)]:
+        target, src = DTYPES[dtype], columns[col]
+        c = _q(col)
+        if src == target:
+            select.append(c)
+            continue
+        cast = f"TRY_CAST({c} AS {target})"
+        bad = f"{c} IS NOT NULL AND {cast} IS NULL"
+        if target in ("BIGINT", "INTEGER") and (src in ("DOUBLE", "FLOAT") or src.startswith("DECIMAL")):
+            bad = f"{bad} OR ({c} IS NOT NULL AND {c} <> trunc({c}))"
+        checks.append(f"count(*) FILTER (WHERE {bad})")
+        names.append((col, f"a value that is not {dtype}"))
+        select.append(f"{cast} AS {c}")
+    ts, src = _q(view.timestamp), columns[view.timestamp]
+    naive_expr = "0"
+    if src == "TIMESTAMP WITH TIME ZONE":
+        select.insert(len(keys), ts)
+    elif src in NAIVE_TYPES:
+        select.insert(len(keys), f"CAST({ts} AS TIMESTAMPTZ) AS {ts}")
+        naive_expr = f"count({ts})"
+    elif src == "VARCHAR":
+        select.insert(len(keys), f"TRY_CAST({ts} AS TIMESTAMPTZ) AS {ts}")
+        checks.append(f"count(*) FILTER (WHERE {ts} IS NOT NULL AND TRY_CAST({ts} AS TIMESTAMPTZ) IS NULL)")
+        names.append((view.timestamp, "a value that is not a timestamp"))
+        naive_expr = f"count(*) FILTER (WHERE {ts} IS NOT NULL AND NOT regexp_matches(trim({ts}), '{TZ_SUFFIX}'))"
+    else:
+        raise ValidationError(f"{label}: timestamp column {view.timestamp!r} is {src}, not a timestamp")
+    for col in [*keys, view.timestamp]:
+        checks.append(f"count(*) FILTER (WHERE {_q(col)} IS NULL)")
+        names.append((col, "a null (entity keys and timestamps are required)"))
+    row = con.execute(f"SELECT {', '.join([*checks, naive_expr])} FROM {relation}").fetchone() or ()
+    for (col, problem), count in zip(names, row[:-1], strict=True):
+        if count:
+            raise ValidationError(
+                f"{label}: column {col!r} has {count} row(s) with {problem}",
+                hint=_example(con, relation, col, columns, keys, view) if "null" not in problem else None,
+            )
+    return ", ".join(select), int(row[-1])
+
+
+def _example(con: duckdb.DuckDBPyConnection, relation: str, col: str, columns: dict[str, str], keys: dict[str, str], view: Any) -> str:
+    dtype = keys.get(col) or (view.get_field(col).dtype if col != view.timestamp else "timestamp")
+    target = DTYPES[dtype]
+    row = con.execute(
+        f"SELECT n, v FROM (SELECT row_number() OVER () AS n, {_q(col)} AS v FROM {relation}) "
+        f"WHERE v IS NOT NULL AND TRY_CAST(v AS {target}) IS NULL LIMIT 1"
+    ).fetchone()
+    return f"first bad value {row[1]!r} in data row {row[0]}" if row else "values lose precision when cast"

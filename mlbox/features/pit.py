@@ -1,0 +1,102 @@
+"""The point-in-time join, as a pure SQL builder over frozen dataclasses.
+
+For every label row and every requested view, take the view's row for the same entity
+with the latest event timestamp <= the label's timestamp (DuckDB `ASOF LEFT JOIN`); values
+older than the view's TTL become null; unmatched rows keep nulls. When two committed
+batches can hold the same (entity, timestamp), the later-committed batch wins: the join
+then orders on (timestamp, batch rank) packed into one HUGEINT, so ties resolve without
+a window sort.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+def q(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
+
+
+def lit(text: str) -> str:
+    return "'" + text.replace("'", "''") + "'"
+
+
+RANK_BITS = 20  # up to ~1M batches per view
+
+
+@dataclass(frozen=True)
+class ViewJoin:
+    """One view's side of the join."""
+
+    alias: str
+    keys: tuple[tuple[str, str], ...]  # (column, DuckDB type)
+    timestamp: str
+    files: tuple[str, ...]  # committed batch files, oldest commit first
+    columns: tuple[tuple[str, str, str], ...]  # (field, output column name, DuckDB type)
+    ttl_seconds: int | None
+    tie_break: bool
+
+
+@dataclass(frozen=True)
+class JoinSpec:
+    labels: str  # relation holding the label rows
+    label_timestamp: str
+    label_columns: tuple[str, ...]
+    views: tuple[ViewJoin, ...]
+
+
+def _view_cte(v: ViewJoin) -> str:
+    cols = [q(k) for k, _ in v.keys] + [f"{q(v.timestamp)} AS {q('__ts_' + v.alias)}"] + [q(f) for f, _, _ in v.columns]
+    if not v.files:
+        typed = [f"NULL::{t} AS {q(k)}" for k, t in v.keys]
+        typed += [f"NULL::TIMESTAMPTZ AS {q('__ts_' + v.alias)}"] + [f"NULL::{t} AS {q(f)}" for f, _, t in v.columns]
+        if v.tie_break:
+            typed.append(f"NULL::HUGEINT AS {q('__o_' + v.alias)}")
+        return f"{q(v.alias)} AS (SELECT {', '.join(typed)} WHERE false)"
+    if not v.tie_break:
+        files = ", ".join(lit(f) for f in v.files)
+        return f"{q(v.alias)} AS (SELECT {', '.join(cols)} FROM read_parquet([{files}]))"
+    order = f"(epoch_us({q(v.timestamp)})::HUGEINT << {RANK_BITS}) + {{rank}} AS {q('__o_' + v.alias)}"
+    parts = [
+        f"SELECT {', '.join(cols)}, {order.format(rank=rank)} FROM read_parquet({lit(f)})"
+        for rank, f in enumerate(v.files)
+    ]
+    return f"{q(v.alias)} AS ({' UNION ALL '.join(parts)})"
+
+
+def build_query(spec: JoinSpec) -> str:
+    """SQL returning the label columns then every requested feature, in label row order."""
+    lts = q(spec.label_timestamp)
+    ctes = [f"__l AS (SELECT *, row_number() OVER () AS __row FROM {spec.labels})"]
+    ctes += [_view_cte(v) for v in spec.views]
+    select = [f"__l.{q(c)}" for c in spec.label_columns]
+    joins = []
+    for v in spec.views:
+        a = q(v.alias)
+        on = [f"CAST(__l.{q(k)} AS {t}) = {a}.{q(k)}" for k, t in v.keys]
+        if v.tie_break:
+            top = (1 << RANK_BITS) - 1
+            on.append(f"(epoch_us(__l.{lts})::HUGEINT << {RANK_BITS}) + {top} >= {a}.{q('__o_' + v.alias)}")
+        else:
+            on.append(f"__l.{lts} >= {a}.{q('__ts_' + v.alias)}")
+        joins.append(f"ASOF LEFT JOIN {a} ON {' AND '.join(on)}")
+        fresh = (
+            f"{a}.{q('__ts_' + v.alias)} >= __l.{lts} - to_seconds({int(v.ttl_seconds)})"
+            if v.ttl_seconds is not None
+            else None
+        )
+        for field, out, _ in v.columns:
+            value = f"{a}.{q(field)}"
+            select.append(f"CASE WHEN {fresh} THEN {value} END AS {q(out)}" if fresh else f"{value} AS {q(out)}")
+    return (
+        f"WITH {', '.join(ctes)} SELECT {', '.join(select)} FROM __l {' '.join(joins)} ORDER BY __l.__row"
+    )
+
+
+def output_names(label_columns: list[str], requested: list[tuple[str, str]]) -> list[str]:
+    """Output column per (view, field): the field's name, or `view__field` where that would collide."""
+    counts: dict[str, int] = {}
+    for _, f in requested:
+        counts[f] = counts.get(f, 0) + 1
+    taken = set(label_columns)
+    return [f if counts[f] == 1 and f not in taken else f"{v}__{f}" for v, f in requested]

@@ -1,0 +1,364 @@
+"""FeatureStore: the feature store's service API over the catalog, offline and online stores."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+import duckdb
+
+from mlbox.config import Settings
+from mlbox.errors import UsageError, ValidationError
+from mlbox.features import training
+from mlbox.features.catalog import Catalog, ViewVersion
+from mlbox.features.definitions import Definitions, Entity, FeatureRef, FeatureView, load_definitions
+from mlbox.features.materialize import MaterializeResult, materialize
+from mlbox.features.offline import IngestResult, OfflineStore, check_select, lit
+from mlbox.features.online import Lookup, OnlineStore, coerce_key, micros_to_datetime
+from mlbox.features.plan import Change, plan
+from mlbox.store.audit import AuditLog
+from mlbox.store.layout import BoxPaths
+from mlbox.store.sqlite import Database
+
+PLAN_CACHE_SECONDS = 1.0
+
+
+@dataclass(frozen=True)
+class _OnlinePlan:
+    lookups: tuple[tuple[Lookup, tuple[str, ...], dict[str, str], str], ...]  # lookup, out names, key dtypes, ref
+    made_at: float
+
+
+class FeatureStore:
+    """Definitions, ingest, training sets, materialization, online reads, lineage and SQL."""
+
+    def __init__(self, db: Database, audit: AuditLog, paths: BoxPaths, settings: Settings, actor: str = "system") -> None:
+        self.db = db
+        self.audit = audit
+        self.paths = paths
+        self.settings = settings
+        self.actor = actor
+        self.catalog = Catalog(db)
+        temp = paths.home / "tmp"
+        temp.mkdir(exist_ok=True)
+        self.offline = OfflineStore(self.catalog, audit, paths.home, temp)
+        self.offline.sweep()
+        self._online_plans: dict[tuple[str, ...], _OnlinePlan] = {}
+
+    @cached_property
+    def online(self) -> OnlineStore:
+        return OnlineStore(
+            self.paths.online_db,
+            busy_timeout_ms=self.settings["store.busy_timeout_ms"],
+            synchronous=self.settings["store.synchronous"],
+        )
+
+    def close(self) -> None:
+        if "online" in self.__dict__:
+            self.online.close()
+
+    # definitions -----------------------------------------------------------
+    def load(self, path: str | Path | None = None) -> Definitions:
+        """Read the project's feature file (default: the `project.features` setting)."""
+        return load_definitions(Path(path) if path else self.paths.home / self.settings["project.features"])
+
+    def plan(self, defs: Definitions) -> list[Change]:
+        return plan(defs, self.catalog.entities(), self.catalog.latest_views())
+
+    def apply(self, defs: Definitions | Sequence[Entity | FeatureView], actor: str | None = None) -> list[Change]:
+        """Record definitions: new entities and views, new versions on schema change, metadata updates."""
+        if not isinstance(defs, Definitions):
+            defs = Definitions(
+                tuple(d for d in defs if isinstance(d, Entity)), tuple(d for d in defs if isinstance(d, FeatureView))
+            )
+        who = actor or self.actor
+        with self.db.atomic():
+            changes = self.plan(defs)
+            entities = {**{e.name: e for e in self.catalog.entities()}, **{e.name: e for e in defs.entities}}
+            for view in defs.views:
+                if view.entity not in entities:
+                    raise ValidationError(f"view {view.name!r} refers to unknown entity {view.entity!r}")
+            views = {v.name: v for v in defs.views}
+            for c in changes:
+                if c.kind == "entity" and c.action in ("create", "update"):
+                    self.catalog.put_entity(entities[c.name])
+                elif c.kind == "view" and c.action in ("create", "new-version"):
+                    v = self.catalog.add_version(views[c.name], entities[views[c.name].entity], who)
+                    self.audit.record(who, "features.view.version", v.ref, {"hash": v.definition_hash})
+                elif c.kind == "view" and c.action == "update":
+                    self.catalog.update_metadata(self.catalog.view(c.name), views[c.name])
+                if c.action in ("create", "update") and c.kind == "entity":
+                    self.audit.record(who, f"features.entity.{c.action}", c.name, {"detail": c.detail})
+                if c.action == "update" and c.kind == "view":
+                    self.audit.record(who, "features.view.update", c.name, {"detail": c.detail})
+        return changes
+
+    # offline ----------------------------------------------------------------
+    def view(self, ref: str) -> ViewVersion:
+        name, _, ver = ref.partition("@")
+        if ver and not ver.isdigit():
+            raise UsageError(f"invalid view reference {ref!r}", hint="write NAME or NAME@VERSION")
+        return self.catalog.view(name, int(ver) if ver else None)
+
+    def ingest(
+        self,
+        view: str,
+        source: Any = None,
+        actor: str | None = None,
+        *,
+        duplicate_policy: str | None = None,
+        progress: Callable[[str], None] | None = None,
+    ) -> IngestResult:
+        """Validate and commit one batch from a CSV/Parquet path, DataFrame or Arrow table (default: the view's source)."""
+        version = self.view(view)
+        base = Path.cwd()
+        if source is None:
+            if not version.view.source:
+                raise UsageError(f"view {version.name!r} declares no source; pass one")
+            source, base = version.view.source, self.paths.home
+        policy = duplicate_policy or self.settings["features.duplicate_policy"]
+        if policy not in ("reject", "keep-last"):
+            raise UsageError(f"unknown duplicate policy {policy!r}", hint="use reject or keep-last")
+        return self.offline.ingest(
+            version,
+            source,
+            actor or self.actor,
+            duplicate_policy=policy,
+            naive_timestamps=self.settings["features.naive_timestamps"],
+            base_dir=base,
+            progress=progress,
+        )
+
+    def snapshot(self) -> int:
+        return self.catalog.snapshot()
+
+    def training_set(
+        self,
+        labels: Any,
+        features: Sequence[str],
+        snapshot: int | None = None,
+        *,
+        timestamp: str | None = None,
+        out: str | Path | None = None,
+        as_arrow: bool = False,
+        actor: str | None = None,
+    ) -> training.TrainingSet:
+        """Point-in-time correct features for each label row, plus a reproducible fingerprint."""
+        result = training.build(
+            self.catalog,
+            self.offline,
+            labels,
+            list(features),
+            snapshot=snapshot,
+            timestamp=timestamp,
+            out=Path(out) if out else None,
+            as_arrow=as_arrow,
+            base_dir=Path.cwd(),
+        )
+        with self.db.atomic():
+            self.catalog.record_training_set(
+                result.fingerprint, result.snapshot, result.features, result.batches, result.label_rows, actor or self.actor
+            )
+        return result
+
+    # online -----------------------------------------------------------------
+    def materialize(
+        self,
+        view: str | None = None,
+        *,
+        full: bool | None = None,
+        actor: str | None = None,
+        progress: Callable[[int], None] | None = None,
+    ) -> list[MaterializeResult]:
+        versions = [self.view(view)] if view else self.catalog.latest_views()
+        return [
+            materialize(
+                self.catalog,
+                self.offline,
+                self.online,
+                self.audit,
+                v,
+                actor or self.actor,
+                full=full,
+                chunk_rows=self.settings["features.online_chunk_rows"],
+                progress=progress,
+            )
+            for v in versions
+        ]
+
+    def _online_plan(self, features: tuple[str, ...]) -> _OnlinePlan:
+        cached = self._online_plans.get(features)
+        if cached and time.monotonic() - cached.made_at < PLAN_CACHE_SECONDS:
+            return cached
+        by_view: dict[str, tuple[ViewVersion, list[str]]] = {}
+        for text in features:
+            ref = FeatureRef.parse(text)
+            key = f"{ref.view}@{ref.version or ''}"
+            if key not in by_view:
+                by_view[key] = (self._materialized_version(ref.view, ref.version), [])
+            version, names = by_view[key]
+            wanted = [f.name for f in version.view.fields] if ref.field == "*" else [version.view.get_field(ref.field).name]
+            names += [n for n in wanted if n not in names]
+        lookups = []
+        for version, names in by_view.values():
+            lookups.append((self.online.prepare(version, names), tuple(names), dict(version.entity.join_keys), version.ref))
+        made = _OnlinePlan(tuple(lookups), time.monotonic())
+        if len(self._online_plans) > 256:
+            self._online_plans.clear()
+        self._online_plans[features] = made
+        return made
+
+    def _materialized_version(self, name: str, version: int | None) -> ViewVersion:
+        if version is not None:
+            return self.catalog.view(name, version)
+        versions = self.catalog.versions(name)
+        done = [v for v in versions if self.catalog.last_materialization(v)]
+        return done[-1] if done else self.catalog.view(name)
+
+    def get_online_features(
+        self, features: Sequence[str], entity_rows: Sequence[Mapping[str, Any]], *, with_timestamps: bool = False
+    ) -> list[dict[str, Any]]:
+        """Latest materialized values for each entity row; missing entities get None."""
+        if not entity_rows:
+            return []
+        online_plan = self._online_plan(tuple(features))
+        results = [dict(row) for row in entity_rows]
+        for lookup, names, key_types, ref in online_plan.lookups:
+            try:
+                keys = [tuple(coerce_key(row[k], t, k) for k, t in key_types.items()) for row in entity_rows]
+            except KeyError as exc:
+                raise ValidationError(f"entity row lacks join key {exc.args[0]!r} needed by {ref}") from None
+            found = self.online.read(lookup, keys)
+            for out, key in zip(results, keys, strict=True):
+                values = found.get(key)
+                if values is None:
+                    out.update(dict.fromkeys(names))
+                    if with_timestamps:
+                        out[f"{ref}:__ts"] = None
+                else:
+                    out.update(zip(names, values[1:], strict=True))
+                    if with_timestamps:
+                        out[f"{ref}:__ts"] = micros_to_datetime(values[0]).isoformat()
+        return results
+
+    # discovery ----------------------------------------------------------------
+    def list_views(self) -> list[dict[str, Any]]:
+        out = []
+        for v in self.catalog.latest_views():
+            batches = self.catalog.batches(v.name, v.version)
+            out.append(
+                {
+                    "view": v.name,
+                    "version": v.version,
+                    "entity": v.entity.name,
+                    "fields": len(v.view.fields),
+                    "batches": len(batches),
+                    "rows": sum(b.row_count for b in batches),
+                    "classification": v.view.classification,
+                    "pii": any(v.view.field_pii(f) for f in v.view.fields),
+                    "owner": v.view.owner,
+                }
+            )
+        return out
+
+    def show(self, ref: str) -> dict[str, Any]:
+        version = self.view(ref)
+        v = version.view
+        batches = self.catalog.batches(version.name, version.version)
+        latest_stats = batches[-1].stats["fields"] if batches else {}
+        return {
+            "view": version.ref,
+            "entity": {"name": version.entity.name, "join_keys": dict(version.entity.join_keys)},
+            "timestamp": v.timestamp,
+            "ttl": v.ttl,
+            "description": v.description,
+            "owner": v.owner,
+            "tags": dict(v.tags),
+            "classification": v.classification,
+            "source": v.source,
+            "transformation": v.transformation,
+            "definition_hash": version.definition_hash,
+            "versions": [
+                {"version": x.version, "hash": x.definition_hash[:12], "created_at": x.created_at, "created_by": x.created_by}
+                for x in self.catalog.versions(version.name)
+            ],
+            "fields": [
+                {
+                    "name": f.name,
+                    "dtype": f.dtype,
+                    "description": f.description,
+                    "classification": v.field_classification(f),
+                    "pii": v.field_pii(f),
+                    "tags": dict(f.tags),
+                    "stats": latest_stats.get(f.name, {}),
+                }
+                for f in v.fields
+            ],
+            "batches": [b.as_dict() for b in batches],
+            "materializations": self.catalog.materializations(version.name),
+        }
+
+    def lineage(self, name: str) -> dict[str, Any]:
+        """Sources → batches → versions, and the training sets that read them."""
+        versions = self.catalog.versions(name)
+        if not versions:
+            self.catalog.view(name)  # raises NotFound with a hint
+        out_versions, ids = [], set()
+        for v in versions:
+            batches = self.catalog.batches(v.name, v.version)
+            ids |= {b.id for b in batches}
+            out_versions.append(
+                {
+                    "version": v.version,
+                    "definition_hash": v.definition_hash,
+                    "created_at": v.created_at,
+                    "batches": [
+                        {"id": b.id, "source": b.source, "rows": b.row_count, "sha256": b.sha256, "created_at": b.created_at}
+                        for b in batches
+                    ],
+                }
+            )
+        sets = self.catalog.training_sets_using(ids)
+        return {
+            "view": name,
+            "versions": out_versions,
+            "training_sets": [
+                {"fingerprint": s["fingerprint"], "snapshot": s["snapshot"], "rows": s["label_rows"], "created_at": s["created_at"]}
+                for s in sets
+            ],
+        }
+
+    def sql(self, query: str, snapshot: int | None = None) -> duckdb.DuckDBPyRelation | Any:
+        """Run one read-only SELECT over the committed views; returns (column names, rows)."""
+        con = self.offline.connect()
+        try:
+            check_select(con, query, "features sql")
+            snap = self.catalog.snapshot() if snapshot is None else snapshot
+            for v in self.catalog.versions():
+                files = [str(p) for _, p in self.offline.files(v, snap)]
+                cols = ", ".join(
+                    f'NULL::{t} AS "{c}"'
+                    for c, t in [
+                        *((k, training.DTYPES[d]) for k, d in v.entity.join_keys.items()),
+                        (v.view.timestamp, "TIMESTAMPTZ"),
+                        *((f.name, training.DTYPES[f.dtype]) for f in v.view.fields),
+                    ]
+                )
+                body = f"SELECT * FROM read_parquet([{', '.join(lit(f) for f in files)}])" if files else f"SELECT {cols} WHERE false"
+                con.execute(f'CREATE OR REPLACE TEMP VIEW "{v.name}_v{v.version}" AS {body}')
+                con.execute(f'CREATE OR REPLACE TEMP VIEW "{v.name}" AS {body}')
+            con.execute("SET allowed_directories = ?", [[str(self.offline.root) + "/"]])
+            con.execute("SET enable_external_access = false")
+            con.execute("SET lock_configuration = true")
+            try:
+                cur = con.execute(query)
+            except duckdb.Error as exc:
+                raise UsageError(f"query failed: {str(exc).strip().splitlines()[0]}") from None
+            columns = [d[0] for d in cur.description or []]
+            return columns, cur.fetchall()
+        finally:
+            con.close()

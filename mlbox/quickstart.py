@@ -1,0 +1,122 @@
+"""`mlbox quickstart`: a fresh box from a template, then every capability end to end on bundled data."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from mlbox import hardware
+from mlbox.box import Box
+from mlbox.config import load_settings
+from mlbox.doctor import run_checks
+from mlbox.errors import MlboxError, UsageError
+from mlbox.project import init_project
+from mlbox.store.backup import backup_box
+
+
+@dataclass
+class Step:
+    name: str
+    detail: str
+    seconds: float
+
+
+@dataclass
+class Report:
+    root: Path
+    home: Path
+    steps: list[Step] = field(default_factory=list)
+
+
+Reporter = Callable[[Step], None]
+
+
+def run_quickstart(root: Path, os_user: str, template: str = "tabular-classification", on_step: Reporter | None = None) -> Report:
+    """Create `root`/project and `root`/backup and exercise the box; raise on the first failure."""
+    root = root.resolve()
+    if root.exists() and any(root.iterdir()):
+        raise UsageError(f"{root} is not empty; quickstart needs a new or empty folder")
+    home = root / "project"
+    report = Report(root, home)
+
+    @contextmanager
+    def step(name: str) -> Iterator[list[str]]:
+        started = time.perf_counter()
+        detail: list[str] = []
+        try:
+            yield detail
+        except MlboxError as exc:
+            raise type(exc)(f"quickstart step '{name}' failed: {exc.message}", hint=exc.hint) from exc
+        done = Step(name, "; ".join(detail), time.perf_counter() - started)
+        report.steps.append(done)
+        if on_step:
+            on_step(done)
+
+    with step("init") as d:
+        files = init_project(home, template)
+        d.append(f"{template} project with {len(files)} files in {home}")
+    box = Box.create(load_settings(home), os_user)
+    try:
+        admin = box.identity.users()[0].name
+        box.actor = admin
+        with step("doctor") as d:
+            checks = run_checks(box.settings, box.paths, box.db, box.audit, hardware.detect())
+            failed = [c for c in checks if c.status == "fail"]
+            if failed:
+                raise MlboxError(f"doctor: {failed[0].name}: {failed[0].detail}")
+            gpu = next(c for c in checks if c.name == "gpu")
+            d.append(f"{len(checks)} checks passed ({sum(c.status == 'warn' for c in checks)} warnings); gpu: {gpu.detail}")
+        fs = box.features
+        with step("features apply") as d:
+            changes = fs.apply(fs.load(), admin)
+            d.append(", ".join(f"{c.kind} {c.name}: {c.action}" for c in changes))
+        with step("features ingest") as d:
+            for v in fs.catalog.latest_views():
+                result = fs.ingest(v.name, actor=admin)
+                d.append(f"{v.ref} +{result.batch.row_count:,} rows")
+        spec = _train_data(home)
+        with step("training set") as d:
+            ts = fs.training_set(
+                home / spec["labels"], spec["features"], timestamp=spec.get("timestamp"), out=home / "training_set.parquet"
+            )
+            d.append(f"{ts.label_rows:,} rows × {len(ts.features)} features, fingerprint {ts.fingerprint[:16]}")
+        with step("materialize") as d:
+            results = fs.materialize(actor=admin)
+            d.append(", ".join(f"{r.view} {r.rows:,} entities" for r in results))
+        with step("online lookup") as d:
+            first = fs.catalog.latest_views()[0]
+            keys = first.keys
+            sample = fs.sql(f"SELECT {', '.join(keys)} FROM {first.name} LIMIT 1")[1][0]
+            row = fs.get_online_features([f"{first.name}:*"], [dict(zip(keys, sample, strict=True))])[0]
+            d.append(", ".join(f"{k}={v}" for k, v in list(row.items())[:4]))
+        with step("auth") as d:
+            box.identity.add_user(admin, "analyst", "data-scientist")
+            info, token = box.identity.create_token(admin, "analyst", "viewer", 3600)
+            who = box.identity.authenticate(token)
+            d.append(f"user analyst (data-scientist), viewer token {info.id} authenticates as {who.name}/{who.role}")
+        with step("audit verify") as d:
+            result = box.audit.verify()
+            if not result.ok:
+                raise MlboxError(f"audit chain broken: {result.problem}")
+            d.append(f"{result.checked} entries, chain intact")
+        with step("backup") as d:
+            b = backup_box(home, root / "backup")
+            box.audit.record(admin, "box.backup", str(b.dest), {"files": b.files})
+            d.append(f"{b.files} files, {b.bytes / 1e6:.1f} MB to {b.dest}")
+    finally:
+        box.close()
+    return report
+
+
+def _train_data(home: Path) -> dict[str, object]:
+    """The labels and features named by the project's training spec."""
+    import yaml
+
+    spec = yaml.safe_load((home / "train.yaml").read_text()) or {}
+    data = spec.get("data") or {}
+    if not data.get("labels") or not data.get("features"):
+        raise UsageError(f"{home / 'train.yaml'} names no data.labels and data.features")
+    return dict(data)

@@ -1,0 +1,160 @@
+"""Named, recorded schema migrations for meta.db.
+
+Each migration runs once, in order, inside one transaction together with the row that
+records it. A box whose meta.db records a migration this mlbox does not know was made by
+a newer mlbox and is refused rather than guessed at.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from mlbox import clock
+from mlbox.errors import StoreError
+from mlbox.store.sqlite import Database
+
+
+@dataclass(frozen=True)
+class Migration:
+    name: str
+    apply: Callable[[Database], None]
+
+
+def _sql(script: str) -> Callable[[Database], None]:
+    def apply(db: Database) -> None:
+        for statement in script.split(";\n"):
+            if statement.strip():
+                db.execute(statement)
+
+    return apply
+
+
+CORE = """
+CREATE TABLE box_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE users (
+    name TEXT PRIMARY KEY,
+    role TEXT NOT NULL CHECK (role IN ('admin','ml-engineer','data-scientist','viewer','service')),
+    os_user TEXT UNIQUE,
+    created_at TEXT NOT NULL,
+    disabled_at TEXT
+);
+CREATE TABLE tokens (
+    id TEXT PRIMARY KEY,
+    user TEXT NOT NULL REFERENCES users(name),
+    role TEXT NOT NULL CHECK (role IN ('admin','ml-engineer','data-scientist','viewer','service')),
+    secret_hash TEXT NOT NULL,
+    description TEXT NOT NULL DEFAULT '',
+    created_at TEXT NOT NULL,
+    expires_at TEXT,
+    revoked_at TEXT,
+    last_used_at TEXT
+);
+CREATE TABLE audit (
+    seq INTEGER PRIMARY KEY,
+    ts TEXT NOT NULL,
+    actor TEXT NOT NULL,
+    action TEXT NOT NULL,
+    target TEXT NOT NULL,
+    details TEXT NOT NULL,
+    prev_hash TEXT NOT NULL,
+    hash TEXT NOT NULL
+);
+CREATE INDEX audit_action ON audit(action);
+CREATE INDEX audit_target ON audit(target);
+CREATE TABLE audit_head (id INTEGER PRIMARY KEY CHECK (id = 1), seq INTEGER NOT NULL, hash TEXT NOT NULL);
+CREATE TRIGGER audit_no_update BEFORE UPDATE ON audit BEGIN SELECT RAISE(ABORT, 'the audit log is append-only'); END;
+CREATE TRIGGER audit_no_delete BEFORE DELETE ON audit BEGIN SELECT RAISE(ABORT, 'the audit log is append-only'); END
+"""
+
+FEATURES = """
+CREATE TABLE catalog_counter (id INTEGER PRIMARY KEY CHECK (id = 1), value INTEGER NOT NULL);
+INSERT INTO catalog_counter (id, value) VALUES (1, 0);
+CREATE TABLE entities (
+    name TEXT PRIMARY KEY,
+    join_keys TEXT NOT NULL,
+    description TEXT NOT NULL DEFAULT '',
+    created_at TEXT NOT NULL
+);
+CREATE TABLE feature_views (
+    name TEXT NOT NULL,
+    version INTEGER NOT NULL,
+    entity TEXT NOT NULL REFERENCES entities(name),
+    definition TEXT NOT NULL,
+    definition_hash TEXT NOT NULL,
+    commit_seq INTEGER NOT NULL,
+    created_at TEXT NOT NULL,
+    created_by TEXT NOT NULL,
+    PRIMARY KEY (name, version)
+);
+CREATE TABLE feature_batches (
+    id INTEGER PRIMARY KEY,
+    view TEXT NOT NULL,
+    version INTEGER NOT NULL,
+    commit_seq INTEGER NOT NULL UNIQUE,
+    path TEXT NOT NULL UNIQUE,
+    source TEXT NOT NULL,
+    row_count INTEGER NOT NULL,
+    min_ts TEXT,
+    max_ts TEXT,
+    sha256 TEXT NOT NULL,
+    stats TEXT NOT NULL,
+    created_at TEXT NOT NULL,
+    created_by TEXT NOT NULL,
+    FOREIGN KEY (view, version) REFERENCES feature_views(name, version)
+);
+CREATE INDEX feature_batches_view ON feature_batches(view, version, id);
+CREATE TABLE materializations (
+    id INTEGER PRIMARY KEY,
+    view TEXT NOT NULL,
+    version INTEGER NOT NULL,
+    through_seq INTEGER NOT NULL,
+    mode TEXT NOT NULL,
+    row_count INTEGER NOT NULL,
+    created_at TEXT NOT NULL,
+    FOREIGN KEY (view, version) REFERENCES feature_views(name, version)
+);
+CREATE TABLE training_sets (
+    fingerprint TEXT PRIMARY KEY,
+    snapshot INTEGER NOT NULL,
+    features TEXT NOT NULL,
+    batches TEXT NOT NULL,
+    label_rows INTEGER NOT NULL,
+    created_at TEXT NOT NULL,
+    created_by TEXT NOT NULL
+)
+"""
+
+MIGRATIONS: tuple[Migration, ...] = (
+    Migration("0001_core", _sql(CORE)),
+    Migration("0002_features", _sql(FEATURES)),
+)
+
+
+def applied(db: Database) -> list[str]:
+    if not db.scalar("SELECT count(*) FROM sqlite_master WHERE type='table' AND name='_migrations'"):
+        return []
+    return [r["name"] for r in db.query("SELECT name FROM _migrations ORDER BY rowid")]
+
+
+def migrate(db: Database, migrations: tuple[Migration, ...] = MIGRATIONS) -> list[str]:
+    """Bring `db` up to date; return the names applied now. Safe when several processes race."""
+    known = {m.name for m in migrations}
+    with db.atomic():
+        db.execute("CREATE TABLE IF NOT EXISTS _migrations (name TEXT PRIMARY KEY, applied_at TEXT NOT NULL)")
+        done = applied(db)
+        unknown = [name for name in done if name not in known]
+        if unknown:
+            raise StoreError(
+                f"{db.path} was written by a newer mlbox (unknown migration {unknown[0]!r})",
+                hint="upgrade mlbox to open this box",
+            )
+        ran: list[str] = []
+        for migration in migrations:
+            if migration.name in done:
+                continue
+            with db.atomic():
+                migration.apply(db)
+                db.execute("INSERT INTO _migrations (name, applied_at) VALUES (?, ?)", (migration.name, clock.iso()))
+            ran.append(migration.name)
+        return ran
