@@ -19,8 +19,8 @@ if TYPE_CHECKING:
 __all__ = [
     "Box",
     "Entity",
-    "Field",
     "FeatureView",
+    "Field",
     "MlboxError",
     "Settings",
     "__version__",

@@ -161,7 +161,7 @@ def coerce(setting: Setting, raw: Any, where: str) -> Any:
         raise SettingsError(f"{where}: setting '{setting.name}' must be {want.__name__}, got {raw!r}")
     if setting.choices and value not in setting.choices:
         raise SettingsError(f"{where}: setting '{setting.name}' must be one of {', '.join(setting.choices)}, got {raw!r}")
-    if want in (int, float) and value < 0:
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and value < 0:
         raise SettingsError(f"{where}: setting '{setting.name}' must not be negative, got {raw!r}")
     return value
 

@@ -60,7 +60,7 @@ def run_quickstart(root: Path, os_user: str, template: str = "tabular-classifica
         d.append(f"{template} project with {len(files)} files in {home}")
     box = Box.create(load_settings(home), os_user)
     try:
-        admin = box.identity.users()[0].name
+        admin = next(u.name for u in box.identity.users() if u.role == "admin")
         box.actor = admin
         with step("doctor") as d:
             checks = run_checks(box.settings, box.paths, box.db, box.audit, hardware.detect())
@@ -77,11 +77,9 @@ def run_quickstart(root: Path, os_user: str, template: str = "tabular-classifica
             for v in fs.catalog.latest_views():
                 result = fs.ingest(v.name, actor=admin)
                 d.append(f"{v.ref} +{result.batch.row_count:,} rows")
-        spec = _train_data(home)
+        labels, features, label_ts = _train_data(home)
         with step("training set") as d:
-            ts = fs.training_set(
-                home / spec["labels"], spec["features"], timestamp=spec.get("timestamp"), out=home / "training_set.parquet"
-            )
+            ts = fs.training_set(home / labels, features, timestamp=label_ts, out=home / "training_set.parquet")
             d.append(f"{ts.label_rows:,} rows × {len(ts.features)} features, fingerprint {ts.fingerprint[:16]}")
         with step("materialize") as d:
             results = fs.materialize(actor=admin)
@@ -90,18 +88,18 @@ def run_quickstart(root: Path, os_user: str, template: str = "tabular-classifica
             first = fs.catalog.latest_views()[0]
             keys = first.keys
             sample = fs.sql(f"SELECT {', '.join(keys)} FROM {first.name} LIMIT 1")[1][0]
-            row = fs.get_online_features([f"{first.name}:*"], [dict(zip(keys, sample, strict=True))])[0]
-            d.append(", ".join(f"{k}={v}" for k, v in list(row.items())[:4]))
+            row = fs.get_online_features([f"{first.name}:*"], [dict(zip(keys, sample, strict=True))])
+            d.append(", ".join(f"{k}={v[0]}" for k, v in list(row.items())[:4]))
         with step("auth") as d:
             box.identity.add_user(admin, "analyst", "data-scientist")
             info, token = box.identity.create_token(admin, "analyst", "viewer", 3600)
             who = box.identity.authenticate(token)
             d.append(f"user analyst (data-scientist), viewer token {info.id} authenticates as {who.name}/{who.role}")
         with step("audit verify") as d:
-            result = box.audit.verify()
-            if not result.ok:
-                raise MlboxError(f"audit chain broken: {result.problem}")
-            d.append(f"{result.checked} entries, chain intact")
+            chain = box.audit.verify()
+            if not chain.ok:
+                raise MlboxError(f"audit chain broken: {chain.problem}")
+            d.append(f"{chain.checked} entries, chain intact")
         with step("backup") as d:
             b = backup_box(home, root / "backup")
             box.audit.record(admin, "box.backup", str(b.dest), {"files": b.files})
@@ -111,12 +109,13 @@ def run_quickstart(root: Path, os_user: str, template: str = "tabular-classifica
     return report
 
 
-def _train_data(home: Path) -> dict[str, object]:
-    """The labels and features named by the project's training spec."""
+def _train_data(home: Path) -> tuple[str, list[str], str | None]:
+    """The labels file, feature references and label timestamp column named by the project's training spec."""
     import yaml
 
     spec = yaml.safe_load((home / "train.yaml").read_text()) or {}
     data = spec.get("data") or {}
     if not data.get("labels") or not data.get("features"):
         raise UsageError(f"{home / 'train.yaml'} names no data.labels and data.features")
-    return dict(data)
+    timestamp = data.get("timestamp")
+    return str(data["labels"]), [str(f) for f in data["features"]], str(timestamp) if timestamp else None

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
+from rich.markup import escape
 
 from mlbox.config import Settings, load_settings
 from mlbox.types import Actor
@@ -108,7 +109,7 @@ def record(value: dict[str, Any], title: str | None = None) -> None:
 def ok(message: str) -> None:
     """A one-line success message (suppressed with --json, where the command emits data instead)."""
     if not state.json:
-        console.print(f"[green]✓[/green] {message}")
+        console.print(f"[green]✓[/green] {escape(message)}")
 
 
 def done(value: dict[str, Any], message: str) -> None:

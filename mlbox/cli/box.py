@@ -25,7 +25,7 @@ def init(
     files = init_project(dest, template)
     box = Box.create(load_settings(dest), os_user())
     try:
-        admin = box.identity.users()[0].name
+        admin = next(u.name for u in box.identity.users() if u.role == "admin")
         box.audit.record(admin, "box.init", str(dest), {"template": template, "files": len(files)})
     finally:
         box.close()

@@ -189,8 +189,7 @@ def get_cmd(
     with open_box() as box:
         actor(box, "features.read_online")
         result = box.features.get_online_features(features, rows, with_timestamps=True)
-    columns = list(dict.fromkeys(k for r in result for k in r))
-    table(result, columns)
+    table([dict(zip(result, values, strict=True)) for values in zip(*result.values(), strict=True)], list(result))
 
 
 @app.command("lineage")

@@ -7,6 +7,7 @@ import sys
 from typing import Annotated
 
 import typer
+from rich.markup import escape
 
 from mlbox.cli import _common
 from mlbox.cli._common import err_console, state
@@ -36,20 +37,21 @@ def main(
 
 
 def _register() -> None:
-    from mlbox.cli import audit, auth, box, features, quickstart
+    from mlbox.cli import audit, auth, bench, box, features, quickstart
 
     box.register(app)
     quickstart.register(app)
     app.add_typer(auth.app, name="auth")
     app.add_typer(audit.app, name="audit")
     app.add_typer(features.app, name="features")
+    app.add_typer(bench.app, name="bench")
 
 
 _register()
 
 
 def _fail(message: str, code: int) -> None:
-    err_console.print(f"[bold red]error:[/bold red] [red]{message}[/red]", soft_wrap=True)
+    err_console.print(f"[bold red]error:[/bold red] [red]{escape(message)}[/red]", soft_wrap=True)
     sys.exit(code)
 
 

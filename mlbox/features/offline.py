@@ -15,7 +15,7 @@ import os
 import re
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -38,6 +38,7 @@ def connect(threads: int | None = None, temp_dir: Path | None = None) -> duckdb.
     """An in-memory DuckDB connection with mlbox's session settings (UTC, explicit threads)."""
     con = duckdb.connect(":memory:")
     con.execute("SET TimeZone = 'UTC'")
+    con.execute("SET enable_progress_bar = false")
     con.execute(f"SET threads = {int(threads or os.cpu_count() or 1)}")
     if temp_dir is not None:
         con.execute("SET temp_directory = ?", [str(temp_dir)])
@@ -150,6 +151,7 @@ class OfflineStore:
             expected = {**keys, view.timestamp: "timestamp", **{f.name: f.dtype for f in view.fields}}
             _check_columns(columns, expected, label, bool(view.transformation))
             select, naive = _validate(con, relation, columns, keys, view, label)
+            naive += _naive_in_csv_text(con, label, view.timestamp)
             if naive:
                 if naive_timestamps == "reject":
                     raise ValidationError(
@@ -158,21 +160,24 @@ class OfflineStore:
                     )
                 notes.append(f"{naive} timestamp(s) without a timezone were read as UTC (features.naive_timestamps)")
             key_cols = ", ".join(_q(k) for k in [*keys, view.timestamp])
-            con.execute(f"CREATE TEMP VIEW __typed AS SELECT {select}, row_number() OVER () AS __ord FROM {relation}")
-            dupes = con.execute(
+            con.execute(f"CREATE TEMP VIEW __typed AS SELECT {select} FROM {relation}")
+            dupes = first(con.execute(
                 f"SELECT count(*), sum(n) FROM (SELECT count(*) AS n FROM __typed GROUP BY {key_cols} HAVING n > 1)"
-            ).fetchone() or (0, 0)
-            final = "SELECT * EXCLUDE (__ord) FROM __typed"
+            )) or (0, 0)
+            final = "SELECT * FROM __typed"
             if dupes[0]:
                 if duplicate_policy == "reject":
-                    example = con.execute(
+                    example = first(con.execute(
                         f"SELECT {key_cols} FROM __typed GROUP BY {key_cols} HAVING count(*) > 1 LIMIT 1"
-                    ).fetchone()
+                    ))
                     raise ValidationError(
                         f"{label}: {dupes[0]} (entity, timestamp) pair(s) appear more than once, e.g. {example}",
                         hint="deduplicate the source or set features.duplicate_policy = 'keep-last'",
                     )
-                final = f"{final} QUALIFY row_number() OVER (PARTITION BY {key_cols} ORDER BY __ord DESC) = 1"
+                final = (
+                    f"SELECT * EXCLUDE (__ord) FROM (SELECT {select}, row_number() OVER () AS __ord FROM {relation}) "
+                    f"QUALIFY row_number() OVER (PARTITION BY {key_cols} ORDER BY __ord DESC) = 1"
+                )
                 notes.append(f"dropped {int(dupes[1]) - int(dupes[0])} duplicate row(s), keeping the last (keep-last)")
             step("writing batch")
             folder = self.root / view.name / f"v{version.version}"
@@ -219,6 +224,12 @@ class OfflineStore:
         return IngestResult(batch, time.perf_counter() - started, notes)
 
 
+def first(cursor: duckdb.DuckDBPyConnection) -> tuple[Any, ...] | None:
+    """The first row of a result, fetching it completely (DuckDB 2 refuses new work on a half-read result)."""
+    rows = cursor.fetchall()
+    return rows[0] if rows else None
+
+
 def lit(path: Path | str) -> str:
     """A SQL string literal for a path (DuckDB cannot bind parameters in COPY or view definitions)."""
     return "'" + str(path).replace("'", "''") + "'"
@@ -263,6 +274,22 @@ def register_source(con: duckdb.DuckDBPyConnection, source: Any, base_dir: Path)
     raise UsageError(f"cannot ingest a {type(source).__name__}: pass a file path, a pandas DataFrame or an Arrow table")
 
 
+def _naive_in_csv_text(con: duckdb.DuckDBPyConnection, label: str, column: str) -> int:
+    """Timestamps without an offset in a CSV column that DuckDB's sniffer typed as TIMESTAMPTZ.
+
+    The sniffer reads a column mixing `...Z` and naive values as TIMESTAMPTZ, taking naive
+    ones in the session zone (UTC); only the text says which values had no offset.
+    """
+    raw = dict(con.execute("SELECT column_name, column_type FROM (DESCRIBE source)").fetchall())
+    if raw.get(column) != "TIMESTAMP WITH TIME ZONE" or not label.lower().endswith((".csv", ".tsv", ".csv.gz", ".tsv.gz")):
+        return 0
+    con.read_csv(label, header=True, all_varchar=True).select(_q(column)).create_view("__csv_text")
+    row = first(con.execute(
+        f"SELECT count(*) FROM __csv_text WHERE {_q(column)} IS NOT NULL AND NOT regexp_matches(trim({_q(column)}), '{TZ_SUFFIX}')"
+    ))
+    return int(row[0]) if row else 0
+
+
 def _check_columns(columns: dict[str, str], expected: dict[str, str], label: str, transformed: bool) -> None:
     missing = [c for c in expected if c not in columns]
     extra = [c for c in columns if c not in expected]
@@ -281,7 +308,7 @@ def _check_columns(columns: dict[str, str], expected: dict[str, str], label: str
 
 
 def _validate(
-    con: duckdb.DuckDBPyConnection, relation: str, columns: dict[str, str], keys: dict[str, str], view: Any, label: str
+    con: duckdb.DuckDBPyConnection, relation: str, columns: dict[str, str], keys: Mapping[str, str], view: Any, label: str
 ) -> tuple[str, int]:
     """One pass over the data: cast failures, null keys and timestamps, naive timestamps.
 
@@ -298,8 +325,9 @@ def _validate(
             continue
         cast = f"TRY_CAST({c} AS {target})"
         bad = f"{c} IS NOT NULL AND {cast} IS NULL"
-        if target in ("BIGINT", "INTEGER") and (src in ("DOUBLE", "FLOAT") or src.startswith("DECIMAL")):
-            bad = f"{bad} OR ({c} IS NOT NULL AND {c} <> trunc({c}))"
+        if target in ("BIGINT", "INTEGER") and (src in ("DOUBLE", "FLOAT", "VARCHAR") or src.startswith("DECIMAL")):
+            as_double = f"TRY_CAST({c} AS DOUBLE)"  # DuckDB rounds 1.5 to 2 when casting to an integer
+            bad = f"{bad} OR ({as_double} IS NOT NULL AND {as_double} <> trunc({as_double}))"
         checks.append(f"count(*) FILTER (WHERE {bad})")
         names.append((col, f"a value that is not {dtype}"))
         select.append(f"{cast} AS {c}")
@@ -320,7 +348,7 @@ def _validate(
     for col in [*keys, view.timestamp]:
         checks.append(f"count(*) FILTER (WHERE {_q(col)} IS NULL)")
         names.append((col, "a null (entity keys and timestamps are required)"))
-    row = con.execute(f"SELECT {', '.join([*checks, naive_expr])} FROM {relation}").fetchone() or ()
+    row = first(con.execute(f"SELECT {', '.join([*checks, naive_expr])} FROM {relation}")) or ()
     for (col, problem), count in zip(names, row[:-1], strict=True):
         if count:
             raise ValidationError(
@@ -330,11 +358,13 @@ def _validate(
     return ", ".join(select), int(row[-1])
 
 
-def _example(con: duckdb.DuckDBPyConnection, relation: str, col: str, columns: dict[str, str], keys: dict[str, str], view: Any) -> str:
+def _example(
+    con: duckdb.DuckDBPyConnection, relation: str, col: str, columns: dict[str, str], keys: Mapping[str, str], view: Any
+) -> str:
     dtype = keys.get(col) or (view.get_field(col).dtype if col != view.timestamp else "timestamp")
     target = DTYPES[dtype]
-    row = con.execute(
+    row = first(con.execute(
         f"SELECT n, v FROM (SELECT row_number() OVER () AS n, {_q(col)} AS v FROM {relation}) "
         f"WHERE v IS NOT NULL AND TRY_CAST(v AS {target}) IS NULL LIMIT 1"
-    ).fetchone()
+    ))
     return f"first bad value {row[1]!r} in data row {row[0]}" if row else "values lose precision when cast"

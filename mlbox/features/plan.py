@@ -73,7 +73,7 @@ def plan(defs: Definitions, entities: list[Entity], latest: list[ViewVersion]) -
         else:
             changes.append(Change("view", v.name, "unchanged", f"version {old_v.version}"))
     declared = {v.name for v in defs.views}
-    for v in latest:
-        if v.name not in declared:
-            changes.append(Change("view", v.name, "not-in-file", "kept; apply never deletes views"))
+    for name in sorted(current):
+        if name not in declared:
+            changes.append(Change("view", name, "not-in-file", "kept; apply never deletes views"))
     return changes

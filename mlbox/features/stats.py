@@ -54,7 +54,7 @@ def column_stats(con: duckdb.DuckDBPyConnection, relation: str, view: FeatureVie
             exprs.append(f"approx_count_distinct({c}) AS d{i}")
     cur = con.execute(f"SELECT {', '.join(exprs)} FROM {relation}")
     names = [d[0] for d in cur.description]
-    row = dict(zip(names, cur.fetchone() or (), strict=True))
+    row = dict(zip(names, (cur.fetchall() or [()])[0], strict=True))
     n = int(row["n"])
     fields: dict[str, Any] = {}
     for i, f in enumerate(view.fields):

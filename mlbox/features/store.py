@@ -15,7 +15,7 @@ from mlbox.config import Settings
 from mlbox.errors import UsageError, ValidationError
 from mlbox.features import training
 from mlbox.features.catalog import Catalog, ViewVersion
-from mlbox.features.definitions import Definitions, Entity, FeatureRef, FeatureView, load_definitions
+from mlbox.features.definitions import DTYPES, Definitions, Entity, FeatureRef, FeatureView, load_definitions
 from mlbox.features.materialize import MaterializeResult, materialize
 from mlbox.features.offline import IngestResult, OfflineStore, check_select, lit
 from mlbox.features.online import Lookup, OnlineStore, coerce_key, micros_to_datetime
@@ -221,29 +221,31 @@ class FeatureStore:
 
     def get_online_features(
         self, features: Sequence[str], entity_rows: Sequence[Mapping[str, Any]], *, with_timestamps: bool = False
-    ) -> list[dict[str, Any]]:
-        """Latest materialized values for each entity row; missing entities get None."""
+    ) -> dict[str, list[Any]]:
+        """Latest materialized values, columnar: {column: [value per entity row]}; missing entities get None.
+
+        The entity rows' own columns come first; with `with_timestamps`, each view adds
+        `<view@version>:__ts`, the event time of the values returned.
+        """
+        result: dict[str, list[Any]] = {}
+        for row in entity_rows:
+            for key in row:
+                result.setdefault(key, [])
+        for key in result:
+            result[key] = [row.get(key) for row in entity_rows]
         if not entity_rows:
-            return []
+            return result
         online_plan = self._online_plan(tuple(features))
-        results = [dict(row) for row in entity_rows]
         for lookup, names, key_types, ref in online_plan.lookups:
             try:
-                keys = [tuple(coerce_key(row[k], t, k) for k, t in key_types.items()) for row in entity_rows]
+                keys = [tuple([coerce_key(row[k], t, k) for k, t in key_types.items()]) for row in entity_rows]
             except KeyError as exc:
                 raise ValidationError(f"entity row lacks join key {exc.args[0]!r} needed by {ref}") from None
-            found = self.online.read(lookup, keys)
-            for out, key in zip(results, keys, strict=True):
-                values = found.get(key)
-                if values is None:
-                    out.update(dict.fromkeys(names))
-                    if with_timestamps:
-                        out[f"{ref}:__ts"] = None
-                else:
-                    out.update(zip(names, values[1:], strict=True))
-                    if with_timestamps:
-                        out[f"{ref}:__ts"] = micros_to_datetime(values[0]).isoformat()
-        return results
+            stamps, values = self.online.read(lookup, keys)
+            result.update(values)
+            if with_timestamps:
+                result[f"{ref}:__ts"] = [None if t is None else micros_to_datetime(t).isoformat() for t in stamps]
+        return result
 
     # discovery ----------------------------------------------------------------
     def list_views(self) -> list[dict[str, Any]]:
@@ -332,7 +334,7 @@ class FeatureStore:
             ],
         }
 
-    def sql(self, query: str, snapshot: int | None = None) -> duckdb.DuckDBPyRelation | Any:
+    def sql(self, query: str, snapshot: int | None = None) -> tuple[list[str], list[tuple[Any, ...]]]:
         """Run one read-only SELECT over the committed views; returns (column names, rows)."""
         con = self.offline.connect()
         try:
@@ -343,9 +345,9 @@ class FeatureStore:
                 cols = ", ".join(
                     f'NULL::{t} AS "{c}"'
                     for c, t in [
-                        *((k, training.DTYPES[d]) for k, d in v.entity.join_keys.items()),
+                        *((k, DTYPES[d]) for k, d in v.entity.join_keys.items()),
                         (v.view.timestamp, "TIMESTAMPTZ"),
-                        *((f.name, training.DTYPES[f.dtype]) for f in v.view.fields),
+                        *((f.name, DTYPES[f.dtype]) for f in v.view.fields),
                     ]
                 )
                 body = f"SELECT * FROM read_parquet([{', '.join(lit(f) for f in files)}])" if files else f"SELECT {cols} WHERE false"

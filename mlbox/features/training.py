@@ -19,7 +19,7 @@ import duckdb
 from mlbox.errors import UsageError, ValidationError
 from mlbox.features.catalog import Catalog, ViewVersion
 from mlbox.features.definitions import DTYPES, FeatureRef
-from mlbox.features.offline import OfflineStore, lit, register_source
+from mlbox.features.offline import OfflineStore, first, lit, register_source
 from mlbox.features.pit import JoinSpec, ViewJoin, build_query, output_names, q
 
 TIMESTAMP_TYPES = ("TIMESTAMP WITH TIME ZONE", "TIMESTAMP", "TIMESTAMP_NS", "TIMESTAMP_MS", "TIMESTAMP_S", "DATE")
@@ -59,7 +59,11 @@ def resolve(catalog: Catalog, offline: OfflineStore, refs: list[str], snapshot: 
         v = versions.setdefault((ref.view, ref.version), catalog.view(ref.view, ref.version, snapshot))
         names = [f.name for f in v.view.fields] if ref.field == "*" else [v.view.get_field(ref.field).name]
         wanted += [(v, n) for n in names if (v, n) not in wanted]
-    outs = output_names(label_columns, [(v.name, f) for v, f in wanted])
+    versions_of: dict[str, set[int]] = {}
+    for v, _ in wanted:
+        versions_of.setdefault(v.name, set()).add(v.version)
+    qualifier = {v.ref: v.name if len(versions_of[v.name]) == 1 else f"{v.name}_v{v.version}" for v, _ in wanted}
+    outs = output_names(label_columns, [(qualifier[v.ref], f) for v, f in wanted])
     joins, batches = [], {}
     used = list({v.ref: v for v, _ in wanted}.values())
     for i, v in enumerate(used):
@@ -109,7 +113,7 @@ def register_labels(con: duckdb.DuckDBPyConnection, labels: Any, timestamp: str 
     if kind not in TIMESTAMP_TYPES and kind != "VARCHAR":
         raise ValidationError(f"label column {timestamp!r} is {kind}, not a timestamp")
     con.execute(f"CREATE TEMP VIEW __labels AS SELECT * REPLACE ({conv} AS {ts}) FROM source")
-    bad = con.execute(f"SELECT count(*), count(*) FILTER (WHERE {ts} IS NULL) FROM __labels").fetchone() or (0, 0)
+    bad = first(con.execute(f"SELECT count(*), count(*) FILTER (WHERE {ts} IS NULL) FROM __labels")) or (0, 0)
     if bad[1]:
         raise ValidationError(f"labels: {bad[1]} row(s) have no valid timestamp in {timestamp!r}")
     return list(schema), timestamp, int(bad[0])
@@ -117,9 +121,9 @@ def register_labels(con: duckdb.DuckDBPyConnection, labels: Any, timestamp: str 
 
 def fingerprint(con: duckdb.DuckDBPyConnection, plan: Plan) -> str:
     cols = ", ".join(f"__l.{q(c)}" for c in plan.spec.label_columns)
-    rows, digest = con.execute(
+    rows, digest = first(con.execute(
         f"SELECT count(*), bit_xor(hash(__row, {cols})) FROM (SELECT *, row_number() OVER () AS __row FROM __labels) __l"
-    ).fetchone() or (0, 0)
+    )) or (0, 0)
     body = {
         "labels": [int(rows), str(digest), plan.spec.label_columns, plan.spec.label_timestamp],
         "features": [[v.ref, f, out, v.view.ttl_seconds, v.definition_hash] for v, f, out in plan.requested],
@@ -165,7 +169,7 @@ def build(
                 tmp.replace(out)
                 result.path = out
             elif as_arrow:
-                result.frame = con.execute(sql).fetch_arrow_table()
+                result.frame = con.sql(sql).to_arrow_table()
             else:
                 result.frame = con.execute(sql).df()
         except duckdb.ConversionException as exc:

@@ -14,7 +14,7 @@ import re
 import secrets
 from dataclasses import asdict, dataclass
 from datetime import timedelta
-from typing import Any, cast
+from typing import Any
 
 from mlbox import clock
 from mlbox.errors import AuthError, Conflict, NotFound, UsageError
@@ -62,9 +62,10 @@ class TokenInfo:
 
 
 def check_role(role: str) -> Role:
-    if role not in ROLES:
-        raise UsageError(f"unknown role {role!r}", hint=f"roles are {', '.join(ROLES)}")
-    return cast(Role, role)
+    for known in ROLES:
+        if role == known:
+            return known
+    raise UsageError(f"unknown role {role!r}", hint=f"roles are {', '.join(ROLES)}")
 
 
 def _hash(secret: str) -> str:
@@ -110,7 +111,7 @@ class Identity:
         role = check_role(role)
         with self.db.atomic():
             old = self.user(name)
-            if old.role == "admin" and role != "admin" and self._active_admins() <= 1:
+            if old.role == "admin" and role != "admin" and old.disabled_at is None and self._active_admins() <= 1:
                 raise Conflict(f"{name!r} is the last admin; make another admin first")
             self.db.execute("UPDATE users SET role = ? WHERE name = ?", (role, name))
             self.audit.record(actor, "auth.user.role", name, {"from": old.role, "to": role})
@@ -119,7 +120,7 @@ class Identity:
     def disable_user(self, actor: str, name: str) -> User:
         with self.db.atomic():
             user = self.user(name)
-            if user.role == "admin" and self._active_admins() <= 1:
+            if user.role == "admin" and user.disabled_at is None and self._active_admins() <= 1:
                 raise Conflict(f"{name!r} is the last admin; make another admin first")
             now = clock.iso()
             self.db.execute("UPDATE users SET disabled_at = ? WHERE name = ? AND disabled_at IS NULL", (now, name))

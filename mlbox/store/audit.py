@@ -99,11 +99,14 @@ class AuditLog:
                 (seq, ts, actor, action, target, text, prev, digest),
             )
             self.db.execute(
-                "INSERT INTO audit_head (id, seq, hash) VALUES (1, ?, ?) "
-                "ON CONFLICT(id) DO UPDATE SET seq = excluded.seq, hash = excluded.hash",
-                (seq, digest),
+                "INSERT INTO audit_head (id, seq, hash, mac) VALUES (1, ?, ?, ?) "
+                "ON CONFLICT(id) DO UPDATE SET seq = excluded.seq, hash = excluded.hash, mac = excluded.mac",
+                (seq, digest, self._head_mac(seq, digest)),
             )
         return seq
+
+    def _head_mac(self, seq: int, digest: str) -> str:
+        return hmac.new(self.key, f"head\n{seq}\n{digest}".encode(), hashlib.sha256).hexdigest()
 
     def entries(
         self,
@@ -147,8 +150,8 @@ class AuditLog:
     def verify(self) -> VerifyResult:
         """Walk the whole chain in storage order; the first problem found is reported."""
         prev, expected_seq, checked = GENESIS, 1, 0
-        with self.db.atomic():  # one consistent snapshot while writers go on
-            head = self.db.one("SELECT seq, hash FROM audit_head WHERE id = 1")
+        with self.db.snapshot():  # one consistent read while writers go on
+            head = self.db.one("SELECT seq, hash, mac FROM audit_head WHERE id = 1")
             for row in self._rows():
                 seq = row["seq"]
                 if seq != expected_seq:
@@ -167,6 +170,8 @@ class AuditLog:
                 if checked:
                     return VerifyResult(False, checked, None, "the audit head record is missing")
                 return VerifyResult(True, 0)
+            if not hmac.compare_digest(head["mac"], self._head_mac(head["seq"], head["hash"])):
+                return VerifyResult(False, checked, checked + 1, "the audit head record was edited by hand")
             if head["seq"] != checked or head["hash"] != prev:
                 return VerifyResult(
                     False,

@@ -96,6 +96,20 @@ class Database:
                         self.conn.execute("ROLLBACK")
                     raise
 
+    @contextmanager
+    def snapshot(self) -> Iterator[Database]:
+        """A read transaction: one consistent view of the database that never blocks writers."""
+        with self._lock:
+            if self.conn.in_transaction:
+                yield self
+                return
+            self.conn.execute("BEGIN DEFERRED")
+            try:
+                yield self
+            finally:
+                if self.conn.in_transaction:
+                    self.conn.execute("ROLLBACK")
+
     def execute(self, sql: str, params: Params = ()) -> sqlite3.Cursor:
         with self._lock:
             return self.conn.execute(sql, params)

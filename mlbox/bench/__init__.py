@@ -1,0 +1,1 @@
+"""Benchmarks: mlbox operations timed against their floors in the same run (`mlbox bench ...`)."""
