@@ -42,12 +42,12 @@ def latest_query(version: ViewVersion, files: list[str]) -> str:
     keys = ", ".join(q(k) for k in version.entity.join_keys)
     ts = q(version.view.timestamp)
     fields = ", ".join(f"d.{q(f.name)}" for f in version.view.fields)
-    order = f"(epoch_us({ts})::HUGEINT << 20) + __rank"
+    order = f"epoch_us({ts})::HUGEINT * 1048576 + __rank"  # a shift refuses negative (pre-1970) times
     data = " UNION ALL ".join(f"SELECT *, {rank} AS __rank FROM read_parquet({lit(f)})" for rank, f in enumerate(files))
     return (
         f"WITH d AS ({data}), l AS (SELECT {keys}, max({order}) AS __o FROM d GROUP BY ALL) "
         f"SELECT {', '.join(f'd.{q(k)}' for k in version.entity.join_keys)}, epoch_us(d.{ts}) AS __ts, {fields} "
-        f"FROM d JOIN l USING ({keys}) WHERE (epoch_us(d.{ts})::HUGEINT << 20) + d.__rank = l.__o ORDER BY {keys}"
+        f"FROM d JOIN l USING ({keys}) WHERE epoch_us(d.{ts})::HUGEINT * 1048576 + d.__rank = l.__o ORDER BY {keys}"
     )
 
 

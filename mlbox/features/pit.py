@@ -56,7 +56,7 @@ def _view_cte(v: ViewJoin) -> str:
     if not v.tie_break:
         files = ", ".join(lit(f) for f in v.files)
         return f"{q(v.alias)} AS (SELECT {', '.join(cols)} FROM read_parquet([{files}]))"
-    order = f"(epoch_us({q(v.timestamp)})::HUGEINT << {RANK_BITS}) + {{rank}} AS {q('__o_' + v.alias)}"
+    order = f"epoch_us({q(v.timestamp)})::HUGEINT * {1 << RANK_BITS} + {{rank}} AS {q('__o_' + v.alias)}"
     parts = [
         f"SELECT {', '.join(cols)}, {order.format(rank=rank)} FROM read_parquet({lit(f)})"
         for rank, f in enumerate(v.files)
@@ -76,7 +76,7 @@ def build_query(spec: JoinSpec) -> str:
         on = [f"CAST(__l.{q(k)} AS {t}) = {a}.{q(k)}" for k, t in v.keys]
         if v.tie_break:
             top = (1 << RANK_BITS) - 1
-            on.append(f"(epoch_us(__l.{lts})::HUGEINT << {RANK_BITS}) + {top} >= {a}.{q('__o_' + v.alias)}")
+            on.append(f"epoch_us(__l.{lts})::HUGEINT * {1 << RANK_BITS} + {top} >= {a}.{q('__o_' + v.alias)}")
         else:
             on.append(f"__l.{lts} >= {a}.{q('__ts_' + v.alias)}")
         joins.append(f"ASOF LEFT JOIN {a} ON {' AND '.join(on)}")

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-from mlbox.errors import Conflict
+from mlbox.errors import Conflict, UsageError
 from mlbox.features.catalog import ViewVersion
 from mlbox.features.definitions import Definitions, Entity, FeatureView
 
@@ -61,6 +61,8 @@ def plan(defs: Definitions, entities: list[Entity], latest: list[ViewVersion]) -
     entity_of = {**known, **{e.name: e for e in defs.entities}}
     current = {v.name: v for v in latest}
     for v in defs.views:
+        if v.entity not in entity_of:
+            raise UsageError(f"view {v.name!r} refers to unknown entity {v.entity!r}", hint="declare the entity too")
         old_v = current.get(v.name)
         new_hash = v.schema_hash(entity_of[v.entity])
         if old_v is None:

@@ -340,7 +340,7 @@ class FeatureStore:
         try:
             check_select(con, query, "features sql")
             snap = self.catalog.snapshot() if snapshot is None else snapshot
-            for v in self.catalog.versions():
+            for v in (v for v in self.catalog.versions() if v.commit_seq <= snap):  # oldest first: NAME ends at the latest
                 files = [str(p) for _, p in self.offline.files(v, snap)]
                 cols = ", ".join(
                     f'NULL::{t} AS "{c}"'

@@ -1,6 +1,6 @@
 """Subprocess helper for the multi-process feature-store tests: `python _worker.py MODE ARGS...`.
 
-writer HOME VIEW BATCHES ROWS   ingest BATCHES batches of ROWS rows (new customer ids each), pausing briefly
+writer HOME VIEW BATCHES ROWS OFFSET   ingest BATCHES batches of ROWS rows (new customer ids from OFFSET), pausing briefly
 reader HOME VIEW LABELS READY DONE   until DONE exists: count rows via fs.sql and via a training set; prints JSON
 ingest HOME VIEW PATH            one ingest of a file (killed mid-write by the crash test)
 """
@@ -23,14 +23,14 @@ def _box(home: str):  # type: ignore[no-untyped-def]
     return Box(load_settings(home))
 
 
-def writer(home: str, view: str, batches: int, rows: int) -> None:
+def writer(home: str, view: str, batches: int, rows: int, offset: int) -> None:
     import numpy as np
     import pandas as pd
 
     box = _box(home)
     try:
         for i in range(batches):
-            ids = np.arange(i * rows, (i + 1) * rows, dtype="int64")
+            ids = np.arange(offset + i * rows, offset + (i + 1) * rows, dtype="int64")
             df = pd.DataFrame({"customer_id": ids, "ts": pd.Timestamp(T0) + pd.Timedelta(seconds=i), "a": ids * 2})
             box.features.ingest(view, df)
             time.sleep(0.05)
@@ -73,7 +73,7 @@ def ingest(home: str, view: str, path: str) -> None:
 if __name__ == "__main__":
     mode, *args = sys.argv[1:]
     if mode == "writer":
-        writer(args[0], args[1], int(args[2]), int(args[3]))
+        writer(args[0], args[1], int(args[2]), int(args[3]), int(args[4]))
     elif mode == "reader":
         reader(*args)
     elif mode == "ingest":

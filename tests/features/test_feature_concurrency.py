@@ -25,7 +25,9 @@ VIEW = FeatureView("v", "customer", "ts", (Field("a", "int64"),))
 
 
 def test_readers_only_ever_see_complete_batches(fs: FeatureStore, box: Box, tmp_path: Path) -> None:
-    batches, rows = 10, 3000
+    """Two writer processes ingest batches of `rows` rows; three readers count rows the whole time."""
+    per_writer, rows = 6, 3000
+    batches = 2 * per_writer
     fs.apply([CUSTOMER, VIEW])
     labels = tmp_path / "labels.parquet"
     pd.DataFrame({"customer_id": np.arange(batches * rows), "ts": pd.Timestamp("2025-02-01T00:00:00Z")}).to_parquet(labels)
@@ -41,12 +43,13 @@ def test_readers_only_ever_see_complete_batches(fs: FeatureStore, box: Box, tmp_
         assert all(p.poll() is None for p, _ in readers), "a reader died at start"
         time.sleep(0.02)
 
-    writer = popen_worker("writer", home, "v", str(batches), str(rows))
+    writers = [popen_worker("writer", home, "v", str(per_writer), str(rows), str(k * per_writer * rows)) for k in range(2)]
     try:
-        w_out, w_err = writer.communicate(timeout=120)
+        results = [w.communicate(timeout=120) for w in writers]
     finally:
         done.touch()
-    assert writer.returncode == 0, w_err
+    for w, (_, w_err) in zip(writers, results, strict=True):
+        assert w.returncode == 0, w_err
 
     valid = {k * rows for k in range(batches + 1)}
     observations, distinct = 0, set()

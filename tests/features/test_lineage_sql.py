@@ -119,3 +119,17 @@ def test_sql_reads_views_at_a_snapshot(fs: FeatureStore, tmp_path: Path) -> None
     assert fs.sql("SELECT count(*), typeof(any_value(e)) FROM empty")[1][0][0] == 0
     with pytest.raises(UsageError, match="query failed"):
         fs.sql("SELECT * FROM no_such_view")
+
+
+def test_sql_at_a_snapshot_sees_the_versions_of_that_snapshot(fs: FeatureStore, tmp_path: Path) -> None:
+    """Reading at snapshot S sees exactly the versions committed by S: `a` is still version 1 there."""
+    _setup(fs, tmp_path)
+    snap = fs.snapshot()
+    fs.apply([CUSTOMER, FeatureView("a", "customer", "ts", (Field("x", "int64"), Field("w", "int64"))), FeatureView("b", "customer", "ts", (Field("y", "int64"),))])
+    fs.ingest("a", pd.DataFrame({"customer_id": [7], "ts": [T0], "x": [7], "w": [7]}))
+    assert fs.sql("SELECT count(*) FROM a")[1] == [(1,)]  # now: version 2
+    assert fs.sql("SELECT count(*) FROM a_v1", snapshot=snap)[1] == [(3,)]
+    # pinned before version 2 existed, the plain name must mean version 1, as a training set at that snapshot does
+    labels = pd.DataFrame({"customer_id": [1], "ts": [T0 + pd.Timedelta(days=5)]})
+    assert fs.training_set(labels, ["a:x"], snapshot=snap, timestamp="ts").features == ["a@1:x"]
+    assert fs.sql("SELECT count(*) FROM a", snapshot=snap)[1] == [(3,)]

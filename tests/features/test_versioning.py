@@ -160,3 +160,17 @@ def test_apply_is_all_or_nothing(fs: FeatureStore) -> None:
         fs.plan(Definitions((CUSTOMER,), (orphan,)))
     with pytest.raises(UsageError, match="twice"):
         Definitions((CUSTOMER, CUSTOMER), ())
+
+
+def test_view_columns_must_not_collide_with_entity_keys(fs: FeatureStore) -> None:
+    """A field (or the timestamp) named like a join key would be stored twice; refuse it when defined."""
+    from mlbox.errors import UsageError
+
+    fs.apply([CUSTOMER])
+    for bad in (
+        FeatureView("p", "customer", "ts", (Field("customer_id", "int64"), Field("x", "int64"))),
+        FeatureView("p", "customer", "customer_id", (Field("x", "int64"),)),
+    ):
+        with pytest.raises(UsageError, match="customer_id"):
+            fs.apply([CUSTOMER, bad])
+        assert fs.catalog.versions() == []
