@@ -9,7 +9,7 @@ at or before S, whatever is committed later.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from mlbox import clock
@@ -128,7 +128,17 @@ class Catalog:
             if snapshot is not None and self.versions(name):
                 raise NotFound(f"feature view {name!r} did not exist yet at snapshot {snapshot}")
             raise NotFound(f"no feature view {name!r}", hint="`mlbox features list` shows the views")
-        return candidates[-1]
+        found = candidates[-1]
+        if snapshot is None:
+            return found
+        row = self.db.one(  # metadata (TTL, description, ...) as it was at the snapshot
+            "SELECT definition FROM feature_view_definitions WHERE name = ? AND version = ? AND commit_seq <= ? "
+            "ORDER BY commit_seq DESC LIMIT 1",
+            (found.name, found.version, snapshot),
+        )
+        if row is None:
+            return found
+        return replace(found, view=FeatureView.from_dict(json.loads(row["definition"])))
 
     def latest_views(self) -> list[ViewVersion]:
         latest: dict[str, ViewVersion] = {}
@@ -139,27 +149,30 @@ class Catalog:
     def add_version(self, view: FeatureView, entity: Entity, actor: str) -> ViewVersion:
         with self.db.atomic():
             current = self.db.scalar("SELECT max(version) FROM feature_views WHERE name = ?", (view.name,)) or 0
+            seq, definition = self._next_seq(), json.dumps(view.as_dict(), sort_keys=True)
             self.db.execute(
                 "INSERT INTO feature_views (name, version, entity, definition, definition_hash, commit_seq, created_at, "
                 "created_by) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                (
-                    view.name,
-                    current + 1,
-                    entity.name,
-                    json.dumps(view.as_dict(), sort_keys=True),
-                    view.schema_hash(entity),
-                    self._next_seq(),
-                    clock.iso(),
-                    actor,
-                ),
+                (view.name, current + 1, entity.name, definition, view.schema_hash(entity), seq, clock.iso(), actor),
+            )
+            self.db.execute(
+                "INSERT INTO feature_view_definitions (name, version, commit_seq, definition) VALUES (?, ?, ?, ?)",
+                (view.name, current + 1, seq, definition),
             )
         return self.view(view.name, current + 1)
 
     def update_metadata(self, version: ViewVersion, view: FeatureView) -> None:
-        self.db.execute(
-            "UPDATE feature_views SET definition = ? WHERE name = ? AND version = ?",
-            (json.dumps(view.as_dict(), sort_keys=True), version.name, version.version),
-        )
+        """Replace the version's metadata; the old one stays readable at earlier snapshots."""
+        definition = json.dumps(view.as_dict(), sort_keys=True)
+        with self.db.atomic():
+            self.db.execute(
+                "UPDATE feature_views SET definition = ? WHERE name = ? AND version = ?",
+                (definition, version.name, version.version),
+            )
+            self.db.execute(
+                "INSERT INTO feature_view_definitions (name, version, commit_seq, definition) VALUES (?, ?, ?, ?)",
+                (version.name, version.version, self._next_seq(), definition),
+            )
 
     # batches -------------------------------------------------------------
     def batches(self, name: str, version: int, snapshot: int | None = None) -> list[Batch]:

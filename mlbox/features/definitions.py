@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -105,6 +106,8 @@ class FeatureView:
 
     def __post_init__(self) -> None:
         check_name(self.name, "feature view name")
+        if re.search(r"_v[0-9]+$", self.name):
+            raise UsageError(f"feature view name {self.name!r} ends like a version suffix (_v1)", hint="`features sql` uses NAME_vN for versions")
         check_name(self.entity, f"entity of view {self.name!r}")
         check_name(self.timestamp, f"timestamp column of view {self.name!r}")
         object.__setattr__(self, "fields", tuple(self.fields))

@@ -63,6 +63,12 @@ def plan(defs: Definitions, entities: list[Entity], latest: list[ViewVersion]) -
     for v in defs.views:
         if v.entity not in entity_of:
             raise UsageError(f"view {v.name!r} refers to unknown entity {v.entity!r}", hint="declare the entity too")
+        clash = sorted(({f.name for f in v.fields} | {v.timestamp}) & set(entity_of[v.entity].join_keys))
+        if clash:
+            raise UsageError(
+                f"view {v.name!r} uses the join key {clash[0]!r} of entity {v.entity!r} as a field or timestamp",
+                hint="join keys are added to every view automatically; remove it from the fields",
+            )
         old_v = current.get(v.name)
         new_hash = v.schema_hash(entity_of[v.entity])
         if old_v is None:

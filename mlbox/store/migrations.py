@@ -87,6 +87,14 @@ CREATE TABLE feature_views (
     created_by TEXT NOT NULL,
     PRIMARY KEY (name, version)
 );
+CREATE TABLE feature_view_definitions (
+    name TEXT NOT NULL,
+    version INTEGER NOT NULL,
+    commit_seq INTEGER NOT NULL,
+    definition TEXT NOT NULL,
+    PRIMARY KEY (name, version, commit_seq),
+    FOREIGN KEY (name, version) REFERENCES feature_views(name, version)
+);
 CREATE TABLE feature_batches (
     id INTEGER PRIMARY KEY,
     view TEXT NOT NULL,
@@ -125,9 +133,89 @@ CREATE TABLE training_sets (
 )
 """
 
+TRACKING = """
+CREATE TABLE experiments (
+    id INTEGER PRIMARY KEY,
+    name TEXT NOT NULL UNIQUE,
+    created_at TEXT NOT NULL,
+    created_by TEXT NOT NULL
+);
+CREATE TABLE runs (
+    id TEXT PRIMARY KEY,
+    experiment_id INTEGER NOT NULL REFERENCES experiments(id),
+    name TEXT NOT NULL,
+    status TEXT NOT NULL CHECK (status IN ('running', 'finished', 'failed', 'interrupted')),
+    user TEXT NOT NULL,
+    started_at TEXT NOT NULL,
+    ended_at TEXT,
+    duration_s REAL,
+    device TEXT,
+    params TEXT NOT NULL DEFAULT '{}',
+    tags TEXT NOT NULL DEFAULT '{}',
+    environment TEXT NOT NULL DEFAULT '{}',
+    env_hash TEXT,
+    code_rev TEXT,
+    code_dirty INTEGER,
+    dataset_fingerprint TEXT,
+    feature_views TEXT NOT NULL DEFAULT '[]',
+    error TEXT
+);
+CREATE INDEX runs_experiment ON runs(experiment_id, started_at);
+CREATE TABLE metrics (
+    run_id TEXT NOT NULL REFERENCES runs(id),
+    key TEXT NOT NULL,
+    step INTEGER NOT NULL,
+    value REAL,
+    ts REAL NOT NULL
+);
+CREATE INDEX metrics_run_key ON metrics(run_id, key, step);
+CREATE TABLE run_artifacts (
+    run_id TEXT NOT NULL REFERENCES runs(id),
+    name TEXT NOT NULL,
+    sha256 TEXT NOT NULL,
+    size INTEGER NOT NULL,
+    PRIMARY KEY (run_id, name)
+);
+CREATE TABLE models (
+    name TEXT PRIMARY KEY,
+    description TEXT NOT NULL DEFAULT '',
+    created_at TEXT NOT NULL,
+    created_by TEXT NOT NULL
+);
+CREATE TABLE model_versions (
+    name TEXT NOT NULL REFERENCES models(name),
+    version INTEGER NOT NULL,
+    run_id TEXT REFERENCES runs(id),
+    flavor TEXT NOT NULL,
+    task TEXT NOT NULL,
+    signature TEXT NOT NULL,
+    reference_stats TEXT NOT NULL,
+    metrics TEXT NOT NULL,
+    artifacts TEXT NOT NULL,
+    lineage TEXT NOT NULL,
+    onnx_max_abs_diff REAL,
+    onnx_tolerance REAL,
+    created_at TEXT NOT NULL,
+    created_by TEXT NOT NULL,
+    archived_at TEXT,
+    PRIMARY KEY (name, version)
+);
+CREATE TABLE model_aliases (
+    name TEXT NOT NULL REFERENCES models(name),
+    alias TEXT NOT NULL CHECK (alias IN ('staging', 'production')),
+    version INTEGER NOT NULL,
+    revision INTEGER NOT NULL,
+    updated_at TEXT NOT NULL,
+    updated_by TEXT NOT NULL,
+    PRIMARY KEY (name, alias),
+    FOREIGN KEY (name, version) REFERENCES model_versions(name, version)
+)
+"""
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration("0001_core", _sql(CORE)),
     Migration("0002_features", _sql(FEATURES)),
+    Migration("0003_tracking_registry", _sql(TRACKING)),
 )
 
 

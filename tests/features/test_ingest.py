@@ -17,7 +17,7 @@ from mlbox.errors import UsageError, ValidationError
 from mlbox.features.definitions import Entity, FeatureView, Field
 from mlbox.features.store import FeatureStore
 
-from .conftest import column, files_under
+from .conftest import files_under
 
 T0 = pd.Timestamp("2025-01-01T00:00:00Z")
 CUSTOMER = Entity("customer", {"customer_id": "int64"})

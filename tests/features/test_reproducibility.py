@@ -99,3 +99,18 @@ def test_view_created_after_the_snapshot_is_not_visible(fs: FeatureStore) -> Non
     fs.ingest("prof", rows([1], T0, [10]))
     with pytest.raises(Exception, match="did not exist yet at snapshot"):
         fs.training_set(LABELS, ["prof:x"], snapshot=snap, timestamp="ts")
+
+
+def test_ttl_change_does_not_change_a_pinned_training_set(fs: FeatureStore) -> None:
+    """TTL is metadata updated in place, but a read pinned to a snapshot uses the TTL of that snapshot."""
+    fs.apply([CUSTOMER, view()])
+    fs.ingest("prof", rows([1, 2], T0, [10, 20]))
+    labels = pd.DataFrame({"customer_id": [1], "ts": [T0 + pd.Timedelta(days=10)]})
+    snap = fs.snapshot()
+    before = fs.training_set(labels, ["prof:x"], snapshot=snap, timestamp="ts")
+    assert column(before.frame, "x") == [10]
+    fs.apply([CUSTOMER, FeatureView("prof", "customer", "ts", (Field("x", "int64"),), ttl="1d")])
+    now = fs.training_set(labels, ["prof:x"], timestamp="ts")
+    assert column(now.frame, "x") == [None]  # the new 1-day TTL applies to unpinned reads
+    pinned = fs.training_set(labels, ["prof:x"], snapshot=snap, timestamp="ts")
+    assert column(pinned.frame, "x") == [10] and pinned.fingerprint == before.fingerprint

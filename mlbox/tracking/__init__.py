@@ -1,0 +1,1 @@
+"""L2 tracking: experiments, runs, params, metrics (buffered), artifacts, environment capture."""
