@@ -15,6 +15,7 @@ from mlbox.errors import MlboxError
 if TYPE_CHECKING:
     from mlbox.box import Box
     from mlbox.features.definitions import Entity, FeatureView, Field
+    from mlbox.tracking.run import ActiveRun
 
 __all__ = [
     "Box",
@@ -26,6 +27,7 @@ __all__ = [
     "__version__",
     "load_settings",
     "open_box",
+    "start_run",
 ]
 
 _LAZY = {
@@ -41,6 +43,27 @@ def open_box(home: str | None = None) -> Box:
     from mlbox.box import Box
 
     return Box(load_settings(home))
+
+
+def start_run(experiment: str, name: str | None = None, home: str | None = None) -> ActiveRun:
+    """Start a tracked run in the box at `home` (default resolution); the box closes with the run.
+
+        with mlbox.start_run(experiment="churn") as run:
+            run.log_params({"lr": 0.1})
+            run.log_metric("loss", 0.3, step=1)
+    """
+    box = open_box(home)
+    active = box.start_run(experiment, name)
+    end = active.end
+
+    def end_and_close(status: str = "finished", error: str | None = None) -> None:
+        try:
+            end(status, error)
+        finally:
+            box.close()
+
+    active.end = end_and_close  # type: ignore[method-assign]
+    return active
 
 
 def __getattr__(name: str) -> Any:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import getpass
 from functools import cached_property
 from types import TracebackType
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from mlbox.config import Settings
 from mlbox.security.identity import Identity
@@ -14,6 +14,10 @@ from mlbox.store.layout import BoxPaths, open_meta
 
 if TYPE_CHECKING:
     from mlbox.features.store import FeatureStore
+    from mlbox.registry.store import Registry
+    from mlbox.store.artifacts import ArtifactStore
+    from mlbox.tracking.run import ActiveRun
+    from mlbox.tracking.store import TrackingStore
 
 
 def _os_user() -> str:
@@ -52,6 +56,34 @@ class Box:
         from mlbox.features.store import FeatureStore
 
         return FeatureStore(self.db, self.audit, self.paths, self.settings, self.actor)
+
+    @cached_property
+    def artifacts(self) -> ArtifactStore:
+        from mlbox.store.artifacts import ArtifactStore
+
+        return ArtifactStore(self.paths.artifacts)
+
+    @cached_property
+    def tracking(self) -> TrackingStore:
+        from mlbox.tracking.store import TrackingStore
+
+        return TrackingStore(self.db, self.artifacts)
+
+    @cached_property
+    def registry(self) -> Registry:
+        from mlbox.registry.store import Registry
+
+        return Registry(self.db, self.artifacts, self.audit)
+
+    def start_run(self, experiment: str, name: str | None = None, **fields: Any) -> ActiveRun:
+        """Start a tracked run: `with box.start_run("churn") as run: run.log_metric("loss", v, step=i)`."""
+        from mlbox.tracking.environment import code_revision, environment
+        from mlbox.tracking.run import ActiveRun
+
+        env, env_hash = environment()
+        rev, dirty = code_revision(self.paths.home)
+        fields = {"environment": env, "env_hash": env_hash, "code_rev": rev, "code_dirty": dirty, **fields}
+        return ActiveRun(self.tracking, self.tracking.create_run(experiment, name, self.actor, **fields))
 
     def close(self) -> None:
         if "features" in self.__dict__:

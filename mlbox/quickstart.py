@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from mlbox import hardware
@@ -15,6 +15,9 @@ from mlbox.doctor import run_checks
 from mlbox.errors import MlboxError, UsageError
 from mlbox.project import init_project
 from mlbox.store.backup import backup_box
+from mlbox.train.metrics import LOWER_IS_BETTER
+from mlbox.train.runner import train
+from mlbox.train.spec import TrainSpec, load_spec
 
 
 @dataclass
@@ -90,6 +93,23 @@ def run_quickstart(root: Path, os_user: str, template: str = "tabular-classifica
             sample = fs.sql(f"SELECT {', '.join(keys)} FROM {first.name} LIMIT 1")[1][0]
             row = fs.get_online_features([f"{first.name}:*"], [dict(zip(keys, sample, strict=True))])
             d.append(", ".join(f"{k}={v[0]}" for k, v in list(row.items())[:4]))
+        with step("train") as d:
+            spec = load_spec(home / box.settings["project.train"])
+            challenger = _challenger(spec)
+            trained = []
+            for candidate in (spec, challenger):
+                r = train(candidate, store=fs, tracking=box.tracking, registry=box.registry, actor=admin, register=True)
+                assert r.version is not None
+                trained.append(r)
+                shown = ", ".join(f"{k} {v:.3f}" for k, v in list(r.metrics.items())[:2])
+                d.append(f"{r.version.ref} ({candidate.flavor}{' ' + (candidate.estimator or '').rsplit('.', 1)[-1] if candidate.estimator else ''}) {shown} on {r.device}")
+        with step("promote") as d:
+            metric = spec.gate.metric if spec.gate else spec.metrics[0]
+            lower = metric in LOWER_IS_BETTER
+            best = sorted(trained, key=lambda r: r.metrics[metric], reverse=not lower)[0]
+            assert best.version is not None
+            box.registry.set_alias(best.version.ref, "staging", admin, expected=None)
+            d.append(f"{best.version.ref} is staging (best {metric} {best.metrics[metric]:.3f})")
         with step("auth") as d:
             box.identity.add_user(admin, "analyst", "data-scientist")
             info, token = box.identity.create_token(admin, "analyst", "viewer", 3600)
@@ -107,6 +127,13 @@ def run_quickstart(root: Path, os_user: str, template: str = "tabular-classifica
     finally:
         box.close()
     return report
+
+
+def _challenger(spec: TrainSpec) -> TrainSpec:
+    """A second candidate on the same data: a scikit-learn pipeline (scaling + one-hot) with a linear model."""
+    estimator = "sklearn.linear_model.LogisticRegression" if spec.task == "classification" else "sklearn.linear_model.Ridge"
+    params = {"max_iter": 1000} if spec.task == "classification" else {}
+    return replace(spec, flavor="sklearn", estimator=estimator, preprocess=True, params=params, device="cpu")
 
 
 def _train_data(home: Path) -> tuple[str, list[str], str | None]:

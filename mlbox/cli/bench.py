@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from collections.abc import Callable
+from typing import Annotated, Any
 
 import typer
 
@@ -14,33 +15,46 @@ app = typer.Typer(help="Benchmarks against raw DuckDB / sqlite3 / onnxruntime fl
 def _fmt(value: float | None, unit: str) -> str:
     if value is None:
         return "—"
-    if unit == "rows/s":
+    if unit.endswith("/s"):
         return f"{value:,.0f}"
     if unit == "ms":
         return f"{value:.4f}"
     return f"{value:.3f}"
 
 
-@app.command("features")
-def features(quick: Annotated[bool, typer.Option("--quick", help="Small sizes (CI smoke run).")] = False) -> None:
-    """Ingest, point-in-time training set, materialize and online lookups vs their floors."""
+def _render(title: str, runner: Callable[..., list[Any]]) -> None:
     from rich.table import Table
 
-    from mlbox.bench.features import FULL, QUICK, Row, run
-
-    scale = QUICK if quick else FULL
-    out = Table(title=f"mlbox bench features ({'quick' if quick else 'full'} sizes)", title_justify="left")
+    out = Table(title=title, title_justify="left")
     for col in ("benchmark", "mlbox", "floor", "unit", "ratio", "floor is", "target", "ok"):
         out.add_column(col, justify="right" if col in ("mlbox", "floor", "ratio") else "left")
 
-    def add(row: Row) -> None:
+    def add(row: Any) -> None:
         mark = {True: "[green]yes[/green]", False: "[red]no[/red]", None: ""}[row.ok]
         ratio = f"{row.ratio:.2f}x" if row.ratio else "—"
         out.add_row(row.name, _fmt(row.mlbox, row.unit), _fmt(row.floor, row.unit), row.unit, ratio, row.floor_name, row.target, mark)
 
     with console.status("benchmarking", spinner="dots") as status:
-        rows = run(scale, on_row=add, on_stage=lambda m: status.update(f"benchmarking: {m}"))
+        rows = runner(on_row=add, on_stage=lambda m: status.update(f"benchmarking: {m}"))
     if state.json:
         emit_json([r.as_dict() for r in rows])
     else:
         console.print(out)
+
+
+@app.command("features")
+def features(quick: Annotated[bool, typer.Option("--quick", help="Small sizes (CI smoke run).")] = False) -> None:
+    """Ingest, point-in-time training set, materialize and online lookups vs their floors."""
+    from mlbox.bench.features import FULL, QUICK, run
+
+    scale = QUICK if quick else FULL
+    _render(f"mlbox bench features ({'quick' if quick else 'full'} sizes)", lambda **kw: run(scale, **kw))
+
+
+@app.command("train")
+def train(quick: Annotated[bool, typer.Option("--quick", help="Small sizes (CI smoke run).")] = False) -> None:
+    """XGBoost through `mlbox train` vs `xgboost.train`, ONNX export, and log_metric throughput."""
+    from mlbox.bench.train import FULL, QUICK, run
+
+    scale = QUICK if quick else FULL
+    _render(f"mlbox bench train ({'quick' if quick else 'full'} sizes)", lambda **kw: run(scale, **kw))

@@ -37,10 +37,12 @@ def main(
 
 
 def _register() -> None:
-    from mlbox.cli import audit, auth, bench, box, features, quickstart
+    from mlbox.cli import audit, auth, bench, box, features, models, quickstart, train
 
     box.register(app)
     quickstart.register(app)
+    train.register(app)
+    app.add_typer(models.app, name="models")
     app.add_typer(auth.app, name="auth")
     app.add_typer(audit.app, name="audit")
     app.add_typer(features.app, name="features")

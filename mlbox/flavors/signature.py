@@ -119,7 +119,7 @@ class Signature:
         if values.isna().any():
             raise ValidationError(f"target {self.target!r} has {int(values.isna().sum())} missing value(s)")
         if self.task == "regression":
-            return pd.to_numeric(values, errors="raise").to_numpy(dtype=np.float64)
+            return np.asarray(pd.to_numeric(values, errors="raise"), dtype=np.float64)
         lookup = {v: i for i, v in enumerate(self.classes)}
         try:
             return np.array([lookup[v] for v in values.tolist()], dtype=np.int64)

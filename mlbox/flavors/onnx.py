@@ -1,0 +1,48 @@
+"""ONNX files as mlbox uses them: single-file models only, onnxruntime sessions with explicit threads."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from mlbox.errors import ValidationError
+
+
+def check_single_file(path: Path) -> None:
+    """Refuse ONNX models whose tensors live in external files (they could point anywhere)."""
+    import onnx
+
+    model = onnx.load(str(path), load_external_data=False)
+    tensors = list(model.graph.initializer)
+    for node in model.graph.node:
+        for attr in node.attribute:
+            if attr.HasField("t"):
+                tensors.append(attr.t)
+    for tensor in tensors:
+        if tensor.data_location == onnx.TensorProto.EXTERNAL or tensor.external_data:
+            raise ValidationError(f"{path.name}: ONNX models with external data are refused (tensor {tensor.name!r})")
+
+
+def session(path: Path, threads: int | None = None, providers: list[str] | None = None) -> Any:
+    """An onnxruntime session with intra-op threads set explicitly (default: all cores)."""
+    import onnxruntime as ort
+
+    check_single_file(path)
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = int(threads or os.cpu_count() or 1)
+    opts.inter_op_num_threads = 1
+    available = ort.get_available_providers()
+    chosen = [p for p in (providers or ["CUDAExecutionProvider", "CPUExecutionProvider"]) if p in available]
+    return ort.InferenceSession(str(path), sess_options=opts, providers=chosen or ["CPUExecutionProvider"])
+
+
+def run(sess: Any, X: np.ndarray) -> np.ndarray:
+    """Predictions from a session: probabilities [n, k] or values [n]."""
+    name = sess.get_inputs()[0].name
+    outputs = sess.run(None, {name: np.ascontiguousarray(X, dtype=np.float32)})
+    out = next((o for o in outputs if isinstance(o, np.ndarray) and o.dtype.kind == "f"), outputs[-1])
+    result = np.asarray(out)
+    return result.reshape(-1) if result.ndim == 2 and result.shape[1] == 1 else result

@@ -1,0 +1,282 @@
+"""The model registry over meta.db: versions with artifacts, signature and lineage; aliases; archive.
+
+A version is registered in one transaction after its files are in the content-addressed
+artifact store, so a crash never leaves a half-registered version. Alias moves are
+compare-and-set on the alias row: two promotions that both saw the same holder cannot
+both win; the second gets a Conflict.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from mlbox import clock
+from mlbox.errors import Conflict, NotFound, UsageError
+from mlbox.store.artifacts import ArtifactStore
+from mlbox.store.audit import AuditLog
+from mlbox.store.sqlite import Database
+from mlbox.types import check_name
+
+MODEL_PATTERN = re.compile(r"^[a-z][a-z0-9_-]{0,62}$")
+ALIASES = ("staging", "production")
+UNSET: Any = object()
+
+
+@dataclass(frozen=True)
+class ModelVersion:
+    name: str
+    version: int
+    run_id: str | None
+    flavor: str
+    task: str
+    signature: dict[str, Any]
+    reference_stats: dict[str, Any]
+    metrics: dict[str, Any]
+    artifacts: dict[str, dict[str, Any]]  # file name -> {sha256, size}
+    lineage: dict[str, Any]
+    onnx_max_abs_diff: float | None
+    onnx_tolerance: float | None
+    created_at: str
+    created_by: str
+    archived_at: str | None
+    aliases: list[str] = field(default_factory=list)
+
+    @property
+    def ref(self) -> str:
+        return f"{self.name}:{self.version}"
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "model": self.ref,
+            "flavor": self.flavor,
+            "task": self.task,
+            "aliases": ",".join(self.aliases),
+            "archived": bool(self.archived_at),
+            "run": self.run_id,
+            "onnx_diff": self.onnx_max_abs_diff,
+            "created_at": self.created_at,
+            "created_by": self.created_by,
+            **{k: v for k, v in self.metrics.items() if isinstance(v, (int, float))},
+        }
+
+
+def parse_ref(text: str) -> tuple[str, str]:
+    """`NAME:VERSION`, `NAME:staging`, `NAME:production` or `NAME:latest` (also NAME alone = latest)."""
+    name, _, which = text.partition(":")
+    check_name(name, "model name", MODEL_PATTERN)
+    which = which or "latest"
+    if not (which.isdigit() or which in (*ALIASES, "latest")):
+        raise UsageError(f"invalid model reference {text!r}", hint="write NAME:3, NAME:staging, NAME:production or NAME:latest")
+    return name, which
+
+
+class Registry:
+    def __init__(self, db: Database, artifacts: ArtifactStore, audit: AuditLog) -> None:
+        self.db = db
+        self.artifacts = artifacts
+        self.audit = audit
+
+    # registering ------------------------------------------------------------
+    def register(
+        self,
+        name: str,
+        *,
+        files: dict[str, Path],
+        flavor: str,
+        task: str,
+        signature: dict[str, Any],
+        reference_stats: dict[str, Any],
+        metrics: dict[str, Any],
+        lineage: dict[str, Any],
+        run_id: str | None,
+        onnx_max_abs_diff: float | None,
+        onnx_tolerance: float | None,
+        actor: str,
+    ) -> ModelVersion:
+        check_name(name, "model name", MODEL_PATTERN)
+        stored = {}
+        for fname, path in sorted(files.items()):
+            art = self.artifacts.put(path)  # before the transaction: a crash leaves only unreferenced files
+            stored[fname] = {"sha256": art.sha256, "size": art.size}
+        now = clock.iso()
+        with self.db.atomic():
+            if not self.db.one("SELECT 1 FROM models WHERE name = ?", (name,)):
+                self.db.execute("INSERT INTO models (name, created_at, created_by) VALUES (?, ?, ?)", (name, now, actor))
+            version = int(self.db.scalar("SELECT coalesce(max(version), 0) + 1 FROM model_versions WHERE name = ?", (name,)))
+            self.db.execute(
+                "INSERT INTO model_versions (name, version, run_id, flavor, task, signature, reference_stats, metrics, "
+                "artifacts, lineage, onnx_max_abs_diff, onnx_tolerance, created_at, created_by) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    name,
+                    version,
+                    run_id,
+                    flavor,
+                    task,
+                    json.dumps(signature),
+                    json.dumps(reference_stats),
+                    json.dumps(metrics, default=str),
+                    json.dumps(stored),
+                    json.dumps(lineage, default=str),
+                    onnx_max_abs_diff,
+                    onnx_tolerance,
+                    now,
+                    actor,
+                ),
+            )
+            self.audit.record(actor, "models.register", f"{name}:{version}", {"run": run_id, "flavor": flavor})
+        return self.get(f"{name}:{version}")
+
+    # reading ----------------------------------------------------------------
+    def _aliases(self, name: str) -> dict[int, list[str]]:
+        out: dict[int, list[str]] = {}
+        for r in self.db.query("SELECT alias, version FROM model_aliases WHERE name = ? ORDER BY alias", (name,)):
+            out.setdefault(r["version"], []).append(r["alias"])
+        return out
+
+    def _version(self, row: dict[str, Any], aliases: dict[int, list[str]]) -> ModelVersion:
+        return ModelVersion(
+            name=row["name"],
+            version=row["version"],
+            run_id=row["run_id"],
+            flavor=row["flavor"],
+            task=row["task"],
+            signature=json.loads(row["signature"]),
+            reference_stats=json.loads(row["reference_stats"]),
+            metrics=json.loads(row["metrics"]),
+            artifacts=json.loads(row["artifacts"]),
+            lineage=json.loads(row["lineage"]),
+            onnx_max_abs_diff=row["onnx_max_abs_diff"],
+            onnx_tolerance=row["onnx_tolerance"],
+            created_at=row["created_at"],
+            created_by=row["created_by"],
+            archived_at=row["archived_at"],
+            aliases=aliases.get(row["version"], []),
+        )
+
+    def get(self, ref: str) -> ModelVersion:
+        name, which = parse_ref(ref)
+        if which in ALIASES:
+            holder = self.db.one("SELECT version FROM model_aliases WHERE name = ? AND alias = ?", (name, which))
+            if holder is None:
+                raise NotFound(f"no version of {name!r} is {which}")
+            number = int(holder["version"])
+        elif which == "latest":
+            number = int(self.db.scalar("SELECT coalesce(max(version), 0) FROM model_versions WHERE name = ?", (name,)))
+        else:
+            number = int(which)
+        row = self.db.one("SELECT * FROM model_versions WHERE name = ? AND version = ?", (name, number))
+        if row is None:
+            raise NotFound(f"no model version {name}:{which}", hint="`mlbox models list` shows the registry")
+        return self._version(row, self._aliases(name))
+
+    def versions(self, name: str | None = None, include_archived: bool = True) -> list[ModelVersion]:
+        sql = "SELECT * FROM model_versions" + (" WHERE name = ?" if name else "") + " ORDER BY name, version"
+        rows = self.db.query(sql, (name,) if name else ())
+        aliases = {n: self._aliases(n) for n in {r["name"] for r in rows}}
+        out = [self._version(r, aliases[r["name"]]) for r in rows]
+        return [v for v in out if include_archived or not v.archived_at]
+
+    def holder(self, name: str, alias: str) -> int | None:
+        row = self.db.one("SELECT version FROM model_aliases WHERE name = ? AND alias = ?", (name, alias))
+        return None if row is None else int(row["version"])
+
+    # transitions -------------------------------------------------------------
+    def set_alias(self, ref: str, alias: str, actor: str, expected: int | None = UNSET) -> ModelVersion:
+        """Point `alias` at the version `ref`; with `expected`, only if the alias still holds that version (None = unset)."""
+        if alias not in ALIASES:
+            raise UsageError(f"unknown alias {alias!r}", hint=f"aliases are {', '.join(ALIASES)}")
+        target = self.get(ref)
+        if target.archived_at:
+            raise Conflict(f"{target.ref} is archived; register a new version or unarchive it first")
+        with self.db.atomic():
+            row = self.db.one("SELECT version, revision FROM model_aliases WHERE name = ? AND alias = ?", (target.name, alias))
+            current = None if row is None else int(row["version"])
+            if expected is not UNSET and current != expected:
+                raise Conflict(
+                    f"{target.name}:{alias} is now {current if current is not None else 'unset'}, not {expected if expected is not None else 'unset'} "
+                    "as expected: someone else moved it",
+                    hint="check `mlbox models show` and retry",
+                )
+            now = clock.iso()
+            if row is None:
+                self.db.execute(
+                    "INSERT INTO model_aliases (name, alias, version, revision, updated_at, updated_by) VALUES (?, ?, ?, 1, ?, ?)",
+                    (target.name, alias, target.version, now, actor),
+                )
+            else:
+                changed = self.db.execute(
+                    "UPDATE model_aliases SET version = ?, revision = revision + 1, updated_at = ?, updated_by = ? "
+                    "WHERE name = ? AND alias = ? AND revision = ?",
+                    (target.version, now, actor, target.name, alias, row["revision"]),
+                ).rowcount
+                if changed != 1:
+                    raise Conflict(f"{target.name}:{alias} changed during the promotion; retry")
+            self.audit.record(actor, "models.promote", target.ref, {"alias": alias, "from": current})
+        return self.get(target.ref)
+
+    def archive(self, ref: str, actor: str) -> ModelVersion:
+        target = self.get(ref)
+        with self.db.atomic():
+            dropped = [r["alias"] for r in self.db.query(
+                "SELECT alias FROM model_aliases WHERE name = ? AND version = ?", (target.name, target.version)
+            )]  # fmt: skip
+            self.db.execute("DELETE FROM model_aliases WHERE name = ? AND version = ?", (target.name, target.version))
+            self.db.execute(
+                "UPDATE model_versions SET archived_at = ? WHERE name = ? AND version = ? AND archived_at IS NULL",
+                (clock.iso(), target.name, target.version),
+            )
+            self.audit.record(actor, "models.archive", target.ref, {"aliases_removed": dropped})
+        return self.get(target.ref)
+
+    def diff(self, a: str, b: str) -> dict[str, Any]:
+        """Side-by-side differences of two versions: metrics, signature columns, lineage, flavor."""
+        va, vb = self.get(a), self.get(b)
+        cols_a = {c["name"]: c for c in va.signature["columns"]}
+        cols_b = {c["name"]: c for c in vb.signature["columns"]}
+        metrics = sorted(set(va.metrics) | set(vb.metrics))
+        return {
+            "a": va.ref,
+            "b": vb.ref,
+            "flavor": [va.flavor, vb.flavor],
+            "metrics": {m: [va.metrics.get(m), vb.metrics.get(m)] for m in metrics},
+            "features_added": sorted(set(cols_b) - set(cols_a)),
+            "features_removed": sorted(set(cols_a) - set(cols_b)),
+            "features_changed": sorted(n for n in set(cols_a) & set(cols_b) if cols_a[n] != cols_b[n]),
+            "dataset": [va.lineage.get("dataset_fingerprint"), vb.lineage.get("dataset_fingerprint")],
+            "feature_views": [va.lineage.get("feature_views"), vb.lineage.get("feature_views")],
+            "code": [va.lineage.get("code_rev"), vb.lineage.get("code_rev")],
+            "params": {
+                k: [va.lineage.get("params", {}).get(k), vb.lineage.get("params", {}).get(k)]
+                for k in sorted(set(va.lineage.get("params", {})) | set(vb.lineage.get("params", {})))
+                if va.lineage.get("params", {}).get(k) != vb.lineage.get("params", {}).get(k)
+            },
+        }
+
+    def export(self, ref: str, fmt: str, dest: Path) -> list[Path]:
+        """Copy a version's ONNX file or native files (verified against their sha256) to `dest`."""
+        version = self.get(ref)
+        if fmt not in ("onnx", "native"):
+            raise UsageError(f"unknown export format {fmt!r}", hint="use onnx or native")
+        wanted = {k: v for k, v in version.artifacts.items() if (k == "model.onnx") == (fmt == "onnx")}
+        if not wanted:
+            raise NotFound(f"{version.ref} has no {fmt} artifact")
+        if fmt == "onnx" and dest.suffix == ".onnx":
+            return [self.artifacts.copy_to(wanted["model.onnx"]["sha256"], dest)]
+        dest.mkdir(parents=True, exist_ok=True)
+        out = []
+        for fname, meta in wanted.items():
+            out.append(self.artifacts.copy_to(meta["sha256"], dest / Path(fname).name))
+        return out
+
+    def local_files(self, ref: str, directory: Path) -> Path:
+        """Materialize a version's native files into `directory` (verified) for loading."""
+        version = self.get(ref)
+        for fname, meta in version.artifacts.items():
+            if fname.startswith("native/"):
+                self.artifacts.copy_to(meta["sha256"], directory / Path(fname).name)
+        return directory
