@@ -186,7 +186,7 @@ class OfflineStore:
             tmp = folder / f"{TMP_PREFIX}{os.getpid()}-{name}.parquet"
             target = folder / f"{name}.parquet"
             try:
-                con.execute(f"COPY ({final}) TO {lit(tmp)} (FORMAT parquet, COMPRESSION zstd)")
+                con.execute(f"COPY ({final}) TO {lit(tmp)} (FORMAT parquet, COMPRESSION snappy)")
                 step("computing statistics")
                 con.execute(f"CREATE TEMP VIEW __batch AS SELECT * FROM read_parquet({lit(tmp)})")
                 stats = column_stats(con, "__batch", view)

@@ -165,7 +165,7 @@ def build(
             if out is not None:
                 out.parent.mkdir(parents=True, exist_ok=True)
                 tmp = out.with_name(f".{out.name}.tmp")
-                con.execute(f"COPY ({sql}) TO {lit(tmp)} (FORMAT parquet, COMPRESSION zstd)")
+                con.execute(f"COPY ({sql}) TO {lit(tmp)} (FORMAT parquet, COMPRESSION snappy)")
                 tmp.replace(out)
                 result.path = out
             elif as_arrow:

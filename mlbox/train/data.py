@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -11,6 +10,7 @@ import pandas as pd
 
 from mlbox.errors import UsageError, ValidationError
 from mlbox.features.store import FeatureStore
+from mlbox.store.artifacts import file_sha256
 from mlbox.train.spec import SplitSpec, TrainSpec
 
 
@@ -53,8 +53,7 @@ def load(spec: TrainSpec, store: FeatureStore | None, actor: str) -> TrainingDat
             frame[timestamp] = pd.to_datetime(frame[timestamp], utc=True)
         skip = {spec.target, *d.drop, *([timestamp] if timestamp else [])}
         features = [c for c in frame.columns if c not in skip]
-        digest = hashlib.sha256(pd.util.hash_pandas_object(frame, index=False).to_numpy().tobytes()).hexdigest()
-        out = TrainingData(frame, features, timestamp, digest, source=str(path))
+        out = TrainingData(frame, features, timestamp, file_sha256(path), source=str(path))
     if spec.target not in out.frame.columns:
         raise ValidationError(f"target column {spec.target!r} is not in the training data", hint=f"columns: {', '.join(out.frame.columns)}")
     unknown_drop = [c for c in d.drop if c not in out.frame.columns]
