@@ -15,6 +15,7 @@ from mlbox.store.layout import BoxPaths, open_meta
 if TYPE_CHECKING:
     from mlbox.features.store import FeatureStore
     from mlbox.registry.store import Registry
+    from mlbox.serve.deployments import Deployments
     from mlbox.store.artifacts import ArtifactStore
     from mlbox.tracking.run import ActiveRun
     from mlbox.tracking.store import TrackingStore
@@ -74,6 +75,12 @@ class Box:
         from mlbox.registry.store import Registry
 
         return Registry(self.db, self.artifacts, self.audit)
+
+    @cached_property
+    def deployments(self) -> Deployments:
+        from mlbox.serve.deployments import Deployments
+
+        return Deployments(self.db, self.registry, self.audit)
 
     def start_run(self, experiment: str, name: str | None = None, **fields: Any) -> ActiveRun:
         """Start a tracked run: `with box.start_run("churn") as run: run.log_metric("loss", v, step=i)`."""

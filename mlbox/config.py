@@ -67,6 +67,17 @@ SETTINGS: tuple[Setting, ...] = (
         ("utc", "reject"),
     ),
     Setting("features.online_chunk_rows", 50000, "Rows per SQLite transaction when materializing to the online store."),
+    Setting("serve.host", "127.0.0.1", "Address `mlbox serve` listens on (loopback by default; put TLS in front for others)."),
+    Setting("serve.port", 3000, "Port `mlbox serve` listens on."),
+    Setting("serve.workers", 1, "Worker processes of `mlbox serve`."),
+    Setting("serve.threads", 1, "onnxruntime intra-op threads per worker (set explicitly: the default oversubscribes small machines)."),
+    Setting("serve.auth", True, "Require an API token (Authorization: Bearer mlbx_...) on every /v1 route."),
+    Setting("serve.max_rows", 1000, "Most rows (or entities) in one predict request; more gets 413."),
+    Setting("serve.max_body_bytes", 1048576, "Largest request body in bytes; larger gets 413 before it is read."),
+    Setting("serve.max_concurrency", 64, "Requests in flight per worker before new ones get 429 with Retry-After."),
+    Setting("serve.reload_seconds", 0.5, "How often a server checks meta.db for deployment changes."),
+    Setting("serve.log_flush_seconds", 1.0, "How often the prediction log is written to Parquet (at most this much is lost on kill -9)."),
+    Setting("serve.log_max_rows", 200000, "Prediction log records buffered in memory at most; beyond it new ones are dropped and counted."),
 )
 SETTINGS_BY_NAME: dict[str, Setting] = {s.name: s for s in SETTINGS}
 

@@ -58,3 +58,12 @@ def train(quick: Annotated[bool, typer.Option("--quick", help="Small sizes (CI s
 
     scale = QUICK if quick else FULL
     _render(f"mlbox bench train ({'quick' if quick else 'full'} sizes)", lambda **kw: run(scale, **kw))
+
+
+@app.command("serve")
+def serve(quick: Annotated[bool, typer.Option("--quick", help="Short runs and a small model (CI smoke run).")] = False) -> None:
+    """One-row predictions through `mlbox serve` (canary, shadow, logging on) vs Starlette and default BentoML."""
+    from mlbox.bench.serve import FULL, QUICK, run
+
+    scale = QUICK if quick else FULL
+    _render(f"mlbox bench serve ({'quick' if quick else 'full'})", lambda **kw: run(scale, **kw))

@@ -37,12 +37,15 @@ def main(
 
 
 def _register() -> None:
-    from mlbox.cli import audit, auth, bench, box, features, models, quickstart, train
+    from mlbox.cli import audit, auth, bench, box, deploy, features, labels, models, quickstart, serve, train
 
     box.register(app)
     quickstart.register(app)
     train.register(app)
     app.add_typer(models.app, name="models")
+    app.add_typer(deploy.app, name="deploy")
+    serve.register(app)
+    app.add_typer(labels.app, name="labels")
     app.add_typer(auth.app, name="auth")
     app.add_typer(audit.app, name="audit")
     app.add_typer(features.app, name="features")
@@ -62,6 +65,10 @@ def run() -> None:
     debug = "--debug" in sys.argv
     try:
         app()
+    except SystemExit as exc:
+        if exc.code == 130:  # typer turns Ctrl-C into Exit(130) before we see it
+            _fail("interrupted", 130)
+        raise
     except MlboxError as exc:
         if debug:
             raise

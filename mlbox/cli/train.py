@@ -9,7 +9,7 @@ from typing import Annotated
 import typer
 
 from mlbox.cli._common import actor, console, emit_json, open_box, record, state, table
-from mlbox.errors import MlboxError
+from mlbox.errors import MlboxError, UsageError
 
 runs_app = typer.Typer(help="Tracked runs: list, show, compare.", no_args_is_help=True)
 
@@ -30,6 +30,8 @@ def train(
     from mlbox.train.runner import train as run_training
     from mlbox.train.spec import load_spec
 
+    if promote_if_gate is not None and promote_if_gate not in ("staging", "production"):
+        raise UsageError(f"cannot promote to {promote_if_gate!r}", hint="use staging or production")
     if promote_if_gate and not register:
         register = True
     with open_box() as box:

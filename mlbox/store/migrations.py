@@ -212,10 +212,48 @@ CREATE TABLE model_aliases (
 )
 """
 
+SERVING = """
+CREATE TABLE deployments (
+    name TEXT PRIMARY KEY,
+    primary_model TEXT NOT NULL,
+    canary_model TEXT,
+    canary_weight REAL NOT NULL DEFAULT 0 CHECK (canary_weight >= 0 AND canary_weight <= 100),
+    sticky_key TEXT,
+    shadow_model TEXT,
+    previous_primary TEXT,
+    revision INTEGER NOT NULL,
+    created_at TEXT NOT NULL,
+    created_by TEXT NOT NULL,
+    updated_at TEXT NOT NULL,
+    updated_by TEXT NOT NULL
+);
+CREATE TABLE prediction_batches (
+    id INTEGER PRIMARY KEY,
+    deployment TEXT NOT NULL,
+    path TEXT NOT NULL UNIQUE,
+    rows INTEGER NOT NULL,
+    min_ts TEXT NOT NULL,
+    max_ts TEXT NOT NULL,
+    created_at TEXT NOT NULL
+);
+CREATE INDEX prediction_batches_deployment ON prediction_batches(deployment, id);
+CREATE TABLE label_batches (
+    id INTEGER PRIMARY KEY,
+    deployment TEXT NOT NULL,
+    path TEXT NOT NULL UNIQUE,
+    rows INTEGER NOT NULL,
+    matched INTEGER NOT NULL,
+    source TEXT NOT NULL,
+    created_at TEXT NOT NULL,
+    created_by TEXT NOT NULL
+)
+"""
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration("0001_core", _sql(CORE)),
     Migration("0002_features", _sql(FEATURES)),
     Migration("0003_tracking_registry", _sql(TRACKING)),
+    Migration("0004_serving", _sql(SERVING)),
 )
 
 

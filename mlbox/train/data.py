@@ -24,6 +24,7 @@ class TrainingData:
     batches: list[int] = field(default_factory=list)
     snapshot: int | None = None
     source: str = ""
+    feature_refs: dict[str, str] = field(default_factory=dict)  # column -> "view@version:field"
 
 
 def load(spec: TrainSpec, store: FeatureStore | None, actor: str) -> TrainingData:
@@ -37,7 +38,9 @@ def load(spec: TrainSpec, store: FeatureStore | None, actor: str) -> TrainingDat
         label_cols = [c for c in frame.columns if c not in ts.columns]
         timestamp = d.timestamp or next((c for c in label_cols if pd.api.types.is_datetime64_any_dtype(frame[c])), None)
         features = [c for c in ts.columns if c not in d.drop]
-        out = TrainingData(frame, features, timestamp, ts.fingerprint, ts.views, ts.batches, ts.snapshot, str(d.labels))
+        out = TrainingData(
+            frame, features, timestamp, ts.fingerprint, ts.views, ts.batches, ts.snapshot, str(d.labels), dict(ts.columns)
+        )
     else:
         path = spec.base_dir / str(d.path)
         if not path.is_file():

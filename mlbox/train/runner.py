@@ -21,7 +21,7 @@ from mlbox.flavors import get_flavor
 from mlbox.flavors.base import Device, FitRequest, FitResult, Flavor
 from mlbox.flavors.onnx import check_single_file, run, session
 from mlbox.flavors.signature import Signature, reference_stats
-from mlbox.registry.store import ModelVersion, Registry
+from mlbox.registry.store import ALIASES, ModelVersion, Registry
 from mlbox.tracking.environment import code_revision, environment
 from mlbox.tracking.run import ActiveRun
 from mlbox.tracking.store import TrackingStore
@@ -81,8 +81,11 @@ def train(
 ) -> TrainResult:
     """Run one training spec end to end; see the module docstring."""
     say = progress or (lambda *_a: None)
+    if promote_if_gate is not None and promote_if_gate not in ALIASES:
+        raise UsageError(f"cannot promote to {promote_if_gate!r}", hint=f"aliases are {', '.join(ALIASES)}")
     flavor = get_flavor(spec.flavor)
     device, reason = resolve_device(spec.device, flavor)
+    check_params(spec)
     say("loading data", 0, None, {})
     data = datamod.load(spec, store, actor)
     signature = Signature.infer(data.frame, data.features, spec.target, spec.task)
@@ -152,7 +155,7 @@ def train(
                     )
                 files["model.onnx"] = onnx_path
                 say("registering", 0, None, {})
-                train_rows = splits[-1].train
+                train_rows = np.arange(len(y)) if spec.split.method == "kfold" else splits[-1].train
                 result.version = registry.register(
                     spec.model_name,
                     files=files,
@@ -165,6 +168,7 @@ def train(
                         "run_id": run_id,
                         "dataset_fingerprint": data.fingerprint,
                         "feature_views": data.feature_views,
+                        "feature_refs": {c: data.feature_refs[c] for c in signature.names if c in data.feature_refs},
                         "batches": data.batches,
                         "snapshot": data.snapshot,
                         "data_source": data.source,
@@ -185,6 +189,28 @@ def train(
     return result
 
 
+def check_params(spec: TrainSpec) -> None:
+    """Refuse bad flavor params before any data is loaded or any run is recorded."""
+    if spec.flavor == "sklearn":
+        from mlbox.flavors.sklearn import DEFAULT_ESTIMATORS, build_estimator
+
+        build_estimator(spec.estimator or DEFAULT_ESTIMATORS[spec.task], spec.task, spec.params)  # type: ignore[arg-type]
+    elif spec.flavor == "xgboost":
+        from mlbox.flavors.xgboost import booster_params
+
+        empty = np.zeros((0, 1), dtype=np.float32)
+        booster_params(FitRequest(spec.task, empty, empty, None, None, (), {}, 2, spec.params, spec.seed, "cpu"))  # type: ignore[arg-type]
+    elif spec.flavor == "torch":
+        from mlbox.flavors.torch import _checked
+
+        _checked(spec.params)
+
+
+def uses_validation(spec: TrainSpec) -> bool:
+    """xgboost and torch early-stop on the validation rows; sklearn only when asked to."""
+    return spec.flavor in ("xgboost", "torch") or spec.early_stopping_rounds is not None
+
+
 def _fit(
     flavor: Flavor,
     spec: TrainSpec,
@@ -197,6 +223,8 @@ def _fit(
     say: Progress,
 ) -> FitResult:
     total = _total_steps(spec)
+    if part.valid is not None and not uses_validation(spec):  # nothing early-stops: train on those rows too
+        part = datamod.Split(np.sort(np.concatenate([part.train, part.valid])), None, part.test)
 
     def on_progress(step: int, values: Mapping[str, float]) -> None:
         if active is not None:

@@ -76,6 +76,9 @@ class TrainSpec:
             "seed": self.seed,
             "device": self.device,
             "early_stopping_rounds": self.early_stopping_rounds,
+            "gate": None if self.gate is None else dict(self.gate.__dict__),
+            "model": self.model_name,
+            "name": self.name,
             "data": {k: (list(v) if isinstance(v, tuple) else v) for k, v in self.data.__dict__.items()},
         }
 
@@ -136,6 +139,12 @@ def parse_spec(raw: Mapping[str, Any], where: str = "spec", base_dir: Path = Pat
     if raw.get("estimator") is not None and flavor != "sklearn":
         raise UsageError(f"{where}: estimator is only for flavor sklearn")
     esr = raw.get("early_stopping_rounds")
+    gate = None if raw.get("gate") is None else Gate.parse(raw["gate"], task)
+    metrics = check_metrics(task, [str(m) for m in raw.get("metrics") or ()])
+    if gate is not None and gate.metric not in metrics:
+        metrics = (*metrics, gate.metric)  # the gate's metric is always computed
+    if raw.get("preprocess") and flavor != "sklearn":
+        raise UsageError(f"{where}: preprocess is only for flavor sklearn (xgboost and torch handle raw inputs)")
     return TrainSpec(
         experiment=str(raw["experiment"]),
         task=task,
@@ -146,11 +155,11 @@ def parse_spec(raw: Mapping[str, Any], where: str = "spec", base_dir: Path = Pat
         estimator=raw.get("estimator"),
         preprocess=bool(raw.get("preprocess", False)),
         split=split,
-        metrics=check_metrics(task, [str(m) for m in raw.get("metrics") or ()]),
+        metrics=metrics,
         seed=int(raw.get("seed", 42)),
         device=device,
         early_stopping_rounds=None if esr is None else int(esr),
-        gate=None if raw.get("gate") is None else Gate.parse(raw["gate"], task),
+        gate=gate,
         model=raw.get("model"),
         name=raw.get("name"),
         base_dir=base_dir,

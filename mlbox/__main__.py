@@ -1,0 +1,5 @@
+"""`python -m mlbox` runs the CLI."""
+
+from mlbox.cli.main import run
+
+run()

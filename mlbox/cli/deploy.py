@@ -1,0 +1,80 @@
+"""`mlbox deploy`: deployments with primary, canary, shadow; promote and roll back."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from mlbox.cli._common import actor, done, open_box, table
+
+app = typer.Typer(help="Deployments: primary, canary (weighted, sticky), shadow; promote, rollback.", no_args_is_help=True)
+COLUMNS = ["name", "primary_model", "canary_model", "canary_weight", "sticky_key", "shadow_model", "previous_primary", "revision", "updated_at"]
+
+
+@app.command("create")
+def create(
+    name: Annotated[str, typer.Argument(help="Deployment name (lowercase, digits, _).")],
+    model: Annotated[str, typer.Option("--model", "-m", help="NAME:VERSION (or NAME:production) to serve as primary.")],
+) -> None:
+    """Create a deployment serving one model version."""
+    with open_box() as box:
+        d = box.deployments.create(name, model, actor(box, "deploy.manage").name)
+    done(d.as_dict(), f"deployment {d.name} serves {d.primary_model}")
+
+
+@app.command("canary")
+def canary(
+    name: Annotated[str, typer.Argument(help="Deployment name.")],
+    model: Annotated[str, typer.Option("--model", "-m", help="NAME:VERSION to send canary traffic to.")],
+    weight: Annotated[float, typer.Option("--weight", "-w", help="Percent of traffic for the canary (0-100).")] = 10.0,
+    sticky_key: Annotated[
+        str | None, typer.Option("--sticky-key", help="Request field whose value pins each entity to one variant.")
+    ] = None,
+) -> None:
+    """Send a share of traffic to a canary model (set the weight again to change it)."""
+    with open_box() as box:
+        d = box.deployments.canary(name, model, weight, actor(box, "deploy.manage").name, sticky_key)
+    done(d.as_dict(), f"{d.name}: {d.canary_weight:g}% to {d.canary_model}" + (f", sticky by {d.sticky_key}" if d.sticky_key else ""))
+
+
+@app.command("shadow")
+def shadow(
+    name: Annotated[str, typer.Argument(help="Deployment name.")],
+    model: Annotated[str | None, typer.Option("--model", "-m", help="NAME:VERSION to mirror traffic to.")] = None,
+    remove: Annotated[bool, typer.Option("--remove", help="Stop shadowing.")] = False,
+) -> None:
+    """Mirror every request to a shadow model; its answers are logged, never returned."""
+    from mlbox.errors import UsageError
+
+    if bool(model) == remove:
+        raise UsageError("give --model NAME:VERSION, or --remove")
+    with open_box() as box:
+        d = box.deployments.shadow(name, None if remove else model, actor(box, "deploy.manage").name)
+    done(d.as_dict(), f"{d.name}: shadow {d.shadow_model or 'removed'}")
+
+
+@app.command("promote")
+def promote(name: Annotated[str, typer.Argument(help="Deployment name.")]) -> None:
+    """Make the canary the primary (the old primary is kept for rollback)."""
+    with open_box() as box:
+        d = box.deployments.promote(name, actor(box, "deploy.manage").name)
+    done(d.as_dict(), f"{d.name} now serves {d.primary_model} (was {d.previous_primary})")
+
+
+@app.command("rollback")
+def rollback(name: Annotated[str, typer.Argument(help="Deployment name.")]) -> None:
+    """Canary weight to 0; or, without canary traffic, the previous primary back."""
+    with open_box() as box:
+        d = box.deployments.rollback(name, actor(box, "deploy.manage").name)
+    done(d.as_dict(), f"{d.name}: primary {d.primary_model}, canary {d.canary_model or '-'} at {d.canary_weight:g}%")
+
+
+@app.command("status")
+def status(name: Annotated[str | None, typer.Argument(help="Deployment name (default: all).")] = None) -> None:
+    """Deployments with their models, weights and revision."""
+    with open_box() as box:
+        actor(box, "read")
+        deps = box.deployments
+        rows = [deps.get(name).as_dict()] if name else [d.as_dict() for d in deps.all()]
+    table(rows, COLUMNS)

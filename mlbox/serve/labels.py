@@ -1,0 +1,98 @@
+"""Ground truth for logged predictions: `mlbox labels ingest DEPLOYMENT FILE`.
+
+A labels file (CSV or Parquet) has a label column and either `request_id`, or the entity
+key column(s) and a timestamp: each such label attaches to the latest prediction for that
+entity at or before its timestamp. Matched labels are stored as an immutable Parquet
+batch `predictions/<deployment>/labels/<uuid>.parquet` with the request ids resolved,
+ready to be joined with the prediction log for quality metrics.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+from mlbox import clock
+from mlbox.errors import NotFound, ValidationError
+from mlbox.features.offline import connect, first, lit, register_source
+from mlbox.features.pit import q
+from mlbox.store.audit import AuditLog
+from mlbox.store.sqlite import Database
+
+
+@dataclass(frozen=True)
+class LabelResult:
+    deployment: str
+    rows: int
+    matched: int
+    path: str
+    mode: str
+
+
+def prediction_files(db: Database, root: Path, deployment: str) -> list[Path]:
+    return [root.parent / r["path"] for r in db.query("SELECT path FROM prediction_batches WHERE deployment = ? ORDER BY id", (deployment,))]
+
+
+def ingest_labels(
+    db: Database, audit: AuditLog, root: Path, deployment: str, source: Path, actor: str,
+    label: str = "label", timestamp: str = "ts", keys: list[str] | None = None,
+) -> LabelResult:  # fmt: skip
+    files = prediction_files(db, root, deployment)
+    if not files:
+        raise NotFound(f"deployment {deployment!r} has no logged predictions yet")
+    con = connect()
+    try:
+        register_source(con, source, Path.cwd())
+        cols = dict(con.execute("SELECT column_name, column_type FROM (DESCRIBE source)").fetchall())
+        if label not in cols:
+            raise ValidationError(f"{source}: no label column {label!r}", hint="name it with --label")
+        preds = ", ".join(lit(str(f)) for f in files)
+        con.execute(f"CREATE TEMP VIEW p AS SELECT * FROM read_parquet([{preds}]) WHERE NOT shadow")
+        if "request_id" in cols:
+            mode = "request_id"
+            sql = (
+                f"SELECT s.request_id, s.{q(label)} AS label, p.ts AS predicted_at FROM source s "
+                "LEFT JOIN (SELECT DISTINCT ON (request_id) request_id, ts FROM p) p USING (request_id)"
+            )
+        else:
+            keys = keys or [c for c in cols if c not in (label, timestamp)]
+            missing = [k for k in [*keys, timestamp] if k not in cols]
+            if missing or not keys:
+                raise ValidationError(
+                    f"{source}: needs request_id, or entity key column(s) and {timestamp!r}",
+                    hint="name them with --key and --timestamp",
+                )
+            mode = "entity"
+            key_expr = " || '|' || ".join(f"coalesce(CAST(s.{q(k)} AS VARCHAR), '')" for k in keys)
+            pkey_expr = " || '|' || ".join(f"coalesce(json_extract_string(entity, {lit('$.' + k)}), '')" for k in keys)
+            sql = (
+                f"SELECT p.request_id, s.{q(label)} AS label, p.ts AS predicted_at FROM "
+                f"(SELECT *, {key_expr} AS __k, CAST({q(timestamp)} AS TIMESTAMPTZ) AS __t FROM source s) s "
+                f"ASOF LEFT JOIN (SELECT request_id, ts, {pkey_expr} AS __k, CAST(ts AS TIMESTAMPTZ) AS __t FROM p "
+                "WHERE entity IS NOT NULL) p ON s.__k = p.__k AND s.__t >= p.__t"
+            )
+        try:
+            con.execute(f"CREATE TEMP TABLE matched AS {sql}")
+        except Exception as exc:
+            raise ValidationError(f"{source}: cannot match labels: {str(exc).splitlines()[0]}") from None
+        total, hits = first(con.execute("SELECT count(*), count(predicted_at) FROM matched")) or (0, 0)
+        folder = root / deployment / "labels"
+        folder.mkdir(parents=True, exist_ok=True)
+        name = uuid.uuid4().hex
+        tmp, final = folder / f".tmp-{os.getpid()}-{name}.parquet", folder / f"{name}.parquet"
+        con.execute(f"COPY (SELECT * FROM matched WHERE predicted_at IS NOT NULL) TO {lit(tmp)} (FORMAT parquet)")
+        with tmp.open("rb+") as fh:
+            os.fsync(fh.fileno())
+        with db.atomic():
+            os.rename(tmp, final)
+            rel = str(final.relative_to(root.parent))
+            db.execute(
+                "INSERT INTO label_batches (deployment, path, rows, matched, source, created_at, created_by) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (deployment, rel, int(total), int(hits), str(source), clock.iso(), actor),
+            )
+            audit.record(actor, "labels.ingest", deployment, {"rows": int(total), "matched": int(hits), "mode": mode})
+        return LabelResult(deployment, int(total), int(hits), rel, mode)
+    finally:
+        con.close()

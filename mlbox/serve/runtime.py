@@ -1,0 +1,157 @@
+"""Models loaded for serving, and deployments with their split, kept fresh from meta.db.
+
+A `LoadedModel` is a verified ONNX file in an onnxruntime session plus its signature. The
+`Runtime` holds one immutable `LiveDeployment` per deployment; a poller compares revisions
+in meta.db every `serve.reload_seconds` and swaps in rebuilt ones, so a request in flight
+keeps the deployment it started with and never fails because of a change.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from mlbox.errors import NotFound
+from mlbox.flavors import onnx as onnx_files
+from mlbox.flavors.signature import Signature
+from mlbox.registry.store import Registry
+from mlbox.serve.deployments import Deployment, Deployments
+from mlbox.serve.router import TrafficSplit
+
+
+@dataclass(frozen=True)
+class LoadedModel:
+    ref: str
+    task: str
+    signature: Signature
+    session: Any
+    feature_refs: Mapping[str, str]  # input column -> "view@version:field" (entity lookups)
+
+    def predict(self, X: np.ndarray) -> np.ndarray:
+        return onnx_files.run(self.session, X)
+
+    def outputs(self, pred: np.ndarray) -> list[Any]:
+        """JSON-ready predictions: {class: probability} per row for classifiers, numbers for regressors."""
+        if self.task == "classification":
+            classes = [str(c) for c in self.signature.classes]
+            return [dict(zip(classes, (round(float(p), 6) for p in row), strict=True)) for row in pred]
+        return [float(v) for v in pred.reshape(-1)]
+
+
+class ModelCache:
+    """Loads each model version once per process; versions are immutable, so entries never go stale."""
+
+    def __init__(self, registry: Registry, threads: int) -> None:
+        self.registry = registry
+        self.threads = threads
+        self._models: dict[str, LoadedModel] = {}
+        self._lock = threading.Lock()
+
+    def get(self, ref: str) -> LoadedModel:
+        model = self._models.get(ref)
+        if model is not None:
+            return model
+        with self._lock:
+            if ref not in self._models:
+                version = self.registry.get(ref)
+                meta = version.artifacts.get("model.onnx")
+                if meta is None:
+                    raise NotFound(f"{version.ref} has no ONNX export")
+                path = self.registry.artifacts.open_verified(meta["sha256"])
+                self._models[ref] = LoadedModel(
+                    ref=version.ref,
+                    task=version.task,
+                    signature=Signature.from_dict(version.signature),
+                    session=onnx_files.session(path, self.threads),
+                    feature_refs=dict(version.lineage.get("feature_refs") or {}),
+                )
+            return self._models[ref]
+
+
+@dataclass(frozen=True)
+class LiveDeployment:
+    deployment: Deployment
+    split: TrafficSplit
+    primary: LoadedModel
+    canary: LoadedModel | None
+    shadow: LoadedModel | None
+
+
+@dataclass
+class Runtime:
+    deployments: Deployments
+    models: ModelCache
+    reload_seconds: float = 0.5
+    live: dict[str, LiveDeployment] = field(default_factory=dict)
+    errors: dict[str, str] = field(default_factory=dict)  # deployment -> why it could not load
+    on_reload: Callable[[str], None] | None = None
+    _stop: threading.Event = field(default_factory=threading.Event)
+    _thread: threading.Thread | None = None
+
+    def _build(self, d: Deployment) -> LiveDeployment:
+        return LiveDeployment(
+            d,
+            d.split(),
+            self.models.get(d.primary_model),
+            self.models.get(d.canary_model) if d.canary_model else None,
+            self.models.get(d.shadow_model) if d.shadow_model else None,
+        )
+
+    def refresh(self) -> bool:
+        """Reload deployments whose revision changed; True when anything changed."""
+        revisions = self.deployments.revisions()
+        changed = False
+        fresh = dict(self.live)
+        for name in list(fresh):
+            if name not in revisions:
+                del fresh[name]
+                changed = True
+        for name, revision in revisions.items():
+            current = fresh.get(name)
+            if current is not None and current.deployment.revision == revision:
+                continue
+            try:
+                fresh[name] = self._build(self.deployments.get(name))
+                self.errors.pop(name, None)
+                changed = True
+            except Exception as exc:  # keep serving the old split; report it on /readyz
+                self.errors[name] = f"{type(exc).__name__}: {exc}"
+        if changed:
+            self.live = fresh  # one reference swap: readers see the old dict or the new one
+            if self.on_reload:
+                self.on_reload(",".join(sorted(fresh)))
+        return changed
+
+    def get(self, name: str) -> LiveDeployment:
+        live = self.live.get(name)
+        if live is None:
+            raise NotFound(f"no deployment {name!r}", hint="`mlbox deploy create` makes one")
+        return live
+
+    def start(self) -> None:
+        self.refresh()
+        self._thread = threading.Thread(target=self._poll, name="mlbox-deploy-poll", daemon=True)
+        self._thread.start()
+
+    def _poll(self) -> None:
+        while not self._stop.wait(self.reload_seconds):
+            try:
+                self.refresh()
+            except Exception as exc:  # a locked or briefly unavailable meta.db: try again next tick
+                self.errors["__poll__"] = str(exc)
+            else:
+                self.errors.pop("__poll__", None)
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+
+
+def monotonic_ms() -> float:
+    return time.perf_counter() * 1000

@@ -1,0 +1,93 @@
+"""Request bodies checked against a model's signature, and encoded straight to the model's float matrix.
+
+Every problem is a 4xx `MlboxError` naming the field and what to fix; nothing in a request
+is ever evaluated or unpickled. JSON's non-standard NaN/Infinity literals are refused at
+parse time.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+from mlbox.errors import PayloadTooLarge, UsageError, ValidationError
+from mlbox.flavors.signature import Signature
+
+
+def _no_constants(name: str) -> Any:
+    raise ValueError(f"{name} is not valid JSON; send null for a missing value")
+
+
+def parse_json(body: bytes) -> Any:
+    try:
+        return json.loads(body, parse_constant=_no_constants)
+    except UnicodeDecodeError:
+        raise UsageError("request body is not UTF-8 text") from None
+    except ValueError as exc:
+        raise UsageError(f"malformed JSON: {exc}") from None
+
+
+def predict_request(body: Any, max_rows: int) -> tuple[str, list[Mapping[str, Any]]]:
+    """('rows' | 'entities', the list) from a predict body."""
+    if not isinstance(body, dict):
+        raise UsageError('the body must be a JSON object: {"rows": [...]} or {"entities": [...]}')
+    kinds = [k for k in ("rows", "entities") if k in body]
+    extra = sorted(set(body) - {"rows", "entities"})
+    if extra:
+        raise ValidationError(f"unknown key {extra[0]!r} in the body", hint='send {"rows": [...]} or {"entities": [...]}')
+    if len(kinds) != 1:
+        raise UsageError('send exactly one of "rows" or "entities"')
+    items = body[kinds[0]]
+    if not isinstance(items, list) or not items:
+        raise ValidationError(f'"{kinds[0]}" must be a non-empty list of objects')
+    if len(items) > max_rows:
+        raise PayloadTooLarge(f"{len(items)} rows in one request; at most {max_rows}", hint="split the request (serve.max_rows)")
+    for i, item in enumerate(items):
+        if not isinstance(item, dict):
+            raise ValidationError(f'{kinds[0]}[{i}] must be an object of field: value')
+    return kinds[0], items
+
+
+def encode_rows(
+    signature: Signature, rows: Sequence[Mapping[str, Any]], where: str = "rows", allow_null: bool = False
+) -> np.ndarray:
+    """Float32 matrix for `rows`, validating every field against the signature.
+
+    `allow_null` accepts nulls in any field (online features of an unknown entity are null;
+    every flavor reads NaN as missing).
+    """
+    columns = signature.columns
+    known = {c.name for c in columns}
+    out = np.empty((len(rows), len(columns)), dtype=np.float32)
+    for i, row in enumerate(rows):
+        if len(row) > len(columns) or not known.issuperset(row):
+            unknown = sorted(set(row) - known)
+            if unknown:
+                raise ValidationError(
+                    f"{where}[{i}]: unknown field {unknown[0]!r}", hint=f"the model takes {', '.join(sorted(known))}"
+                )
+        for j, col in enumerate(columns):
+            if col.name not in row:
+                raise ValidationError(f"{where}[{i}]: missing field {col.name!r}")
+            value = row[col.name]
+            if value is None:
+                if not (col.nullable or allow_null):
+                    raise ValidationError(f"{where}[{i}]: field {col.name!r} may not be null (it never was in training)")
+                out[i, j] = math.nan
+            elif col.kind == "numeric":
+                if isinstance(value, bool) or not isinstance(value, (int, float)):
+                    raise ValidationError(f"{where}[{i}]: field {col.name!r} must be a number, got {type(value).__name__}")
+                if not math.isfinite(value):
+                    raise ValidationError(f"{where}[{i}]: field {col.name!r} must be finite")
+                out[i, j] = value
+            else:
+                if col.dtype == "bool" and isinstance(value, bool):
+                    value = str(value)
+                elif not isinstance(value, str):
+                    raise ValidationError(f"{where}[{i}]: field {col.name!r} must be a string, got {type(value).__name__}")
+                out[i, j] = signature.index[col.name].get(value, math.nan)
+    return out

@@ -1,0 +1,62 @@
+"""`mlbox quickstart DIR` through the real console script: every step, and the box it leaves behind."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+from mlbox.box import Box
+from mlbox.config import load_settings
+
+from ..conftest import OS_USER, run_mlbox
+
+# docs/cli.md: doctor, feature definitions, ingest, a point-in-time training set, materialization,
+# an online lookup, training two candidates and registering both, promoting the better one to
+# staging, users and tokens, audit verification and a backup.
+STEPS = ["init", "doctor", "features apply", "features ingest", "training set", "materialize", "online lookup",
+         "train", "promote", "auth", "audit verify", "backup"]  # fmt: skip
+
+
+@pytest.mark.slow
+def test_quickstart(tmp_path: Path) -> None:
+    root = tmp_path / "qs"
+    result = run_mlbox(["quickstart", str(root)], cwd=tmp_path, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert result.stderr == ""
+    lines = result.stdout.splitlines()
+    assert lines[0] == f"mlbox quickstart in {root}"
+    steps = [re.match(r"✓ (\S+(?: \S+)?)\s{2,}.*\((\d+\.\d\d)s\)$", line) for line in lines[1:-1]]
+    assert all(steps), lines
+    assert [m.group(1) for m in steps if m] == STEPS
+    train_line = next(line for line in lines if line.startswith("✓ train "))
+    assert "churn:1 (xgboost)" in train_line and "churn:2 (sklearn LogisticRegression)" in train_line
+    promote_line = next(line for line in lines if line.startswith("✓ promote "))
+    assert re.search(r"churn:[12] is staging \(best roc_auc 0\.\d{3}\)", promote_line)
+    home = root / "project"
+    assert lines[-1].startswith("quickstart passed in ") and f"mlbox --home {home} features list" in lines[-1]
+
+    with Box(load_settings(home, environ={})) as box:
+        versions = box.registry.versions("churn")
+        assert [(v.version, v.flavor) for v in versions] == [(1, "xgboost"), (2, "sklearn")]
+        challenger = versions[1].lineage["spec"]
+        assert challenger["preprocess"] is True and challenger["estimator"] == "sklearn.linear_model.LogisticRegression"
+        for v in versions:
+            assert set(v.artifacts) >= {"model.onnx"} and v.onnx_max_abs_diff is not None
+            assert v.onnx_max_abs_diff <= (v.onnx_tolerance or 0)
+            assert box.tracking.run(v.run_id or "").status == "finished"
+        staging = [v for v in versions if "staging" in v.aliases]
+        assert len(staging) == 1 and box.registry.holder("churn", "production") is None
+        best = max(versions, key=lambda v: v.metrics["roc_auc"])
+        assert staging[0].ref == best.ref and f"{best.ref} is staging" in promote_line
+        assert {u.name: u.role for u in box.identity.users()} == {OS_USER: "admin", "analyst": "data-scientist"}
+        assert box.audit.verify().ok
+        assert {e.action for e in box.audit.entries(limit=1000)} >= {"models.register", "models.promote", "box.backup"}
+    assert (root / "backup" / "meta.db").is_file()
+
+    # the hint on the last line works, and the box answers the CLI
+    explore = run_mlbox(["--home", str(home), "--json", "features", "list"], cwd=tmp_path)
+    assert explore.returncode == 0, explore.stderr
+    models = run_mlbox(["--home", str(home), "--json", "models", "list"], cwd=tmp_path)
+    assert models.returncode == 0 and '"aliases": "staging"' in models.stdout
