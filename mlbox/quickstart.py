@@ -2,7 +2,15 @@
 
 from __future__ import annotations
 
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
@@ -110,6 +118,20 @@ def run_quickstart(root: Path, os_user: str, template: str = "tabular-classifica
             assert best.version is not None
             box.registry.set_alias(best.version.ref, "staging", admin, expected=None)
             d.append(f"{best.version.ref} is staging (best {metric} {best.metrics[metric]:.3f})")
+        with step("deploy") as d:
+            primary, challenger_ref = (r.version.ref for r in trained if r.version is not None)
+            box.deployments.create("churn_api", primary, admin)
+            box.deployments.canary("churn_api", challenger_ref, 20, admin)
+            box.deployments.shadow("churn_api", challenger_ref, admin)
+            d.append(f"churn_api: primary {primary}, 20% canary {challenger_ref}, shadow {challenger_ref}")
+        with step("serve") as d:
+            box.identity.add_user(admin, "churn_app", "service")
+            _, token = box.identity.create_token(admin, "churn_app", "service", 3600)
+            inputs = [c["name"] for c in box.registry.get(primary).signature["columns"]]
+            rows = _request_rows(home / "training_set.parquet", inputs, 200)
+            counts, logged = _serve_and_send(home, token, "churn_api", rows)
+            split = ", ".join(f"{v} {n} ({100 * n / len(rows):.0f}%)" for v, n in sorted(counts.items()))
+            d.append(f"mlbox serve answered {len(rows)} requests: {split}; {logged} predictions logged (shadow included)")
         with step("auth") as d:
             box.identity.add_user(admin, "analyst", "data-scientist")
             info, token = box.identity.create_token(admin, "analyst", "viewer", 3600)
@@ -134,6 +156,63 @@ def _challenger(spec: TrainSpec) -> TrainSpec:
     estimator = "sklearn.linear_model.LogisticRegression" if spec.task == "classification" else "sklearn.linear_model.Ridge"
     params = {"max_iter": 1000} if spec.task == "classification" else {}
     return replace(spec, flavor="sklearn", estimator=estimator, preprocess=True, params=params, device="cpu")
+
+
+def _request_rows(path: Path, columns: list[str], n: int) -> list[dict[str, object]]:
+    """The model's input columns of the first `n` training-set rows, as a client would send them."""
+    import pandas as pd
+
+    records: list[dict[str, object]] = json.loads(pd.read_parquet(path, columns=columns).head(n).to_json(orient="records"))
+    return records
+
+
+def _serve_and_send(home: Path, token: str, deployment: str, rows: list[dict[str, object]]) -> tuple[dict[str, int], int]:
+    """Start `mlbox serve` on a free loopback port, send one request per row, stop it; (variant counts, rows logged)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {**os.environ, "MLBOX_HOME": str(home)}
+    env.pop("MLBOX_TOKEN", None)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "mlbox", "serve", "--host", "127.0.0.1", "--port", str(port)],
+        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True,
+    )  # fmt: skip
+    base = f"http://127.0.0.1:{port}"
+    counts: dict[str, int] = {}
+    try:
+        deadline = time.time() + 120
+        while True:
+            if proc.poll() is not None:
+                raise MlboxError(f"mlbox serve exited: {(proc.stderr.read() if proc.stderr else b'').decode()[-300:]}")
+            try:
+                with urllib.request.urlopen(f"{base}/readyz", timeout=2) as r:
+                    if r.status == 200:
+                        break
+            except OSError:
+                if time.time() > deadline:
+                    raise MlboxError("mlbox serve did not become ready in 120 s") from None
+                time.sleep(0.3)
+        for row in rows:
+            req = urllib.request.Request(
+                f"{base}/v1/deployments/{deployment}/predict",
+                data=json.dumps({"rows": [row]}).encode(),
+                headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"},
+            )
+            try:
+                with urllib.request.urlopen(req, timeout=10) as r:
+                    variant = json.loads(r.read())["variant"]
+            except urllib.error.HTTPError as exc:
+                raise MlboxError(f"mlbox serve answered {exc.code}: {exc.read().decode()[:300]}") from None
+            counts[variant] = counts.get(variant, 0) + 1
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(60)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+    with Box(load_settings(home)) as box:
+        logged = int(box.db.scalar("SELECT coalesce(sum(rows), 0) FROM prediction_batches WHERE deployment = ?", (deployment,)))
+    return counts, logged
 
 
 def _train_data(home: Path) -> tuple[str, list[str], str | None]:

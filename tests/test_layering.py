@@ -40,6 +40,7 @@ LAYERS: dict[str, int] = {
     "mlbox.bench": 4,  # composes workflows (features, train, serve) like quickstart
     "mlbox.box": 4,
     "mlbox.quickstart": 4,
+    "mlbox.package": 4,
     "mlbox.cli": 5,
     "mlbox.api": 5,
     "mlbox.tui": 5,

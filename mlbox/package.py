@@ -1,0 +1,121 @@
+"""`mlbox package NAME`: a Bento holding one deployment — its model versions and the routing service.
+
+The Bento carries a minimal box: the deployment row, its model versions (artifacts checked
+against their sha256), their runs, and the users and token hashes, so the same API tokens
+work. It also carries the mlbox package itself, so plain `bentoml serve` runs it anywhere
+BentoML runs; the build is offline (`lock_packages: false`). Entity lookups need the box's
+online store and are not packaged: a packaged service answers `rows` requests.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sqlite3
+import subprocess
+import sys
+import tempfile
+from dataclasses import dataclass
+from importlib import metadata
+from pathlib import Path
+
+from mlbox.box import Box
+from mlbox.config import load_settings
+from mlbox.errors import MlboxError, StoreError
+
+SERVING_PACKAGES = (
+    "onnxruntime", "numpy", "pandas", "pyarrow", "duckdb", "starlette", "uvloop", "httptools",
+    "sqlite-utils", "pyyaml", "typer", "rich",
+)  # fmt: skip
+
+SERVICE = '''"""Entry point of an mlbox Bento: serve the bundled box."""
+import os
+import pathlib
+
+os.environ.setdefault("MLBOX_HOME", str(pathlib.Path(__file__).resolve().parent / "box"))
+os.environ.setdefault("BENTOML_DO_NOT_TRACK", "True")
+
+from mlbox.api.service import MlboxService  # noqa: E402,F401
+'''
+
+
+@dataclass(frozen=True)
+class PackageResult:
+    tag: str
+    models: list[str]
+    path: str
+
+
+def _pinned(name: str) -> str:
+    try:
+        return f"{name}=={metadata.version(name)}"
+    except metadata.PackageNotFoundError:
+        return name
+
+
+def build_package(box: Box, name: str, actor: str) -> PackageResult:
+    deployment = box.deployments.get(name)
+    refs = sorted({r for r in (deployment.primary_model, deployment.canary_model, deployment.shadow_model) if r})
+    versions = [box.registry.get(r) for r in refs]
+    with tempfile.TemporaryDirectory(prefix="mlbox-package-") as tmp:
+        ctx = Path(tmp)
+        home = ctx / "box"
+        Box.create(load_settings(home, environ={}), "package").close()
+        src = sqlite3.connect(f"file:{box.paths.meta_db}?mode=ro", uri=True)
+        dst = sqlite3.connect(home / "meta.db")
+        try:
+            pairs = [(v.name, v.version) for v in versions]
+            runs = [v.run_id for v in versions if v.run_id]
+            dst.execute("DELETE FROM users")  # the box's own users (and token hashes) come instead
+            _copy(src, dst, "users", "1=1", ())
+            _copy(src, dst, "tokens", "1=1", ())
+            exp_ids = {r[0] for r in src.execute(f"SELECT experiment_id FROM runs WHERE id IN ({_marks(runs)})", runs)}
+            _copy(src, dst, "experiments", f"id IN ({_marks(exp_ids)})", tuple(exp_ids))
+            _copy(src, dst, "runs", f"id IN ({_marks(runs)})", tuple(runs))
+            _copy(src, dst, "models", f"name IN ({_marks(pairs)})", tuple(n for n, _ in pairs))
+            for n, v in pairs:
+                _copy(src, dst, "model_versions", "name = ? AND version = ?", (n, v))
+            _copy(src, dst, "deployments", "name = ?", (name,))
+            dst.commit()
+        finally:
+            src.close()
+            dst.close()
+        for v in versions:
+            for meta in v.artifacts.values():
+                target = home / "artifacts" / meta["sha256"][:2] / meta["sha256"]
+                target.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(box.artifacts.open_verified(meta["sha256"]), target)
+        package_dir = Path(__file__).resolve().parent
+        shutil.copytree(package_dir, ctx / "mlbox", ignore=shutil.ignore_patterns("__pycache__", "_templates"))
+        (ctx / "service.py").write_text(SERVICE)
+        bento_name = f"mlbox-{name.replace('_', '-')}"
+        packages = "\n".join(f"    - {_pinned(p)}" for p in SERVING_PACKAGES)
+        (ctx / "bentofile.yaml").write_text(
+            f'service: "service:MlboxService"\nname: {bento_name}\n'
+            f"labels:\n  deployment: {name}\n  models: {'_'.join(r.replace(':', '-v') for r in refs)}\n"
+            'include:\n  - "service.py"\n  - "mlbox/**"\n  - "box/**"\n'
+            f"python:\n  lock_packages: false\n  packages:\n{packages}\n"
+        )
+        env = {**os.environ, "BENTOML_HOME": str(box.paths.bentoml), "BENTOML_DO_NOT_TRACK": "True", "MLBOX_HOME": str(home)}
+        env.pop("MLBOX_TOKEN", None)
+        proc = subprocess.run(
+            [sys.executable, "-m", "bentoml", "build", str(ctx), "--output", "tag"],
+            cwd=ctx, env=env, capture_output=True, text=True, timeout=600,
+        )  # fmt: skip
+        if proc.returncode != 0:
+            raise MlboxError(f"bentoml build failed: {(proc.stderr or proc.stdout).strip().splitlines()[-1:]}")
+        tag = next((line.split("__tag__:", 1)[1].strip() for line in proc.stdout.splitlines() if "__tag__:" in line), "")
+        if not tag:
+            raise StoreError(f"bentoml build printed no tag: {proc.stdout.strip()[-200:]}")
+    box.audit.record(actor, "deploy.package", name, {"bento": tag, "models": refs})
+    return PackageResult(tag, refs, str(box.paths.bentoml / "bentos" / tag.replace(":", "/")))
+
+
+def _marks(values: object) -> str:
+    return ",".join("?" * len(values)) or "NULL"  # type: ignore[arg-type]
+
+
+def _copy(src: sqlite3.Connection, dst: sqlite3.Connection, table: str, where: str, params: tuple[object, ...]) -> None:
+    cur = src.execute(f"SELECT * FROM {table} WHERE {where}", params)
+    cols = [d[0] for d in cur.description]
+    dst.executemany(f"INSERT INTO {table} ({', '.join(cols)}) VALUES ({', '.join('?' * len(cols))})", cur.fetchall())
