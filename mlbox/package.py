@@ -73,8 +73,8 @@ def build_package(box: Box, name: str, actor: str) -> PackageResult:
             _copy(src, dst, "experiments", f"id IN ({_marks(exp_ids)})", tuple(exp_ids))
             _copy(src, dst, "runs", f"id IN ({_marks(runs)})", tuple(runs))
             _copy(src, dst, "models", f"name IN ({_marks(pairs)})", tuple(n for n, _ in pairs))
-            for n, v in pairs:
-                _copy(src, dst, "model_versions", "name = ? AND version = ?", (n, v))
+            for model_name, number in pairs:
+                _copy(src, dst, "model_versions", "name = ? AND version = ?", (model_name, number))
             _copy(src, dst, "deployments", "name = ?", (name,))
             dst.commit()
         finally:

@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import logging
 import time
-import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -18,7 +17,6 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
-from mlbox import clock
 from mlbox.api.context import ServeContext
 from mlbox.api.openapi import openapi_document
 from mlbox.errors import MlboxError, Overloaded, PayloadTooLarge, UsageError, ValidationError
@@ -113,7 +111,7 @@ def build_app(source: ServeContext | ContextRef) -> Starlette:
         X = encode_rows(model.signature, rows, kind, allow_null=kind == "entities")
         pred = model.predict(X)
         outputs = model.outputs(pred)
-        request_id = request.headers.get("x-request-id") or uuid.uuid4().hex
+        request_id = request.headers.get("x-request-id") or next(ctx.request_ids)
         latency = (time.perf_counter() - started) * 1000
         labels = (("deployment", name), ("variant", variant))
         ctx.metrics.inc("mlbox_requests_total", (("route", "predict"), *labels, ("status", "200")))
@@ -121,7 +119,7 @@ def build_app(source: ServeContext | ContextRef) -> Starlette:
         entity = json.dumps(items[0], default=str) if kind == "entities" else (None if key is None else json.dumps({split.sticky_key: key}))
         inputs = json.dumps(rows, default=str)
         ctx.predlog.append({
-            "ts": clock.iso(), "request_id": request_id, "deployment": name, "model": model.ref, "variant": variant,
+            "ts": time.time(), "request_id": request_id, "deployment": name, "model": model.ref, "variant": variant,
             "shadow": False, "latency_ms": latency, "entity": entity, "inputs": inputs,
             "outputs": json.dumps(outputs), "error": None,
         })  # fmt: skip

@@ -6,12 +6,13 @@ on shutdown (the prediction log is flushed then).
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
+import secrets
 import time
 from typing import Any
 
-from mlbox import clock
 
 from mlbox.box import Box
 from mlbox.config import Settings
@@ -52,6 +53,8 @@ class ServeContext:
         self.shadow = ShadowWorker(self._shadow_result)
         self._auth_cache: dict[str, tuple[Actor, float]] = {}
         self.started = False
+        prefix = secrets.token_hex(6)  # unique per worker start; a counter makes each id unique within it
+        self.request_ids = (f"{prefix}{n:010x}" for n in itertools.count())
         self._describe()
 
     def _describe(self) -> None:
@@ -81,7 +84,7 @@ class ServeContext:
         if not agree:
             self.metrics.inc("mlbox_shadow_disagreements_total", labels)
         self.predlog.append({
-            "ts": clock.iso(), "request_id": item.request_id, "deployment": item.deployment, "model": item.model.ref,
+            "ts": time.time(), "request_id": item.request_id, "deployment": item.deployment, "model": item.model.ref,
             "variant": "shadow", "shadow": True, "latency_ms": latency_ms, "entity": item.entity, "inputs": item.rows,
             "outputs": json.dumps(item.model.outputs(pred)), "error": None,
         })  # fmt: skip

@@ -15,6 +15,7 @@ import uuid
 from collections import defaultdict
 from collections.abc import Callable
 from pathlib import Path
+from datetime import UTC, datetime
 from typing import Any
 
 from mlbox import clock
@@ -51,7 +52,7 @@ class PredictionLog:
         return len(self._buffer)
 
     def append(self, record: dict[str, Any]) -> None:
-        """Queue one record (a dict with SCHEMA_FIELDS); never blocks on I/O."""
+        """Queue one record (a dict with SCHEMA_FIELDS, `ts` as epoch seconds); never blocks on I/O."""
         with self._swap:
             if len(self._buffer) >= self.max_rows:
                 self.dropped += 1
@@ -97,6 +98,8 @@ class PredictionLog:
         import pyarrow as pa
         import pyarrow.parquet as pq
 
+        for r in rows:  # formatting timestamps here keeps strftime off the request path
+            r["ts"] = clock.iso(datetime.fromtimestamp(r["ts"], UTC)) if isinstance(r["ts"], float) else r["ts"]
         day = rows[0]["ts"][:10]
         folder = self.root / deployment / day
         folder.mkdir(parents=True, exist_ok=True)
