@@ -14,6 +14,7 @@ from mlbox.store.layout import BoxPaths, open_meta
 
 if TYPE_CHECKING:
     from mlbox.features.store import FeatureStore
+    from mlbox.jobs.queue import JobQueue
     from mlbox.registry.store import Registry
     from mlbox.serve.deployments import Deployments
     from mlbox.store.artifacts import ArtifactStore
@@ -81,6 +82,12 @@ class Box:
         from mlbox.serve.deployments import Deployments
 
         return Deployments(self.db, self.registry, self.audit)
+
+    @cached_property
+    def jobs(self) -> JobQueue:
+        from mlbox.jobs.queue import JobQueue
+
+        return JobQueue(self.db, self.audit)
 
     def start_run(self, experiment: str, name: str | None = None, **fields: Any) -> ActiveRun:
         """Start a tracked run: `with box.start_run("churn") as run: run.log_metric("loss", v, step=i)`."""

@@ -69,6 +69,16 @@ class ServeContext:
         m.gauge("mlbox_shadow_dropped", lambda: {(): float(self.shadow.dropped)}, "Shadow copies dropped (queue full).")
         m.gauge("mlbox_requests_in_flight", lambda: {(): float(self.in_flight)}, "Requests being served now.")
         m.gauge(
+            "mlbox_jobs",
+            lambda: {(("status", s),): float(n) for s, n in self.box.jobs.counts().items()},
+            "Jobs in the queue by status (queued = queue depth).",
+        )
+        m.gauge(
+            "mlbox_gpu_allocated",
+            lambda: {(("gpu", str(g)),): float(j) for g, j in self.box.jobs.gpu_allocation().items()},
+            "GPUs held by running jobs (value: the job id).",
+        )
+        m.gauge(
             "mlbox_deployment_revision",
             lambda: {(("deployment", n),): float(d.deployment.revision) for n, d in self.runtime.live.items()},
             "Revision of each deployment this worker serves.",

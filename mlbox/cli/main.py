@@ -37,7 +37,7 @@ def main(
 
 
 def _register() -> None:
-    from mlbox.cli import audit, auth, bench, box, deploy, features, labels, models, package, quickstart, serve, train
+    from mlbox.cli import audit, auth, bench, box, deploy, features, jobs, labels, models, package, quickstart, serve, train
 
     box.register(app)
     quickstart.register(app)
@@ -46,6 +46,7 @@ def _register() -> None:
     app.add_typer(deploy.app, name="deploy")
     serve.register(app)
     package.register(app)
+    jobs.register(app)
     app.add_typer(labels.app, name="labels")
     app.add_typer(auth.app, name="auth")
     app.add_typer(audit.app, name="audit")

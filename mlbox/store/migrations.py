@@ -249,11 +249,50 @@ CREATE TABLE label_batches (
 )
 """
 
+JOBS = """
+CREATE TABLE jobs (
+    id INTEGER PRIMARY KEY,
+    type TEXT NOT NULL CHECK (type IN ('train', 'materialize', 'monitor', 'retention', 'command')),
+    payload TEXT NOT NULL,
+    project TEXT NOT NULL,
+    priority INTEGER NOT NULL DEFAULT 0,
+    gpus INTEGER NOT NULL DEFAULT 0,
+    gpu_memory_mb INTEGER NOT NULL DEFAULT 0,
+    cpus REAL NOT NULL DEFAULT 1,
+    memory_mb INTEGER NOT NULL DEFAULT 0,
+    timeout_s INTEGER NOT NULL DEFAULT 3600,
+    cpu_fallback INTEGER NOT NULL DEFAULT 1,
+    wait_gpu_s INTEGER NOT NULL DEFAULT 600,
+    status TEXT NOT NULL CHECK (status IN ('queued', 'running', 'succeeded', 'failed', 'cancelled', 'timed_out')),
+    attempts INTEGER NOT NULL DEFAULT 0,
+    max_attempts INTEGER NOT NULL DEFAULT 1,
+    submitted_at REAL NOT NULL,
+    submitted_by TEXT NOT NULL,
+    started_at REAL,
+    ended_at REAL,
+    worker TEXT,
+    lease_until REAL,
+    pid INTEGER,
+    devices TEXT,
+    exit_code INTEGER,
+    error TEXT,
+    log_path TEXT,
+    cancel_requested INTEGER NOT NULL DEFAULT 0
+);
+CREATE INDEX jobs_status ON jobs(status, priority, submitted_at);
+CREATE TABLE job_quotas (
+    project TEXT PRIMARY KEY,
+    max_running INTEGER,
+    max_gpus INTEGER
+)
+"""
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration("0001_core", _sql(CORE)),
     Migration("0002_features", _sql(FEATURES)),
     Migration("0003_tracking_registry", _sql(TRACKING)),
     Migration("0004_serving", _sql(SERVING)),
+    Migration("0005_jobs", _sql(JOBS)),
 )
 
 

@@ -1,0 +1,219 @@
+"""`mlbox jobs` and `mlbox worker`: the job queue and the process that runs it."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from mlbox.cli._common import actor, console, done, emit_json, open_box, record, state, table
+from mlbox.errors import NotFound, UsageError
+from mlbox.jobs.queue import Job
+from mlbox.types import parse_duration
+
+app = typer.Typer(help="The job queue: train, materialize and command jobs on GPUs or CPU.", no_args_is_help=True)
+COLUMNS = ["id", "type", "project", "priority", "status", "gpus", "devices", "attempts", "submitted", "worker", "error"]
+
+
+def _row(j: Job) -> dict[str, object]:
+    d = j.as_dict()
+    d["submitted"] = datetime.fromtimestamp(d["submitted_at"], UTC).strftime("%Y-%m-%d %H:%M:%S")
+    d["devices"] = "cpu" if d["devices"] == [] else d["devices"]
+    return d
+
+
+def _memory(text: str | None) -> int:
+    if not text:
+        return 0
+    units = {"k": 1 / 1024, "m": 1, "g": 1024, "t": 1024 * 1024}
+    t = text.strip().lower().rstrip("ib")
+    if t and t[-1] in units and t[:-1].replace(".", "", 1).isdigit():
+        return int(float(t[:-1]) * units[t[-1]])
+    if t.isdigit():
+        return int(t)
+    raise UsageError(f"invalid memory size {text!r}", hint="use e.g. 512M, 8G (MiB without a unit)")
+
+
+@app.command("submit")
+def submit(
+    type: Annotated[str, typer.Argument(help="train, materialize or command.")],
+    args: Annotated[list[str] | None, typer.Argument(help="train: SPEC; materialize: [VIEW]; command: the command line after --.")] = None,
+    priority: Annotated[int, typer.Option("--priority", "-p", help="Higher runs first.")] = 0,
+    project: Annotated[str, typer.Option("--project", help="Quota group.")] = "default",
+    gpus: Annotated[int, typer.Option("--gpus", min=0, help="GPUs the job needs.")] = 0,
+    gpu_memory: Annotated[str | None, typer.Option("--gpu-memory", help="Free memory needed per GPU, e.g. 8G.")] = None,
+    cpus: Annotated[float, typer.Option("--cpus", help="CPU cores (threads) for the job.")] = 1.0,
+    memory: Annotated[str | None, typer.Option("--memory", help="Memory limit, e.g. 4G.")] = None,
+    timeout: Annotated[str, typer.Option("--timeout", help="Wall-clock limit, e.g. 30m, 2h.")] = "1h",
+    no_cpu_fallback: Annotated[bool, typer.Option("--no-cpu-fallback", help="Wait for a GPU instead of falling back to CPU.")] = False,
+    gpu_wait: Annotated[str, typer.Option("--gpu-wait", help="How long to wait for a GPU before falling back to CPU.")] = "10m",
+    retries: Annotated[int, typer.Option("--retries", min=0, help="Extra attempts if its worker dies.")] = 0,
+    register: Annotated[bool, typer.Option("--register", help="train: register the model.")] = False,
+    full: Annotated[bool, typer.Option("--full", help="materialize: rebuild from every batch.")] = False,
+) -> None:
+    """Queue a job."""
+    args = args or []
+    with open_box() as box:
+        who = actor(box, "jobs.submit")
+        if type == "train":
+            if len(args) != 1:
+                raise UsageError("train jobs take one argument: the training spec")
+            spec = Path(args[0]).expanduser().resolve()
+            from mlbox.train.spec import load_spec
+
+            load_spec(spec)  # refuse a bad spec now, not in the worker
+            payload: dict[str, object] = {"spec": str(spec), "register": register}
+            actor(box, "train.run")
+        elif type == "materialize":
+            actor(box, "features.write")
+            payload = {"view": args[0] if args else None, "full": full}
+        elif type == "command":
+            actor(box, "jobs.command")
+            if not args:
+                raise UsageError("command jobs need a command: mlbox jobs submit command -- python script.py")
+            payload = {"argv": args}
+        else:
+            payload = {}
+        job = box.jobs.submit(
+            type, payload, who.name, project=project, priority=priority, gpus=gpus,
+            gpu_memory_mb=_memory(gpu_memory), cpus=cpus, memory_mb=_memory(memory), timeout_s=parse_duration(timeout),
+            cpu_fallback=not no_cpu_fallback, wait_gpu_s=parse_duration(gpu_wait), max_attempts=retries + 1,
+        )  # fmt: skip
+    done(_row(job), f"queued job {job.id} ({job.type}, priority {job.priority}, {job.gpus} GPU(s))")
+
+
+@app.command("list")
+def list_jobs(
+    status: Annotated[str | None, typer.Option("--status", help="queued, running, succeeded, failed, cancelled, timed_out.")] = None,
+    limit: Annotated[int, typer.Option("--limit", "-n", min=1, help="Newest N jobs.")] = 30,
+) -> None:
+    """Jobs with status, devices and attempts, and the GPU allocation."""
+    with open_box() as box:
+        actor(box, "read")
+        jobs = box.jobs.list_jobs(status, limit)
+        allocation = box.jobs.gpu_allocation()
+    table([_row(j) for j in jobs], COLUMNS)
+    if allocation and not state.json:
+        console.print("GPUs: " + ", ".join(f"{g} → job {j}" for g, j in sorted(allocation.items())))
+
+
+@app.command("show")
+def show(job_id: Annotated[int, typer.Argument(help="Job id.")]) -> None:
+    """Everything about one job."""
+    with open_box() as box:
+        actor(box, "read")
+        job = box.jobs.get(job_id)
+    record(_row(job), title=f"job {job.id}")
+
+
+@app.command("logs")
+def logs(
+    job_id: Annotated[int, typer.Argument(help="Job id.")],
+    follow: Annotated[bool, typer.Option("--follow", "-f", help="Keep printing until the job ends.")] = False,
+) -> None:
+    """Print a job's log."""
+    with open_box() as box:
+        actor(box, "read")
+        job = box.jobs.get(job_id)
+        path = box.paths.logs / "jobs" / f"{job_id}.log"
+        offset = 0
+        while True:
+            if path.exists():
+                with path.open("rb") as fh:
+                    fh.seek(offset)
+                    chunk = fh.read()
+                    offset += len(chunk)
+                sys.stdout.write(chunk.decode(errors="replace"))
+                sys.stdout.flush()
+            if not follow or job.status not in ("queued", "running"):
+                break
+            time.sleep(0.5)
+            job = box.jobs.get(job_id)
+        if not path.exists() and not follow:
+            raise NotFound(f"job {job_id} has no log yet ({job.status})")
+
+
+@app.command("cancel")
+def cancel(job_id: Annotated[int, typer.Argument(help="Job id.")]) -> None:
+    """Cancel a queued job, or stop a running one and its children."""
+    with open_box() as box:
+        job = box.jobs.cancel(job_id, actor(box, "jobs.submit").name)
+    done(_row(job), f"job {job.id}: {'cancelled' if job.status == 'cancelled' else 'stopping'}")
+
+
+@app.command("retry")
+def retry(job_id: Annotated[int, typer.Argument(help="Job id.")]) -> None:
+    """Queue a failed, cancelled or timed-out job again."""
+    with open_box() as box:
+        job = box.jobs.retry(job_id, actor(box, "jobs.submit").name)
+    done(_row(job), f"job {job.id} queued again")
+
+
+@app.command("quota")
+def quota(
+    project: Annotated[str, typer.Argument(help="Project.")],
+    max_running: Annotated[int | None, typer.Option("--max-running", min=0, help="Jobs running at once.")] = None,
+    max_gpus: Annotated[int | None, typer.Option("--max-gpus", min=0, help="GPUs held at once.")] = None,
+) -> None:
+    """Set a project's quota."""
+    with open_box() as box:
+        box.jobs.set_quota(project, max_running, max_gpus, actor(box, "box.admin").name)
+    done({"project": project, "max_running": max_running, "max_gpus": max_gpus}, f"quota of {project} set")
+
+
+@app.command("exec", hidden=True)
+def exec_job(job_id: Annotated[int, typer.Argument(help="Job id.")]) -> None:
+    """Run one job in this process (the worker starts this; not for people)."""
+    from mlbox.box import Box
+
+    with open_box() as probe:
+        job = probe.jobs.get(job_id)
+        settings = probe.settings
+    with Box(settings, actor=job.submitted_by) as box:
+        console.print(f"job {job.id}: {job.type} {json.dumps(job.payload)}")
+        if job.type == "train":
+            from mlbox.train.runner import train
+            from mlbox.train.spec import load_spec
+
+            spec = load_spec(Path(job.payload["spec"]))
+            result = train(spec, store=box.features if spec.data.labels else None, tracking=box.tracking,
+                           registry=box.registry, actor=job.submitted_by, register=bool(job.payload.get("register")))  # fmt: skip
+            console.print(f"run {result.run_id} on {result.device} ({result.device_reason}): {result.metrics}")
+            if result.version:
+                console.print(f"registered {result.version.ref}")
+            if not result.gate.passed:
+                raise UsageError(f"gate failed: {'; '.join(result.gate.reasons)}")
+        elif job.type == "materialize":
+            for r in box.features.materialize(job.payload.get("view"), full=True if job.payload.get("full") else None):
+                console.print(f"{r.view}: {r.mode}, {r.rows} rows")
+        elif job.type == "command":
+            sys.exit(subprocess.call(list(job.payload["argv"])))
+
+
+def worker(
+    gpus: Annotated[str, typer.Option("--gpus", help="auto (every visible GPU), none, or indices like 0,1.")] = "auto",
+    slots: Annotated[int, typer.Option("--slots", min=1, help="Jobs run at once.")] = 1,
+    once: Annotated[bool, typer.Option("--once", help="Exit when the queue has nothing left to start.")] = False,
+) -> None:
+    """Lease and run queued jobs (heartbeats; a dead worker's jobs are recovered)."""
+    from mlbox.jobs.worker import Worker
+
+    with open_box() as box:
+        actor(box, "jobs.submit")
+        w = Worker(box.jobs, box.paths.home, gpus=gpus, slots=slots, log=lambda m: console.print(f"[dim]{time.strftime('%H:%M:%S')}[/dim] {m}"))
+        states = w.gpu_states()
+        console.print(f"worker {w.name}: {len(states)} GPU(s) {[g.index for g in states] or ''} {slots} slot(s)")
+        if state.json:
+            emit_json({"worker": w.name, "gpus": [g.index for g in states], "slots": slots})
+        w.run(once=once)
+
+
+def register(main: typer.Typer) -> None:
+    main.add_typer(app, name="jobs")
+    main.command()(worker)

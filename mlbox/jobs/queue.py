@@ -1,0 +1,256 @@
+"""The job queue in meta.db: submit, claim with a lease, heartbeat, finish, cancel, retry, recover.
+
+Claiming happens in one write transaction that reads the queue and the GPUs held by
+running jobs, runs the pure placement, and marks the chosen jobs running with this
+worker's lease, so two workers never start the same job or share a GPU. A job whose
+worker stopped heartbeating (kill -9) goes back to the queue when its lease expires, or
+fails once its attempts are used up.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from mlbox.errors import Conflict, NotFound, UsageError
+from mlbox.jobs.placement import GpuState, Placement, QueuedJob, Quota, Snapshot, Usage, place
+from mlbox.store.audit import AuditLog
+from mlbox.store.sqlite import Database
+from mlbox.types import NAME_PATTERN, check_name
+
+TYPES = ("train", "materialize", "monitor", "retention", "command")
+AVAILABLE = ("train", "materialize", "command")
+ACTIVE = ("queued", "running")
+FINAL = ("succeeded", "failed", "cancelled", "timed_out")
+
+
+@dataclass(frozen=True)
+class Job:
+    id: int
+    type: str
+    payload: dict[str, Any]
+    project: str
+    priority: int
+    gpus: int
+    gpu_memory_mb: int
+    cpus: float
+    memory_mb: int
+    timeout_s: int
+    cpu_fallback: bool
+    wait_gpu_s: int
+    status: str
+    attempts: int
+    max_attempts: int
+    submitted_at: float
+    submitted_by: str
+    started_at: float | None
+    ended_at: float | None
+    worker: str | None
+    lease_until: float | None
+    pid: int | None
+    devices: list[int] | None
+    exit_code: int | None
+    error: str | None
+    log_path: str | None
+    cancel_requested: bool
+
+    def as_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+def _job(row: Mapping[str, Any]) -> Job:
+    r = dict(row)
+    r["payload"] = json.loads(r["payload"])
+    r["devices"] = None if r["devices"] is None else json.loads(r["devices"])
+    r["cpu_fallback"] = bool(r["cpu_fallback"])
+    r["cancel_requested"] = bool(r["cancel_requested"])
+    return Job(**r)
+
+
+class JobQueue:
+    def __init__(self, db: Database, audit: AuditLog) -> None:
+        self.db = db
+        self.audit = audit
+
+    def submit(
+        self,
+        type: str,
+        payload: Mapping[str, Any],
+        actor: str,
+        *,
+        project: str = "default",
+        priority: int = 0,
+        gpus: int = 0,
+        gpu_memory_mb: int = 0,
+        cpus: float = 1.0,
+        memory_mb: int = 0,
+        timeout_s: int = 3600,
+        cpu_fallback: bool = True,
+        wait_gpu_s: int = 600,
+        max_attempts: int = 1,
+    ) -> Job:
+        if type not in TYPES:
+            raise UsageError(f"unknown job type {type!r}", hint=f"types are {', '.join(TYPES)}")
+        if type not in AVAILABLE:
+            raise UsageError(f"{type} jobs arrive with the monitoring and retention features; not available yet")
+        check_name(project.replace("-", "_"), "project name", NAME_PATTERN)
+        if gpus < 0 or gpu_memory_mb < 0 or cpus <= 0 or memory_mb < 0 or timeout_s <= 0 or max_attempts < 1:
+            raise UsageError("resources must be positive: gpus, gpu_memory, memory >= 0; cpus, timeout, attempts > 0")
+        with self.db.atomic():
+            job_id = self.db.execute(
+                "INSERT INTO jobs (type, payload, project, priority, gpus, gpu_memory_mb, cpus, memory_mb, timeout_s, "
+                "cpu_fallback, wait_gpu_s, status, max_attempts, submitted_at, submitted_by) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'queued', ?, ?, ?)",
+                (type, json.dumps(dict(payload)), project, priority, gpus, gpu_memory_mb, cpus, memory_mb, timeout_s,
+                 int(cpu_fallback), wait_gpu_s, max_attempts, time.time(), actor),
+            ).lastrowid  # fmt: skip
+            self.audit.record(actor, "jobs.submit", f"job:{job_id}", {"type": type, "project": project, "gpus": gpus})
+        return self.get(int(job_id or 0))
+
+    def get(self, job_id: int) -> Job:
+        row = self.db.one("SELECT * FROM jobs WHERE id = ?", (job_id,))
+        if row is None:
+            raise NotFound(f"no job {job_id}", hint="`mlbox jobs list` shows jobs")
+        return _job(row)
+
+    def list_jobs(self, status: str | None = None, limit: int = 50) -> list[Job]:
+        sql = "SELECT * FROM jobs" + (" WHERE status = ?" if status else "") + " ORDER BY id DESC LIMIT ?"
+        return [_job(r) for r in self.db.query(sql, (status, limit) if status else (limit,))]
+
+    def counts(self) -> dict[str, int]:
+        return {r["status"]: r["n"] for r in self.db.query("SELECT status, count(*) AS n FROM jobs GROUP BY status")}
+
+    def gpu_allocation(self) -> dict[int, int]:
+        """GPU index → running job id."""
+        out = {}
+        for r in self.db.query("SELECT id, devices FROM jobs WHERE status = 'running' AND devices IS NOT NULL"):
+            for index in json.loads(r["devices"]):
+                out[int(index)] = int(r["id"])
+        return out
+
+    def set_quota(self, project: str, max_running: int | None, max_gpus: int | None, actor: str) -> None:
+        with self.db.atomic():
+            self.db.execute(
+                "INSERT INTO job_quotas (project, max_running, max_gpus) VALUES (?, ?, ?) ON CONFLICT(project) DO UPDATE "
+                "SET max_running = excluded.max_running, max_gpus = excluded.max_gpus",
+                (project, max_running, max_gpus),
+            )
+            self.audit.record(actor, "jobs.quota", project, {"max_running": max_running, "max_gpus": max_gpus})
+
+    def cancel(self, job_id: int, actor: str) -> Job:
+        with self.db.atomic():
+            job = self.get(job_id)
+            if job.status == "queued":
+                self.db.execute("UPDATE jobs SET status = 'cancelled', ended_at = ? WHERE id = ?", (time.time(), job_id))
+            elif job.status == "running":
+                self.db.execute("UPDATE jobs SET cancel_requested = 1 WHERE id = ?", (job_id,))
+            else:
+                raise Conflict(f"job {job_id} already ended ({job.status})")
+            self.audit.record(actor, "jobs.cancel", f"job:{job_id}", {"was": job.status})
+        return self.get(job_id)
+
+    def retry(self, job_id: int, actor: str) -> Job:
+        with self.db.atomic():
+            job = self.get(job_id)
+            if job.status not in ("failed", "cancelled", "timed_out"):
+                raise Conflict(f"job {job_id} is {job.status}; only failed, cancelled or timed-out jobs are retried")
+            self.db.execute(
+                "UPDATE jobs SET status = 'queued', cancel_requested = 0, max_attempts = attempts + 1, worker = NULL, "
+                "lease_until = NULL, pid = NULL, devices = NULL, exit_code = NULL, error = NULL, submitted_at = ? WHERE id = ?",
+                (time.time(), job_id),
+            )
+            self.audit.record(actor, "jobs.retry", f"job:{job_id}", {"was": job.status})
+        return self.get(job_id)
+
+    # worker side ------------------------------------------------------------
+    def claim(self, worker: str, gpus: Sequence[GpuState], slots: int, lease_s: float, aging_per_minute: float = 1.0) -> list[tuple[Job, Placement]]:
+        """Place and claim queued jobs for `worker` in one transaction."""
+        if slots <= 0:
+            return []
+        now = time.time()
+        with self.db.atomic():
+            held = self.gpu_allocation()
+            states = [GpuState(g.index, g.memory_total_mb, g.memory_free_mb, g.index in held) for g in gpus]
+            queued = [
+                QueuedJob(r["id"], r["project"], r["priority"], r["submitted_at"], r["gpus"], r["gpu_memory_mb"],
+                          bool(r["cpu_fallback"]), float(r["wait_gpu_s"]))  # fmt: skip
+                for r in self.db.query("SELECT * FROM jobs WHERE status = 'queued'")
+            ]
+            usage = {
+                r["project"]: Usage(r["n"], r["g"] or 0)
+                for r in self.db.query(
+                    "SELECT project, count(*) AS n, sum(json_array_length(coalesce(devices, '[]'))) AS g FROM jobs "
+                    "WHERE status = 'running' GROUP BY project"
+                )
+            }
+            quotas = {r["project"]: Quota(r["max_running"], r["max_gpus"]) for r in self.db.query("SELECT * FROM job_quotas")}
+            plan = place(Snapshot(queued, states, slots, usage, quotas, now, aging_per_minute))
+            claimed = []
+            for p in plan:
+                changed = self.db.execute(
+                    "UPDATE jobs SET status = 'running', worker = ?, lease_until = ?, attempts = attempts + 1, "
+                    "started_at = ?, devices = ? WHERE id = ? AND status = 'queued'",
+                    (worker, now + lease_s, now, json.dumps(list(p.devices)), p.job_id),
+                ).rowcount
+                if changed == 1:
+                    claimed.append((self.get(p.job_id), p))
+            return claimed
+
+    def started(self, job_id: int, pid: int, log_path: str) -> None:
+        with self.db.atomic():
+            self.db.execute("UPDATE jobs SET pid = ?, log_path = ? WHERE id = ?", (pid, log_path, job_id))
+
+    def heartbeat(self, worker: str, job_ids: Sequence[int], lease_s: float) -> set[int]:
+        """Extend the leases of `job_ids`; returns those whose cancellation was requested."""
+        if not job_ids:
+            return set()
+        marks = ",".join("?" * len(job_ids))
+        with self.db.atomic():
+            self.db.execute(
+                f"UPDATE jobs SET lease_until = ? WHERE worker = ? AND status = 'running' AND id IN ({marks})",
+                (time.time() + lease_s, worker, *job_ids),
+            )
+            rows = self.db.query(f"SELECT id FROM jobs WHERE cancel_requested = 1 AND id IN ({marks})", list(job_ids))
+        return {int(r["id"]) for r in rows}
+
+    def finish(self, job_id: int, status: str, exit_code: int | None, error: str | None = None) -> None:
+        assert status in FINAL
+        with self.db.atomic():
+            self.db.execute(
+                "UPDATE jobs SET status = ?, exit_code = ?, error = ?, ended_at = ?, lease_until = NULL WHERE id = ? AND status = 'running'",
+                (status, exit_code, error, time.time(), job_id),
+            )
+
+    def release(self, job_id: int, why: str) -> None:
+        """A job its worker gave up (worker stopping): queued again if it has attempts left, else failed."""
+        with self.db.atomic():
+            self.db.execute(
+                "UPDATE jobs SET status = CASE WHEN attempts < max_attempts THEN 'queued' ELSE 'failed' END, "
+                "error = CASE WHEN attempts < max_attempts THEN NULL ELSE ? END, worker = NULL, lease_until = NULL, "
+                "pid = NULL, devices = NULL, ended_at = CASE WHEN attempts < max_attempts THEN NULL ELSE ? END "
+                "WHERE id = ? AND status = 'running'",
+                (why, time.time(), job_id),
+            )
+
+    def recover(self, now: float | None = None) -> list[int]:
+        """Jobs whose lease expired (their worker died): back to the queue, or failed after their attempts."""
+        now = time.time() if now is None else now
+        with self.db.atomic():
+            rows = self.db.query("SELECT id, attempts, max_attempts FROM jobs WHERE status = 'running' AND lease_until < ?", (now,))
+            for r in rows:
+                if r["attempts"] < r["max_attempts"]:
+                    self.db.execute(
+                        "UPDATE jobs SET status = 'queued', worker = NULL, lease_until = NULL, pid = NULL, devices = NULL WHERE id = ?",
+                        (r["id"],),
+                    )
+                else:
+                    self.db.execute(
+                        "UPDATE jobs SET status = 'failed', error = 'its worker stopped (lease expired)', ended_at = ?, "
+                        "lease_until = NULL WHERE id = ?",
+                        (now, r["id"]),
+                    )
+                self.audit.record("mlbox-worker", "jobs.recover", f"job:{r['id']}", {"requeued": r["attempts"] < r["max_attempts"]})
+        return [int(r["id"]) for r in rows]
