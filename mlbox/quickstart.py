@@ -4,9 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
-import socket
-import subprocess
 import sys
 import time
 import urllib.error
@@ -22,6 +19,7 @@ from mlbox.config import load_settings
 from mlbox.doctor import run_checks
 from mlbox.errors import MlboxError, UsageError
 from mlbox.project import init_project
+from mlbox.serve import process as server
 from mlbox.store.backup import backup_box
 from mlbox.train.metrics import LOWER_IS_BETTER
 from mlbox.train.runner import train
@@ -168,30 +166,14 @@ def _request_rows(path: Path, columns: list[str], n: int) -> list[dict[str, obje
 
 def _serve_and_send(home: Path, token: str, deployment: str, rows: list[dict[str, object]]) -> tuple[dict[str, int], int]:
     """Start `mlbox serve` on a free loopback port, send one request per row, stop it; (variant counts, rows logged)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = server.free_port()
     env = {**os.environ, "MLBOX_HOME": str(home)}
     env.pop("MLBOX_TOKEN", None)
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "mlbox", "serve", "--host", "127.0.0.1", "--port", str(port)],
-        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True,
-    )  # fmt: skip
+    cmd = [sys.executable, "-m", "mlbox", "serve", "--host", "127.0.0.1", "--port", str(port)]
+    proc = server.start(cmd, env, port, home / "logs" / "quickstart-serve.log")
     base = f"http://127.0.0.1:{port}"
     counts: dict[str, int] = {}
     try:
-        deadline = time.time() + 120
-        while True:
-            if proc.poll() is not None:
-                raise MlboxError(f"mlbox serve exited: {(proc.stderr.read() if proc.stderr else b'').decode()[-300:]}")
-            try:
-                with urllib.request.urlopen(f"{base}/readyz", timeout=2) as r:
-                    if r.status == 200:
-                        break
-            except OSError:
-                if time.time() > deadline:
-                    raise MlboxError("mlbox serve did not become ready in 120 s") from None
-                time.sleep(0.3)
         for row in rows:
             req = urllib.request.Request(
                 f"{base}/v1/deployments/{deployment}/predict",
@@ -205,11 +187,7 @@ def _serve_and_send(home: Path, token: str, deployment: str, rows: list[dict[str
                 raise MlboxError(f"mlbox serve answered {exc.code}: {exc.read().decode()[:300]}") from None
             counts[variant] = counts.get(variant, 0) + 1
     finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(60)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
+        server.stop(proc)
     with Box(load_settings(home)) as box:
         logged = int(box.db.scalar("SELECT coalesce(sum(rows), 0) FROM prediction_batches WHERE deployment = ?", (deployment,)))
     return counts, logged

@@ -13,13 +13,10 @@ import getpass
 import json
 import os
 import shutil
-import signal
-import socket
 import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,6 +26,7 @@ from mlbox.bench.features import Row
 from mlbox.bench.train import TrainScale, _make
 from mlbox.box import Box
 from mlbox.config import load_settings
+from mlbox.serve import process as server
 from mlbox.train.runner import train
 from mlbox.train.spec import parse_spec
 
@@ -43,51 +41,6 @@ class ServeScale:
 
 FULL = ServeScale(5.0, 200)
 QUICK = ServeScale(1.0, 20)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def wait_ready(port: int, proc: subprocess.Popen[bytes], timeout: float = 120) -> None:
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"server exited with {proc.returncode}")
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=1) as r:
-                if r.status == 200:
-                    return
-        except OSError:
-            pass
-        time.sleep(0.2)
-    raise RuntimeError("server not ready in time")
-
-
-def start(cmd: list[str], env: dict[str, str], log: Path, port: int) -> subprocess.Popen[bytes]:
-    with log.open("wb") as out:
-        proc = subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
-    try:
-        wait_ready(port, proc)
-    except BaseException as exc:
-        stop(proc)
-        tail = log.read_text(errors="replace").strip().splitlines()[-5:]
-        raise RuntimeError(f"{' '.join(cmd[:4])}: {exc}: {' | '.join(tail)}") from None
-    time.sleep(1.0)  # with several workers, /readyz answers as soon as one of them is up
-    return proc
-
-
-def stop(proc: subprocess.Popen[bytes]) -> None:
-    try:
-        os.killpg(proc.pid, signal.SIGTERM)
-        proc.wait(30)
-    except (ProcessLookupError, subprocess.TimeoutExpired):
-        try:
-            os.killpg(proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
 
 
 def load(port: int, path: str, seconds: float, body: Path, token: str = "") -> dict[int, dict[str, Any]]:
@@ -147,13 +100,14 @@ def run(scale: ServeScale = FULL, on_row: Callable[[Row], None] | None = None, o
         ]  # fmt: skip
         for name, cmd, path, tok, extra in designs:
             stage(name)
-            port = free_port()
-            proc = start([*cmd, "--host", "127.0.0.1", "--port", str(port)], {**env, **extra}, work / f"{len(results)}.log", port)
+            port = server.free_port()
+            proc = server.start([*cmd, "--host", "127.0.0.1", "--port", str(port)], {**env, **extra}, port, work / f"{len(results)}.log")
             procs.append(proc)
+            time.sleep(1.0)  # with several workers, /readyz answers as soon as one of them is up
             try:
                 results[name] = load(port, path, scale.seconds, body, tok)
             finally:
-                stop(proc)
+                server.stop(proc)
         floor = results["floor: Starlette + uvicorn"]
         one = results["mlbox serve, 1 worker"]
         for name, res in results.items():
@@ -181,6 +135,6 @@ def run(scale: ServeScale = FULL, on_row: Callable[[Row], None] | None = None, o
     finally:
         for proc in procs:
             if proc.poll() is None:
-                stop(proc)
+                server.stop(proc)
         shutil.rmtree(work, ignore_errors=True)
     return rows

@@ -1,0 +1,59 @@
+"""Starting and stopping an HTTP server process on a free loopback port (quickstart, benchmarks, tests)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import time
+import urllib.request
+from pathlib import Path
+
+from mlbox.errors import MlboxError
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def start(cmd: list[str], env: dict[str, str], port: int, log: Path | None = None, timeout: float = 120) -> subprocess.Popen[bytes]:
+    """Start `cmd` in its own process group and wait until GET /readyz answers 200."""
+    out = log.open("wb") if log else subprocess.DEVNULL
+    try:
+        proc = subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    finally:
+        if log:
+            out.close()  # type: ignore[union-attr]
+    deadline = time.time() + timeout
+    while True:
+        if proc.poll() is not None:
+            tail = " | ".join(log.read_text(errors="replace").strip().splitlines()[-5:]) if log else ""
+            raise MlboxError(f"{' '.join(cmd[:4])} exited with {proc.returncode}" + (f": {tail}" if tail else ""))
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=2) as r:
+                if r.status == 200:
+                    return proc
+        except OSError:
+            pass
+        if time.time() > deadline:
+            stop(proc)
+            raise MlboxError(f"{' '.join(cmd[:4])} was not ready after {timeout:.0f} s")
+        time.sleep(0.2)
+
+
+def stop(proc: subprocess.Popen[bytes], timeout: float = 60) -> None:
+    """SIGTERM the process group (servers flush their logs), SIGKILL if it does not exit in time."""
+    try:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout)
+    except ProcessLookupError:
+        return
+    except subprocess.TimeoutExpired:
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        proc.wait(10)
