@@ -15,6 +15,7 @@ import typer
 from mlbox.cli._common import actor, console, done, emit_json, open_box, record, state, table
 from mlbox.errors import NotFound, UsageError
 from mlbox.jobs.queue import Job
+from mlbox.jobs.worker import die_with_parent
 from mlbox.types import parse_duration
 
 app = typer.Typer(help="The job queue: train, materialize and command jobs on GPUs or CPU.", no_args_is_help=True)
@@ -193,7 +194,7 @@ def exec_job(job_id: Annotated[int, typer.Argument(help="Job id.")]) -> None:
             for r in box.features.materialize(job.payload.get("view"), full=True if job.payload.get("full") else None):
                 console.print(f"{r.view}: {r.mode}, {r.rows} rows")
         elif job.type == "command":
-            sys.exit(subprocess.call(list(job.payload["argv"])))
+            sys.exit(subprocess.call(list(job.payload["argv"]), preexec_fn=die_with_parent))
 
 
 def worker(

@@ -159,7 +159,8 @@ class JobQueue:
                 raise Conflict(f"job {job_id} is {job.status}; only failed, cancelled or timed-out jobs are retried")
             self.db.execute(
                 "UPDATE jobs SET status = 'queued', cancel_requested = 0, max_attempts = attempts + 1, worker = NULL, "
-                "lease_until = NULL, pid = NULL, devices = NULL, exit_code = NULL, error = NULL, submitted_at = ? WHERE id = ?",
+                "lease_until = NULL, pid = NULL, devices = NULL, exit_code = NULL, error = NULL, ended_at = NULL, "
+                "submitted_at = ? WHERE id = ?",
                 (time.time(), job_id),
             )
             self.audit.record(actor, "jobs.retry", f"job:{job_id}", {"was": job.status})
@@ -203,45 +204,55 @@ class JobQueue:
         with self.db.atomic():
             self.db.execute("UPDATE jobs SET pid = ?, log_path = ? WHERE id = ?", (pid, log_path, job_id))
 
-    def heartbeat(self, worker: str, job_ids: Sequence[int], lease_s: float) -> set[int]:
-        """Extend the leases of `job_ids`; returns those whose cancellation was requested."""
+    def heartbeat(self, worker: str, job_ids: Sequence[int], lease_s: float) -> tuple[set[int], set[int]]:
+        """Extend `worker`'s leases on `job_ids`; returns (cancel requested, no longer this worker's)."""
         if not job_ids:
-            return set()
+            return set(), set()
         marks = ",".join("?" * len(job_ids))
         with self.db.atomic():
             self.db.execute(
                 f"UPDATE jobs SET lease_until = ? WHERE worker = ? AND status = 'running' AND id IN ({marks})",
                 (time.time() + lease_s, worker, *job_ids),
             )
-            rows = self.db.query(f"SELECT id FROM jobs WHERE cancel_requested = 1 AND id IN ({marks})", list(job_ids))
-        return {int(r["id"]) for r in rows}
+            rows = self.db.query(f"SELECT id, worker, status, cancel_requested FROM jobs WHERE id IN ({marks})", list(job_ids))
+        cancel = {int(r["id"]) for r in rows if r["cancel_requested"] and r["worker"] == worker}
+        lost = {int(r["id"]) for r in rows if r["worker"] != worker or r["status"] != "running"}
+        return cancel - lost, lost
 
-    def finish(self, job_id: int, status: str, exit_code: int | None, error: str | None = None) -> None:
+    def finish(self, job_id: int, status: str, exit_code: int | None, error: str | None = None, *, worker: str) -> None:
+        """Record the end of `worker`'s attempt; a worker that lost the job (lease recovered) changes nothing."""
         assert status in FINAL
         with self.db.atomic():
             self.db.execute(
-                "UPDATE jobs SET status = ?, exit_code = ?, error = ?, ended_at = ?, lease_until = NULL WHERE id = ? AND status = 'running'",
-                (status, exit_code, error, time.time(), job_id),
+                "UPDATE jobs SET status = ?, exit_code = ?, error = ?, ended_at = ?, lease_until = NULL "
+                "WHERE id = ? AND status = 'running' AND worker = ?",
+                (status, exit_code, error, time.time(), job_id, worker),
             )
 
-    def release(self, job_id: int, why: str) -> None:
+    def release(self, job_id: int, why: str, *, worker: str) -> None:
         """A job its worker gave up (worker stopping): queued again if it has attempts left, else failed."""
         with self.db.atomic():
             self.db.execute(
                 "UPDATE jobs SET status = CASE WHEN attempts < max_attempts THEN 'queued' ELSE 'failed' END, "
                 "error = CASE WHEN attempts < max_attempts THEN NULL ELSE ? END, worker = NULL, lease_until = NULL, "
                 "pid = NULL, devices = NULL, ended_at = CASE WHEN attempts < max_attempts THEN NULL ELSE ? END "
-                "WHERE id = ? AND status = 'running'",
-                (why, time.time(), job_id),
+                "WHERE id = ? AND status = 'running' AND worker = ?",
+                (why, time.time(), job_id, worker),
             )
 
     def recover(self, now: float | None = None) -> list[int]:
         """Jobs whose lease expired (their worker died): back to the queue, or failed after their attempts."""
         now = time.time() if now is None else now
         with self.db.atomic():
-            rows = self.db.query("SELECT id, attempts, max_attempts FROM jobs WHERE status = 'running' AND lease_until < ?", (now,))
+            rows = self.db.query(
+                "SELECT id, attempts, max_attempts, cancel_requested FROM jobs WHERE status = 'running' AND lease_until < ?", (now,)
+            )
             for r in rows:
-                if r["attempts"] < r["max_attempts"]:
+                if r["cancel_requested"]:
+                    self.db.execute(
+                        "UPDATE jobs SET status = 'cancelled', ended_at = ?, lease_until = NULL WHERE id = ?", (now, r["id"])
+                    )
+                elif r["attempts"] < r["max_attempts"]:
                     self.db.execute(
                         "UPDATE jobs SET status = 'queued', worker = NULL, lease_until = NULL, pid = NULL, devices = NULL WHERE id = ?",
                         (r["id"],),

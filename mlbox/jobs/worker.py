@@ -36,12 +36,17 @@ class Running:
     devices: tuple[int, ...]
 
 
+def die_with_parent() -> None:
+    """In a child before exec: the kernel sends it SIGKILL when its parent dies (Linux)."""
+    try:
+        ctypes.CDLL("libc.so.6").prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    except OSError:
+        pass
+
+
 def _limits(memory_mb: int, cpu_seconds: int) -> Callable[[], None]:
     def apply() -> None:
-        try:
-            ctypes.CDLL("libc.so.6").prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
-        except OSError:
-            pass
+        die_with_parent()
         if memory_mb > 0:
             resource.setrlimit(resource.RLIMIT_AS, (memory_mb * 1024 * 1024, memory_mb * 1024 * 1024))
         if cpu_seconds > 0:
@@ -96,6 +101,7 @@ class Worker:
         env = {k: v for k, v in os.environ.items() if k != "MLBOX_TOKEN"}
         env.update(
             MLBOX_HOME=str(self.home),
+            CUDA_DEVICE_ORDER="PCI_BUS_ID",  # CUDA numbers GPUs as nvidia-smi does, not fastest first
             CUDA_VISIBLE_DEVICES=",".join(str(d) for d in devices),
             OMP_NUM_THREADS=str(max(1, int(job.cpus))),
             BENTOML_DO_NOT_TRACK="True",
@@ -114,15 +120,21 @@ class Worker:
         self.log(f"job {job.id} ({job.type}) started, pid {proc.pid}, devices {list(devices) or 'cpu'}")
 
     def _kill(self, run: Running) -> None:
+        """SIGTERM the job's process group, then SIGKILL whatever is left of it (children may ignore TERM)."""
         try:
             os.killpg(run.proc.pid, signal.SIGTERM)
-            try:
-                run.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                os.killpg(run.proc.pid, signal.SIGKILL)
-                run.proc.wait(10)
+        except ProcessLookupError:
+            return
+        try:
+            run.proc.wait(10)
+        except subprocess.TimeoutExpired:
+            pass
+        try:
+            os.killpg(run.proc.pid, signal.SIGKILL)
         except ProcessLookupError:
             pass
+        if run.proc.poll() is None:
+            run.proc.wait(10)
 
     def tick(self) -> None:
         """One round: reap, heartbeat, cancel, time out, recover, claim."""
@@ -130,19 +142,23 @@ class Worker:
             code = run.proc.poll()
             if code is not None:
                 status = "succeeded" if code == 0 else "failed"
-                self.queue.finish(job_id, status, code, None if code == 0 else f"exited with {code}")
+                self.queue.finish(job_id, status, code, None if code == 0 else f"exited with {code}", worker=self.name)
                 del self.running[job_id]
                 self.log(f"job {job_id} {status} (exit {code})")
-        cancel = self.queue.heartbeat(self.name, list(self.running), self.lease_s)
+        cancel, lost = self.queue.heartbeat(self.name, list(self.running), self.lease_s)
         for job_id, run in list(self.running.items()):
-            if job_id in cancel:
+            if job_id in lost:  # our lease expired and the job was recovered: another attempt owns it now
                 self._kill(run)
-                self.queue.finish(job_id, "cancelled", run.proc.returncode, "cancelled")
+                del self.running[job_id]
+                self.log(f"job {job_id} lost its lease; stopped here")
+            elif job_id in cancel:
+                self._kill(run)
+                self.queue.finish(job_id, "cancelled", run.proc.returncode, "cancelled", worker=self.name)
                 del self.running[job_id]
                 self.log(f"job {job_id} cancelled")
             elif time.monotonic() - run.started > run.job.timeout_s:
                 self._kill(run)
-                self.queue.finish(job_id, "timed_out", run.proc.returncode, f"ran over its {run.job.timeout_s}s timeout")
+                self.queue.finish(job_id, "timed_out", run.proc.returncode, f"ran over its {run.job.timeout_s}s timeout", worker=self.name)
                 del self.running[job_id]
                 self.log(f"job {job_id} timed out")
         for job_id in self.queue.recover():
@@ -159,7 +175,7 @@ class Worker:
             time.sleep(self.poll_s)
         for job_id, run in list(self.running.items()):  # a stopping worker hands its jobs back
             self._kill(run)
-            self.queue.release(job_id, "its worker stopped")
+            self.queue.release(job_id, "its worker stopped", worker=self.name)
 
     def stop(self) -> None:
         self._stop = True

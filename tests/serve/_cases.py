@@ -65,9 +65,13 @@ class Case:
         return kw
 
 
-def _manage(action: str, body: Any, status: int, code: str, mentions: tuple[str, ...] = (), name: str = "bad", **kw: Any) -> Case:
-    return Case(f"{action}-{kw.pop('id')}", status, code, mentions, body, f"/v1/deployments/{name}/{action}", auth=kw.pop("auth", "ml-engineer"),
-                doc=f"/v1/deployments/{{name}}/{action}", **kw)  # fmt: skip
+def _manage(
+    action: str, id: str, body: Any, status: int, code: str, mentions: tuple[str, ...] = (), *,
+    name: str = "bad", auth: str | None = "ml-engineer",
+) -> Case:  # fmt: skip
+    """A POST to a management action of deployment `name`."""
+    return Case(f"{action}-{id}", status, code, mentions, body, f"/v1/deployments/{name}/{action}", auth=auth,
+                doc=f"/v1/deployments/{{name}}/{action}")  # fmt: skip
 
 
 CASES: list[Case] = [
@@ -85,6 +89,7 @@ CASES: list[Case] = [
     Case("infinity-literal", 400, "bad_request", ("Infinity",), raw_row("x1", "Infinity")),
     Case("minus-infinity-literal", 400, "bad_request", ("Infinity",), raw_row("x1", "-Infinity")),
     Case("float-overflowing-to-infinity", 422, "invalid", ("x0", "finite"), raw_row("x0", "1e999")),
+    Case("float-beyond-float32", 422, "invalid", ("x0",), raw_row("x0", "1e300")),
     Case("integer-too-large-for-a-float", 422, "invalid", ("x0",), raw_row("x0", "9" * 400)),
     # shape of the body
     Case("rows-not-a-list", 422, "invalid", ('"rows"',), {"rows": GOOD}),
@@ -97,7 +102,7 @@ CASES: list[Case] = [
     Case("too-many-rows", 413, "too_large", (str(MAX_ROWS + 1), str(MAX_ROWS)), {"rows": [GOOD] * (MAX_ROWS + 1)}),
     Case("malformed-json", 400, "bad_request", ("malformed JSON",), b'{"rows": [{"x0": 1'),
     Case("empty-body", 400, "bad_request", ("malformed JSON",), b""),
-    Case("not-utf8", 400, "bad_request", ("UTF-8",), b'\xff\xfe{"rows": []}'),
+    Case("not-utf8", 400, "bad_request", ("UTF-8",), b'{"rows": [{"segment": "\xff\xfe"}]}'),
     Case("deeply-nested-json", 400, "bad_request", (), b"[" * 50_000 + b"]" * 50_000),
     # entity requests
     Case("entities-on-a-model-without-feature-store", 422, "invalid", ("feature store",), {"entities": [{"customer_id": 1001}]}),
@@ -120,30 +125,30 @@ CASES: list[Case] = [
     Case("viewer-predicts", 403, "forbidden", ("viewer",), {"rows": [GOOD]}, auth="viewer"),
     Case("list-without-token", 401, "unauthenticated", (), None, "/v1/deployments", "GET", None, "/v1/deployments"),
     # deployment management (none of these changes anything)
-    _manage("canary", {}, 422, "invalid", ("model",), id="missing-model"),
-    _manage("canary", {"model": "churn:2", "weight": "ten"}, 422, "invalid", ("weight",), id="weight-not-a-number"),
-    _manage("canary", {"model": "churn:2", "weight": True}, 422, "invalid", ("weight",), id="weight-bool"),
-    _manage("canary", {"model": "churn:2", "weight": 150}, 400, "bad_request", ("weight", "150"), id="weight-over-100"),
-    _manage("canary", {"model": "churn:2", "weight": -1}, 400, "bad_request", ("weight",), id="weight-negative"),
-    _manage("canary", {"model": "ghost:1"}, 404, "not_found", ("ghost",), id="unknown-model"),
-    _manage("canary", {"model": "churn:9"}, 404, "not_found", ("churn:9",), id="unknown-version"),
-    _manage("canary", {"model": "churn:1"}, 400, "bad_request", ("already the primary",), id="primary-as-canary"),
-    _manage("canary", {"model": "churn_fs:1"}, 422, "invalid", ("different inputs",), id="other-signature"),
-    _manage("canary", {"model": "churn:2", "sticky_key": "Customer ID"}, 400, "bad_request", ("sticky key",), id="bad-sticky-key"),
-    _manage("canary", {"model": "churn:2", "sticky_key": 5}, 400, "bad_request", ("sticky key",), id="sticky-key-not-a-string"),
-    _manage("canary", {"model": "churn:2", "pct": 5}, 422, "invalid", ("pct",), id="unknown-key"),
-    _manage("canary", b"{", 400, "bad_request", ("malformed JSON",), id="malformed-json"),
-    _manage("canary", [1], 400, "bad_request", ("JSON object",), id="body-not-an-object"),
-    _manage("canary", {"model": "churn:2"}, 403, "forbidden", ("service",), auth="service", id="service-token"),
-    _manage("canary", {"model": "churn:2"}, 403, "forbidden", ("data_scientist",), auth="data-scientist", id="data-scientist-token"),
-    _manage("canary", {"model": "churn:2"}, 401, "unauthenticated", (), auth=None, id="no-token"),
-    _manage("shadow", {}, 422, "invalid", ("model",), id="missing-model"),
-    _manage("shadow", {"model": "churn_fs:1"}, 422, "invalid", ("different inputs",), id="other-signature"),
-    _manage("promote", None, 409, "conflict", ("no canary",), id="without-canary"),
-    _manage("promote", {"force": True}, 422, "invalid", ("force",), id="unknown-key"),
-    _manage("promote", None, 404, "not_found", ("nope",), name="nope", id="unknown-deployment"),
-    _manage("rollback", None, 409, "conflict", ("nothing to roll back",), id="nothing"),
-    _manage("rollback", None, 403, "forbidden", ("viewer",), auth="viewer", id="viewer-token"),
+    _manage("canary", "missing-model", {}, 422, "invalid", ("model",)),
+    _manage("canary", "weight-not-a-number", {"model": "churn:2", "weight": "ten"}, 422, "invalid", ("weight",)),
+    _manage("canary", "weight-bool", {"model": "churn:2", "weight": True}, 422, "invalid", ("weight",)),
+    _manage("canary", "weight-over-100", {"model": "churn:2", "weight": 150}, 400, "bad_request", ("weight", "150")),
+    _manage("canary", "weight-negative", {"model": "churn:2", "weight": -1}, 400, "bad_request", ("weight",)),
+    _manage("canary", "unknown-model", {"model": "ghost:1"}, 404, "not_found", ("ghost",)),
+    _manage("canary", "unknown-version", {"model": "churn:9"}, 404, "not_found", ("churn:9",)),
+    _manage("canary", "primary-as-canary", {"model": "churn:1"}, 400, "bad_request", ("already the primary",)),
+    _manage("canary", "other-signature", {"model": "churn_fs:1"}, 422, "invalid", ("different inputs",)),
+    _manage("canary", "bad-sticky-key", {"model": "churn:2", "sticky_key": "Customer ID"}, 400, "bad_request", ("sticky key",)),
+    _manage("canary", "sticky-key-not-a-string", {"model": "churn:2", "sticky_key": 5}, 400, "bad_request", ("sticky key",)),
+    _manage("canary", "unknown-key", {"model": "churn:2", "pct": 5}, 422, "invalid", ("pct",)),
+    _manage("canary", "malformed-json", b"{", 400, "bad_request", ("malformed JSON",)),
+    _manage("canary", "body-not-an-object", [1], 400, "bad_request", ("JSON object",)),
+    _manage("canary", "service-token", {"model": "churn:2"}, 403, "forbidden", ("service",), auth="service"),
+    _manage("canary", "data-scientist-token", {"model": "churn:2"}, 403, "forbidden", ("data_scientist",), auth="data-scientist"),
+    _manage("canary", "no-token", {"model": "churn:2"}, 401, "unauthenticated", (), auth=None),
+    _manage("shadow", "missing-model", {}, 422, "invalid", ("model",)),
+    _manage("shadow", "other-signature", {"model": "churn_fs:1"}, 422, "invalid", ("different inputs",)),
+    _manage("promote", "without-canary", None, 409, "conflict", ("no canary",)),
+    _manage("promote", "unknown-key", {"force": True}, 422, "invalid", ("force",)),
+    _manage("promote", "unknown-deployment", None, 404, "not_found", ("nope",), name="nope"),
+    _manage("rollback", "nothing", None, 409, "conflict", ("nothing to roll back",)),
+    _manage("rollback", "viewer-token", None, 403, "forbidden", ("viewer",), auth="viewer"),
     # online features
     Case("online-wrong-keys", 400, "bad_request", ("features", "entities"), {"entities": [{"customer_id": 1001}]}, ONLINE, doc=ONLINE),
     Case("online-features-not-a-list", 422, "invalid", ('"features"',),
@@ -152,8 +157,10 @@ CASES: list[Case] = [
     Case("online-too-many-entities", 413, "too_large", (str(MAX_ROWS + 1),),
          {"features": ["usage:calls"], "entities": [{"customer_id": 1001}] * (MAX_ROWS + 1)}, ONLINE, doc=ONLINE),  # fmt: skip
     Case("online-unknown-view", 404, "not_found", ("ghost",), {"features": ["ghost:x"], "entities": [{"customer_id": 1001}]}, ONLINE, doc=ONLINE),
-    Case("online-unknown-field", 404, "not_found", ("nope",),
+    Case("online-unknown-field", 422, "invalid", ("nope",),
          {"features": ["usage:nope"], "entities": [{"customer_id": 1001}]}, ONLINE, doc=ONLINE),  # fmt: skip
+    Case("online-entity-key-too-large", 422, "invalid", ("customer_id",),
+         {"features": ["usage:calls"], "entities": [{"customer_id": 10**30}]}, ONLINE, doc=ONLINE),  # fmt: skip
     Case("online-viewer", 403, "forbidden", ("viewer",), {"features": ["usage:calls"], "entities": [{"customer_id": 1001}]},
          ONLINE, auth="viewer", doc=ONLINE),  # fmt: skip
 ]

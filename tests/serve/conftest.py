@@ -21,7 +21,7 @@ so the box's admin is alice and every subprocess runs with LOGNAME=alice, no MLB
 from __future__ import annotations
 
 import asyncio
-import json
+import contextlib
 import os
 import re
 import shutil
@@ -39,6 +39,7 @@ from typing import Any
 import httpx
 import numpy as np
 import pandas as pd
+import psutil
 import pytest
 import yaml
 
@@ -46,9 +47,10 @@ from mlbox.box import Box
 from mlbox.config import load_settings
 from mlbox.project import init_project
 from mlbox.train.runner import train
-from mlbox.train.spec import parse_spec
+from mlbox.train.spec import TrainSpec, parse_spec
 
 from ..conftest import MLBOX_SCRIPT, OS_USER
+from ._cases import GOOD
 
 FAST_XGB = {"n_estimators": 10, "max_depth": 3, "learning_rate": 0.3}
 ROLES = ("admin", "ml-engineer", "data-scientist", "service", "viewer")
@@ -86,7 +88,7 @@ def sample_rows(n: int, seed: int = 1, segments: tuple[str, ...] = ("a", "b", "c
     ]  # fmt: skip
 
 
-def _plain_spec(home: Path, path: str, model: str, **params: Any) -> Any:
+def _plain_spec(home: Path, path: str, model: str, **params: Any) -> TrainSpec:
     raw = {
         "experiment": model, "model": model, "task": "classification", "target": "y", "flavor": "xgboost",
         "data": {"path": path}, "params": {**FAST_XGB, **params}, "device": "cpu",
@@ -117,15 +119,16 @@ def serve_template(tmp_path_factory: pytest.TempPathFactory) -> Template:
         raw = yaml.safe_load((home / "train.yaml").read_text())
         raw.update(params=FAST_XGB, model="churn_fs", device="cpu")
         raw.pop("gate", None)
-        common = {"tracking": box.tracking, "registry": box.registry, "actor": OS_USER, "register": True}
-        train(parse_spec(raw, "train.yaml", home), store=fs, **common)
-
         frame = plain_frame()
         frame.to_parquet(home / "plain.parquet")
         frame[frame.segment != "a"].to_parquet(home / "plain_bc.parquet")
-        train(_plain_spec(home, "plain.parquet", "churn"), store=None, **common)
-        train(_plain_spec(home, "plain.parquet", "churn", max_depth=2, learning_rate=0.5), store=None, **common)
-        train(_plain_spec(home, "plain_bc.parquet", "churn_bc"), store=None, **common)
+        for spec, store in [
+            (parse_spec(raw, "train.yaml", home), fs),
+            (_plain_spec(home, "plain.parquet", "churn"), None),
+            (_plain_spec(home, "plain.parquet", "churn", max_depth=2, learning_rate=0.5), None),
+            (_plain_spec(home, "plain_bc.parquet", "churn_bc"), None),
+        ]:
+            train(spec, store=store, tracking=box.tracking, registry=box.registry, actor=OS_USER, register=True)
 
         for role in ROLES:
             user = OS_USER if role == "admin" else role.replace("-", "_")
@@ -133,6 +136,12 @@ def serve_template(tmp_path_factory: pytest.TempPathFactory) -> Template:
                 box.identity.add_user(OS_USER, user, role)
             tokens[role] = box.identity.create_token(OS_USER, user, never_expires=True)[1]
     return Template(home, tokens)
+
+
+def meta_rows(home: Path, sql: str) -> list[dict[str, Any]]:
+    """Rows of a query on the box's meta.db."""
+    with open_box(home) as box:
+        return [dict(r) for r in box.db.query(sql)]
 
 
 def copy_box(template: Template, dest: Path) -> Path:
@@ -214,35 +223,53 @@ class Server:
                 return dict(r.json())
             return None
 
-        return wait_for(serving, timeout, f"the server to serve {name!r}")
+        return dict(wait_for(serving, timeout, f"the server to serve {name!r}"))
+
+    def family(self) -> list[psutil.Process]:
+        """The server and every process under it. BentoML starts its workers in sessions of their own, so the
+        server's process group does not hold them: SIGKILL to the group alone would leave them serving."""
+        try:
+            root = psutil.Process(self.proc.pid)
+            return [root, *root.children(recursive=True)]
+        except psutil.NoSuchProcess:
+            return []
 
     def stop(self, timeout: float = 30) -> int:
-        """SIGTERM to the process group, wait; SIGKILL (and fail) if it does not exit in time."""
+        """SIGTERM to the process group and wait: the server and all its workers must exit in time."""
         self.client.close()
-        if self.proc.poll() is not None:
-            return int(self.proc.returncode)
-        try:
-            os.killpg(self.proc.pid, signal.SIGTERM)
-        except ProcessLookupError:
-            return int(self.proc.wait())
-        try:
-            return int(self.proc.wait(timeout=timeout))
-        except subprocess.TimeoutExpired:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-            self.proc.wait()
-            raise AssertionError(f"mlbox serve ignored SIGTERM for {timeout} s\n{self.log_tail()}") from None
-
-    def kill_group(self) -> None:
-        """Teardown: make sure nothing of the server's process group survives."""
-        try:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
+        family = self.family()
         if self.proc.poll() is None:
-            self.proc.wait(timeout=10)
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.proc.pid, signal.SIGTERM)
+        try:
+            code = int(self.proc.wait(timeout=timeout))
+        except subprocess.TimeoutExpired:
+            self.terminate()
+            raise AssertionError(f"mlbox serve ignored SIGTERM for {timeout} s\n{self.log_tail()}") from None
+        _, alive = psutil.wait_procs(family, timeout=10)
+        if alive:
+            self.terminate(alive)
+            raise AssertionError(f"processes outlived a clean shutdown of mlbox serve: {[p.pid for p in alive]}")
+        return code
+
+    def terminate(self, family: list[psutil.Process] | None = None) -> None:
+        """Teardown: stop the server and everything it started, whatever state it is in."""
+        self.client.close()
+        family = self.family() if family is None else family
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.proc.pid, signal.SIGTERM)  # a clean stop first: the server stops its workers
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self.proc.wait(timeout=15)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        self.proc.wait(timeout=10)
+        _, alive = psutil.wait_procs(family, timeout=5)
+        for process in alive:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                process.kill()
 
 
-def start_server(home: Path, tokens: dict[str, str] | None = None, timeout: float = 90, **settings: str) -> Server:
+def start_server(home: Path, tokens: dict[str, str] | None = None, **settings: str) -> Server:
     """`mlbox serve --port P` on `home` with MLBOX_* `settings`; returns once /readyz answers 200."""
     port = free_port()
     log = home.parent / f"serve-{port}.log"
@@ -256,9 +283,11 @@ def start_server(home: Path, tokens: dict[str, str] | None = None, timeout: floa
             start_new_session=True,
         )
     server = Server(home, port, proc, log, dict(tokens or {}))
+    timeout = 90.0
     deadline = time.monotonic() + timeout
     while True:
         if proc.poll() is not None:
+            server.terminate()
             raise AssertionError(f"mlbox serve exited with {proc.returncode}\n{server.log_tail()}")
         try:
             if server.client.get("/readyz", timeout=2).status_code == 200:
@@ -266,7 +295,7 @@ def start_server(home: Path, tokens: dict[str, str] | None = None, timeout: floa
         except httpx.TransportError:
             pass
         if time.monotonic() > deadline:
-            server.kill_group()
+            server.terminate()
             raise AssertionError(f"mlbox serve not ready after {timeout} s\n{server.log_tail()}")
         time.sleep(0.1)
 
@@ -278,8 +307,36 @@ def running_server(home: Path, tokens: dict[str, str] | None = None, **settings:
     try:
         yield server
     finally:
-        server.client.close()
-        server.kill_group()
+        server.terminate()
+
+
+@pytest.fixture(scope="package")
+def shared_server(serve_template: Template, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    """One `mlbox serve` for the test_server_*.py modules that only add deployments of their own.
+
+    It starts with `bad` (churn:1, never changed) and `fs` (churn_fs:1); serve.max_rows is 50
+    and serve.max_concurrency 1, so the saturation test can fill it with one slow request.
+    """
+    home = copy_box(serve_template, tmp_path_factory.mktemp("shared") / "box")
+    with open_box(home) as box:
+        box.deployments.create("bad", "churn:1", OS_USER)
+        box.deployments.create("fs", "churn_fs:1", OS_USER)
+    with running_server(home, serve_template.tokens, MLBOX_SERVE_MAX_ROWS="50", MLBOX_SERVE_MAX_CONCURRENCY="1") as server:
+        yield server
+
+
+def deploy(
+    server: Server, name: str, primary: str, *, canary: str | None = None, weight: float = 0.0,
+    sticky_key: str | None = None, shadow: str | None = None,
+) -> dict[str, Any]:  # fmt: skip
+    """Create a deployment on the server's box (through the service, not HTTP) and wait until it is served."""
+    with open_box(server.home) as box:
+        box.deployments.create(name, primary, OS_USER)
+        if canary:
+            box.deployments.canary(name, canary, weight, OS_USER, sticky_key)
+        if shadow:
+            box.deployments.shadow(name, shadow, OS_USER)
+    return server.wait_serving(name)
 
 
 # helpers -------------------------------------------------------------------------------------
@@ -357,7 +414,32 @@ def percentile(values: list[float], q: float) -> float:
     return float(np.percentile(np.asarray(values), q))
 
 
-def timed(fn: Callable[[], httpx.Response]) -> tuple[httpx.Response, float]:
-    started = time.perf_counter()
-    response = fn()
-    return response, (time.perf_counter() - started) * 1000
+# OpenAPI against a client (in-process or a real server) ------------------------------------
+
+# a body per operation that gets past validation, so an unknown deployment is what fails
+PROBE_BODY: dict[str, Any] = {
+    "/v1/deployments/{name}/predict": {"rows": [GOOD]},
+    "/v1/deployments/{name}/canary": {"model": "churn:2"},
+    "/v1/deployments/{name}/shadow": {"model": "churn:2"},
+    "/v1/features/online": {"features": ["usage:calls"], "entities": [{"customer_id": 1001}]},
+}
+
+
+def check_documented_operations(client: Any, tokens: dict[str, str]) -> None:
+    """Every operation in /openapi.json exists: public ones answer 200; the others 401 without a token and
+    404 for an unknown deployment, both documented and both in the envelope."""
+    doc = client.get("/openapi.json").json()
+    for template, ops in doc["paths"].items():
+        for method, op in ops.items():
+            path = template.replace("{name}", "bad")
+            if op.get("security") == []:
+                assert client.request(method.upper(), path).status_code == 200, path
+                continue
+            response = client.request(method.upper(), path, json=PROBE_BODY.get(template, {}))
+            assert_error(response, 401, "unauthenticated")
+            assert "401" in op["responses"], (method, template)
+            if "{name}" in template:
+                admin = {"Authorization": f"Bearer {tokens['admin']}"}
+                unknown = client.request(method.upper(), template.replace("{name}", "nope"), json=PROBE_BODY.get(template, {}), headers=admin)
+                assert_error(unknown, 404, "not_found", ("nope",))
+                assert "404" in op["responses"], (method, template)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import random
+from typing import Any
 
 import pytest
 
@@ -12,7 +13,7 @@ from mlbox.serve.router import BUCKETS, TrafficSplit
 KEYS = range(5000)
 
 
-def split(weight: float, sticky_key: str | None = None, **changes: object) -> TrafficSplit:
+def split(weight: float, sticky_key: str | None = None, **changes: Any) -> TrafficSplit:
     return dataclasses.replace(TrafficSplit("churn", "churn:1", "churn:2", weight, sticky_key), **changes)
 
 
