@@ -71,7 +71,11 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("serve.port", 3000, "Port `mlbox serve` listens on."),
     Setting("serve.workers", 1, "Worker processes of `mlbox serve`."),
     Setting("serve.threads", 1, "onnxruntime intra-op threads per worker (set explicitly: the default oversubscribes small machines)."),
-    Setting("serve.auth", True, "Require an API token (Authorization: Bearer mlbx_...) on every /v1 route."),
+    Setting(
+        "serve.auth",
+        True,
+        "Require an API token (Authorization: Bearer mlbx_...) on every /v1 route; false makes every caller an admin.",
+    ),
     Setting("serve.max_rows", 1000, "Most rows (or entities) in one predict request; more gets 413."),
     Setting("serve.max_body_bytes", 1048576, "Largest request body in bytes; larger gets 413 before it is read."),
     Setting("serve.max_concurrency", 64, "Requests in flight per worker before new ones get 429 with Retry-After."),

@@ -70,13 +70,14 @@ def build_app(source: ServeContext | ContextRef) -> Starlette:
     """The Starlette app over one worker's ServeContext (or a reference filled in later)."""
     ref = source if isinstance(source, ContextRef) else ContextRef(source)
 
-    def guarded(fn: Handler, *, limited: bool = False) -> Handler:
+    def guarded(fn: Handler, route: str, *, limited: bool = False) -> Handler:
         async def endpoint(request: Request) -> Response:
             try:
                 ctx = ref.get()
             except MlboxError as exc:
                 return error_response(exc, headers={"Retry-After": "1"})
             if limited and ctx.in_flight >= ctx.max_concurrency:
+                ctx.metrics.inc("mlbox_requests_total", (("route", route), ("status", "429")))
                 return error_response(
                     Overloaded("the server is at capacity", hint="retry after a second"), headers={"Retry-After": "1"}
                 )
@@ -84,9 +85,11 @@ def build_app(source: ServeContext | ContextRef) -> Starlette:
             try:
                 return await fn(request)
             except MlboxError as exc:
+                ctx.metrics.inc("mlbox_requests_total", (("route", route), ("status", str(exc.status))))
                 return error_response(exc)
             except Exception:
                 log.exception("unhandled error on %s", request.url.path)
+                ctx.metrics.inc("mlbox_requests_total", (("route", route), ("status", "500")))
                 return error_response(MlboxError("internal error; see the server log"))
             finally:
                 ctx.in_flight -= 1
@@ -124,7 +127,8 @@ def build_app(source: ServeContext | ContextRef) -> Starlette:
             "outputs": json.dumps(outputs), "error": None,
         })  # fmt: skip
         if live.shadow is not None:
-            ctx.shadow.offer(ShadowItem(name, live.shadow, X, pred, request_id, inputs, entity))
+            same = live.shadow.signature == model.signature  # else the shadow encodes the rows itself
+            ctx.shadow.offer(ShadowItem(name, live.shadow, X if same else None, pred, request_id, inputs, entity))
         return _json({"predictions": outputs, "model": model.ref, "variant": variant, "request_id": request_id})
 
     async def online_features(request: Request) -> Response:
@@ -205,15 +209,20 @@ def build_app(source: ServeContext | ContextRef) -> Starlette:
         return error_response(NotFound(f"no route {request.url.path}", hint="see /openapi.json"))
 
     routes = [
-        Route("/v1/deployments/{name}/predict", guarded(predict, limited=True), methods=["POST"]),
-        Route("/v1/features/online", guarded(online_features, limited=True), methods=["POST"]),
-        Route("/v1/deployments", guarded(list_deployments), methods=["GET"]),
-        Route("/v1/deployments/{name}", guarded(get_deployment), methods=["GET"]),
-        Route("/v1/deployments/{name}/{action:str}", guarded(_only(manage, {"canary", "shadow", "promote", "rollback"})), methods=["POST"]),
-        Route("/healthz", guarded(healthz), methods=["GET"]),
-        Route("/readyz", guarded(readyz), methods=["GET"]),
-        Route("/metrics", guarded(metrics), methods=["GET"]),
-        Route("/openapi.json", guarded(openapi), methods=["GET"]),
+        Route("/v1/deployments/{name}/predict", guarded(predict, "predict", limited=True), methods=["POST"]),
+        Route("/v1/features/online", guarded(online_features, "features", limited=True), methods=["POST"]),
+        Route("/v1/deployments", guarded(list_deployments, "deployments"), methods=["GET"]),
+        Route("/v1/deployments/{name}", guarded(get_deployment, "deployments"), methods=["GET"]),
+        Route(
+            "/v1/deployments/{name}/{action:str}",
+            guarded(_only(manage, {"canary", "shadow", "promote", "rollback"}), "manage"),
+            methods=["POST"],
+        ),
+        Route("/healthz", healthz, methods=["GET"]),  # liveness answers while the worker is still starting
+        Route("/livez", healthz, methods=["GET"]),
+        Route("/readyz", guarded(readyz, "readyz"), methods=["GET"]),
+        Route("/metrics", guarded(metrics, "metrics"), methods=["GET"]),
+        Route("/openapi.json", openapi, methods=["GET"]),
     ]
     return Starlette(routes=routes, exception_handlers={404: not_found, 405: not_found})
 

@@ -94,6 +94,7 @@ def openapi_document() -> dict[str, Any]:
             "/v1/deployments/{name}/promote": {"post": {"summary": "Make the canary the primary", **manage}},
             "/v1/deployments/{name}/rollback": {"post": {"summary": "Canary weight to 0, or the previous primary back", **manage}},
             "/healthz": {"get": {"summary": "Liveness", "security": [], "responses": _json({"type": "object"})}},
+            "/livez": {"get": {"summary": "Liveness (Kubernetes-style name)", "security": [], "responses": _json({"type": "object"})}},
             "/readyz": {"get": {"summary": "Readiness: deployments loaded", "security": [],
                                 "responses": {**_json({"type": "object"}), "503": {"description": "Not ready"}}}},
             "/metrics": {"get": {"summary": "Prometheus metrics", "security": [],

@@ -3,9 +3,10 @@
 Measured on 2 cores (see docs/serving.md), BentoML's per-request middleware — tracing,
 metrics, access log and a TimeoutMiddleware whose timers pile up until gen-2 GC pauses
 dominate p99 — costs more than the inference. So `/v1/*`, `/metrics`, `/openapi.json`,
-`/healthz` and `/readyz` go straight to mlbox's app, which keeps its own metrics, limits and
-error envelope; everything else (lifespan, BentoML's own routes) goes through BentoML's app
-unchanged. The fast path wraps one internal method, `Service.to_asgi`, so bentoml is
+`/healthz`, `/livez` and `/readyz` go straight to mlbox's app, which keeps its own metrics,
+limits and error envelope; the lifespan (startup and shutdown hooks) goes through BentoML's app
+unchanged. (Every HTTP path is mlbox's, so unknown paths get mlbox's JSON error and
+BentoML's web UI, which loads a third-party script, is not served.) The fast path wraps one internal method, `Service.to_asgi`, so bentoml is
 pinned to 1.4.40; if the patch ever stops applying, the app is still mounted at `/` and
 every route keeps working, only slower (a test checks the patch applies).
 
@@ -32,8 +33,6 @@ os.environ.setdefault("BENTOML_DO_NOT_TRACK", "True")
 
 Scope = MutableMapping[str, Any]
 ASGIApp = Callable[[Scope, Any, Any], Awaitable[None]]
-FAST_PREFIX = "/v1/"
-FAST_PATHS = frozenset({"/metrics", "/openapi.json", "/healthz", "/readyz"})
 
 REF = ContextRef()
 APP = build_app(REF)
@@ -47,7 +46,7 @@ class FastPathDispatcher:
         self.fast_app = fast_app
 
     async def __call__(self, scope: Scope, receive: Any, send: Any) -> None:
-        if scope["type"] == "http" and (scope["path"].startswith(FAST_PREFIX) or scope["path"] in FAST_PATHS):
+        if scope["type"] == "http":  # every HTTP route is mlbox's; BentoML keeps the lifespan
             return await self.fast_app(scope, receive, send)
         return await self.bento_app(scope, receive, send)
 

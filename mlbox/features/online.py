@@ -162,9 +162,12 @@ def coerce_key(value: Any, dtype: str, key: str) -> Any:
         try:
             if isinstance(value, float) and not value.is_integer():
                 raise ValueError
-            return int(value)
-        except (TypeError, ValueError):
+            number = int(value)
+        except (TypeError, ValueError, OverflowError):
             raise ValidationError(f"entity key {key!r} must be an integer, got {value!r}") from None
+        if not -(2**63) <= number < 2**63:
+            raise ValidationError(f"entity key {key!r} is out of the int64 range")
+        return number
     if not isinstance(value, (str, int)) or isinstance(value, bool):
         raise ValidationError(f"entity key {key!r} must be a string, got {value!r}")
     return str(value)

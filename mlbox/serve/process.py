@@ -45,15 +45,32 @@ def start(cmd: list[str], env: dict[str, str], port: int, log: Path | None = Non
 
 
 def stop(proc: subprocess.Popen[bytes], timeout: float = 60) -> None:
-    """SIGTERM the process group (servers flush their logs), SIGKILL if it does not exit in time."""
+    """SIGTERM the process group (servers flush their logs), then SIGKILL anything left of it.
+
+    BentoML starts its workers in sessions of their own, so the group alone can miss them:
+    the descendants are collected first and killed too.
+    """
+    import psutil
+
+    try:
+        descendants = psutil.Process(proc.pid).children(recursive=True)
+    except psutil.NoSuchProcess:
+        descendants = []
     try:
         os.killpg(proc.pid, signal.SIGTERM)
         proc.wait(timeout)
     except ProcessLookupError:
-        return
+        pass
     except subprocess.TimeoutExpired:
         try:
             os.killpg(proc.pid, signal.SIGKILL)
         except ProcessLookupError:
             pass
         proc.wait(10)
+    for child in descendants:
+        try:
+            child.wait(5)
+        except psutil.TimeoutExpired:
+            child.kill()
+        except psutil.NoSuchProcess:
+            pass

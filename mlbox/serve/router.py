@@ -27,6 +27,8 @@ class TrafficSplit:
     revision: int = 0
 
     def bucket(self, key_value: Any) -> int:
+        if isinstance(key_value, float) and key_value.is_integer():
+            key_value = int(key_value)  # 7 and 7.0 are the same entity
         digest = hashlib.blake2b(f"{self.deployment}:{self.sticky_key}={key_value}".encode(), digest_size=8).digest()
         return int.from_bytes(digest, "big") % BUCKETS
 

@@ -9,6 +9,7 @@ shadow model delays only this thread.
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 from collections import deque
@@ -25,7 +26,7 @@ from mlbox.serve.runtime import LoadedModel
 class ShadowItem:
     deployment: str
     model: LoadedModel
-    X: np.ndarray
+    X: np.ndarray | None  # None: encode `rows` with the shadow's own signature (its levels differ)
     answer: np.ndarray  # what the request was answered with
     request_id: str
     rows: str  # JSON of the input rows, as logged for the answer
@@ -72,7 +73,7 @@ class ShadowWorker:
         for group in by_model.values():
             started = time.perf_counter()
             try:
-                X = np.vstack([i.X for i in group])
+                X = np.vstack([i.X if i.X is not None else self._encode(i) for i in group])
                 pred = group[0].model.predict(X)
             except Exception as exc:  # a failing shadow is reported, never raised into serving
                 for item in group:
@@ -81,11 +82,17 @@ class ShadowWorker:
             latency = (time.perf_counter() - started) * 1000
             offset = 0
             for item in group:
-                n = item.X.shape[0]
+                n = item.answer.shape[0]
                 part = pred[offset : offset + n]
                 offset += n
                 self.on_result(item, part, agrees(item.model.task, item.answer, part), latency, None)
         return len(items)
+
+    @staticmethod
+    def _encode(item: ShadowItem) -> np.ndarray:
+        from mlbox.serve.validation import encode_rows
+
+        return encode_rows(item.model.signature, json.loads(item.rows), "rows", allow_null=True)
 
     def close(self) -> None:
         self._stop.set()

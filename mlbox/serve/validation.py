@@ -17,6 +17,8 @@ import numpy as np
 from mlbox.errors import PayloadTooLarge, UsageError, ValidationError
 from mlbox.flavors.signature import Signature
 
+FLOAT32_MAX = float(np.finfo(np.float32).max)
+
 
 def _no_constants(name: str) -> Any:
     raise ValueError(f"{name} is not valid JSON; send null for a missing value")
@@ -27,6 +29,8 @@ def parse_json(body: bytes) -> Any:
         return json.loads(body, parse_constant=_no_constants)
     except UnicodeDecodeError:
         raise UsageError("request body is not UTF-8 text") from None
+    except RecursionError:
+        raise UsageError("malformed JSON: nested too deeply") from None
     except ValueError as exc:
         raise UsageError(f"malformed JSON: {exc}") from None
 
@@ -81,9 +85,13 @@ def encode_rows(
             elif col.kind == "numeric":
                 if isinstance(value, bool) or not isinstance(value, (int, float)):
                     raise ValidationError(f"{where}[{i}]: field {col.name!r} must be a number, got {type(value).__name__}")
-                if not math.isfinite(value):
-                    raise ValidationError(f"{where}[{i}]: field {col.name!r} must be finite")
-                out[i, j] = value
+                try:
+                    number = float(value)
+                except OverflowError:
+                    number = math.inf
+                if not math.isfinite(number) or abs(number) > FLOAT32_MAX:
+                    raise ValidationError(f"{where}[{i}]: field {col.name!r} is out of range (finite float32 values only)")
+                out[i, j] = number
             else:
                 if col.dtype == "bool" and isinstance(value, bool):
                     value = str(value)

@@ -10,9 +10,10 @@ materialized) holding
 
 and one user with a never-expiring token per role. Tests copy it into their own folder, so
 every box is private and real (SQLite, Parquet, artifacts). Servers are real `mlbox serve`
-subprocesses on a free loopback port in their own process group; one is shared per module
-(or per package, see test_server_*.py), and each test makes its own deployments on it —
-a running server picks new deployments up without a restart.
+subprocesses on a free loopback port in their own process group: test_server_entities,
+_errors and _routing share one (`shared_server`), each test adding deployments of its own —
+a running server picks them up without a restart; the shadow and prediction-log modules
+start their own with the settings they need. Teardown stops every process a server started.
 
 The root tests/conftest.py pins the OS user to alice during tests (getpass reads LOGNAME),
 so the box's admin is alice and every subprocess runs with LOGNAME=alice, no MLBOX_TOKEN.
@@ -31,7 +32,6 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -54,7 +54,6 @@ from ._cases import GOOD
 
 FAST_XGB = {"n_estimators": 10, "max_depth": 3, "learning_rate": 0.3}
 ROLES = ("admin", "ml-engineer", "data-scientist", "service", "viewer")
-FEATURES = ("x0", "x1", "x2", "x3", "x4", "customer_id", "segment")
 
 
 @dataclass(frozen=True)
@@ -300,7 +299,7 @@ def start_server(home: Path, tokens: dict[str, str] | None = None, **settings: s
         time.sleep(0.1)
 
 
-@contextmanager
+@contextlib.contextmanager
 def running_server(home: Path, tokens: dict[str, str] | None = None, **settings: str) -> Iterator[Server]:
     """A server for the `with` block; its whole process group is killed afterwards, whatever happened."""
     server = start_server(home, tokens, **settings)

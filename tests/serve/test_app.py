@@ -255,8 +255,9 @@ def test_bentoml_service_wraps_its_app_in_the_fast_path(app_home: Path) -> None:
     assert out["app"] == "FastPathDispatcher"
     assert out["fast_app_is_mlbox"] is True
     assert out["bento_app"] != "FastPathDispatcher"
-    fast = {p for tag, kind, p in out["routes"] if tag == "mlbox"}
-    assert fast == {"/v1/deployments/x/predict", "/v1/anything", "/metrics", "/openapi.json", "/healthz", "/readyz"}
+    # every HTTP path is mlbox's (unknown ones get its JSON envelope; BentoML's web UI is not served)
+    assert all(tag == "mlbox" for tag, kind, _ in out["routes"] if kind == "http")
+    assert {p for tag, kind, p in out["routes"] if kind == "http"} >= {"/v1/deployments/x/predict", "/metrics", "/"}
     assert ["bentoml", "websocket", "/v1/anything"] in out["routes"]
     assert ["bentoml", "lifespan", "/v1/x"] in out["routes"]
     # through the real to_asgi() app, /v1 reaches mlbox's app directly: no worker context yet, so mlbox's 429
