@@ -1,27 +1,49 @@
 """The prediction log: every request's inputs, outputs, model, variant and latency, as Parquet batches.
 
-Requests append to an in-memory buffer (bounded: past `max_rows` new records are dropped
-and counted, never blocking a request). A background thread writes the buffer every
-`flush_seconds` as `predictions/<deployment>/<date>/<uuid>.parquet` — temporary name,
-fsync, rename, then a catalog row in meta.db — and once more on shutdown, so `kill -9`
-loses at most one flush interval.
+A request appends one tuple to an in-memory list (bounded: past `max_rows` new records are
+dropped and counted, never blocking a request). A background thread turns that list into
+Arrow record batches every 50 ms — small, even pieces of work, so the server's event loop
+never waits long for the GIL — and every `flush_seconds` writes what it holds as
+`predictions/<deployment>/<date>/<uuid>.parquet`: temporary name, fsync, rename, then a
+catalog row in meta.db. It flushes once more on shutdown, so `kill -9` loses at most one
+flush interval.
 """
 
 from __future__ import annotations
 
 import os
 import threading
+import time
 import uuid
-from collections import defaultdict
 from collections.abc import Callable
 from pathlib import Path
-from datetime import UTC, datetime
 from typing import Any
 
 from mlbox import clock
 from mlbox.store.sqlite import Database
 
 SCHEMA_FIELDS = ("ts", "request_id", "deployment", "model", "variant", "shadow", "latency_ms", "entity", "inputs", "outputs", "error")
+COMPACT_SECONDS = 0.05
+
+
+def schema() -> Any:
+    import pyarrow as pa
+
+    return pa.schema(
+        [
+            ("ts", pa.timestamp("us", tz="UTC")),
+            ("request_id", pa.string()),
+            ("deployment", pa.string()),
+            ("model", pa.string()),
+            ("variant", pa.string()),
+            ("shadow", pa.bool_()),
+            ("latency_ms", pa.float64()),
+            ("entity", pa.string()),
+            ("inputs", pa.string()),
+            ("outputs", pa.string()),
+            ("error", pa.string()),
+        ]
+    )
 
 
 class PredictionLog:
@@ -40,73 +62,99 @@ class PredictionLog:
         self.max_rows = max_rows
         self.dropped = 0
         self.written = 0
-        self._buffer: list[dict[str, Any]] = []
-        self._lock = threading.Lock()  # one flush at a time
-        self._swap = threading.Lock()  # guards the buffer itself; held for microseconds
+        self._pending: list[tuple[Any, ...]] = []
+        self._batches: list[Any] = []  # pyarrow RecordBatches not yet written
+        self._held = 0  # rows in _batches
+        self._lock = threading.Lock()  # one compaction or flush at a time
+        self._swap = threading.Lock()  # guards _pending; held for microseconds
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._on_error = on_error
 
     @property
     def backlog(self) -> int:
-        return len(self._buffer)
+        return len(self._pending) + self._held
 
     def append(self, record: dict[str, Any]) -> None:
-        """Queue one record (a dict with SCHEMA_FIELDS, `ts` as epoch seconds); never blocks on I/O."""
+        """Queue one record (SCHEMA_FIELDS; `ts` as epoch seconds); never blocks on I/O."""
+        row = tuple(record.get(k) for k in SCHEMA_FIELDS)
         with self._swap:
-            if len(self._buffer) >= self.max_rows:
+            if len(self._pending) + self._held >= self.max_rows:
                 self.dropped += 1
                 return
-            self._buffer.append(record)
+            self._pending.append(row)
 
     def start(self) -> None:
         self._thread = threading.Thread(target=self._run, name="mlbox-predlog", daemon=True)
         self._thread.start()
 
     def _run(self) -> None:
-        while not self._stop.wait(self.flush_seconds):
-            self._safe_flush()
+        next_flush = time.monotonic() + self.flush_seconds
+        while not self._stop.wait(COMPACT_SECONDS):
+            try:
+                self.compact()
+                if time.monotonic() >= next_flush:
+                    next_flush = time.monotonic() + self.flush_seconds
+                    self.flush()
+            except Exception as exc:  # disk full or locked catalog: keep serving, retry next tick
+                if self._on_error:
+                    self._on_error(exc)
 
-    def _safe_flush(self) -> None:
-        try:
-            self.flush()
-        except Exception as exc:  # disk full or locked catalog: keep serving, retry next tick
-            if self._on_error:
-                self._on_error(exc)
+    def compact(self) -> None:
+        """Turn pending tuples into one Arrow record batch."""
+        import pyarrow as pa
 
-    def flush(self) -> int:
-        """Write everything buffered; returns the number of records written."""
         with self._lock:
             with self._swap:
-                records, self._buffer = self._buffer, []
-            if not records:
-                return 0
-            by_deployment: dict[str, list[dict[str, Any]]] = defaultdict(list)
-            for r in records:
-                by_deployment[r["deployment"]].append(r)
-            try:
-                for deployment, rows in by_deployment.items():
-                    self._write(deployment, rows)
-            except BaseException:
-                with self._swap:
-                    self._buffer[:0] = records  # put them back in front; retried on the next flush
-                raise
-            self.written += len(records)
-            return len(records)
+                rows, self._pending = self._pending, []
+            if not rows:
+                return
+            columns = list(zip(*rows, strict=True))
+            sch = schema()
+            arrays = [
+                pa.array([int(t * 1_000_000) for t in columns[0]], pa.int64()).cast(sch.field("ts").type),
+                *(pa.array(col, sch.field(i + 1).type) for i, col in enumerate(columns[1:])),
+            ]
+            batch = pa.RecordBatch.from_arrays(arrays, schema=sch)
+            with self._swap:
+                self._batches.append(batch)
+                self._held += batch.num_rows
 
-    def _write(self, deployment: str, rows: list[dict[str, Any]]) -> None:
+    def flush(self) -> int:
+        """Write everything held; returns the number of records written."""
         import pyarrow as pa
+        import pyarrow.compute as pc
+
+        self.compact()
+        with self._lock:
+            with self._swap:
+                batches, self._batches, held = self._batches, [], self._held
+                self._held = 0
+            if not batches:
+                return 0
+            table = pa.Table.from_batches(batches)
+            try:
+                for deployment in pc.unique(table.column("deployment")).to_pylist():
+                    self._write(str(deployment), table.filter(pc.equal(table.column("deployment"), deployment)))
+            except BaseException:
+                with self._swap:  # keep them for the next flush
+                    self._batches[:0] = batches
+                    self._held += held
+                raise
+            self.written += table.num_rows
+            return int(table.num_rows)
+
+    def _write(self, deployment: str, table: Any) -> None:
+        import pyarrow.compute as pc
         import pyarrow.parquet as pq
 
-        for r in rows:  # formatting timestamps here keeps strftime off the request path
-            r["ts"] = clock.iso(datetime.fromtimestamp(r["ts"], UTC)) if isinstance(r["ts"], float) else r["ts"]
-        day = rows[0]["ts"][:10]
+        first, last = pc.min_max(table.column("ts")).values()
+        day = first.as_py().strftime("%Y-%m-%d")
         folder = self.root / deployment / day
         folder.mkdir(parents=True, exist_ok=True)
         name = uuid.uuid4().hex
         tmp = folder / f".tmp-{os.getpid()}-{name}.parquet"
         final = folder / f"{name}.parquet"
-        table = pa.Table.from_pylist([{k: r.get(k) for k in SCHEMA_FIELDS} for r in rows], schema=schema())
         pq.write_table(table, tmp, compression="snappy")
         with tmp.open("rb+") as fh:
             os.fsync(fh.fileno())
@@ -115,32 +163,16 @@ class PredictionLog:
             os.rename(tmp, final)
             self.db.execute(
                 "INSERT INTO prediction_batches (deployment, path, rows, min_ts, max_ts, created_at) VALUES (?, ?, ?, ?, ?, ?)",
-                (deployment, str(final.relative_to(self.root.parent)), len(rows), min(r["ts"] for r in rows),
-                 max(r["ts"] for r in rows), clock.iso()),
+                (deployment, str(final.relative_to(self.root.parent)), table.num_rows, clock.iso(first.as_py()),
+                 clock.iso(last.as_py()), clock.iso()),
             )  # fmt: skip
 
     def close(self) -> None:
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout=10)
-        self._safe_flush()
-
-
-def schema() -> Any:
-    import pyarrow as pa
-
-    return pa.schema(
-        [
-            ("ts", pa.string()),
-            ("request_id", pa.string()),
-            ("deployment", pa.string()),
-            ("model", pa.string()),
-            ("variant", pa.string()),
-            ("shadow", pa.bool_()),
-            ("latency_ms", pa.float64()),
-            ("entity", pa.string()),
-            ("inputs", pa.string()),
-            ("outputs", pa.string()),
-            ("error", pa.string()),
-        ]
-    )
+        try:
+            self.flush()
+        except Exception as exc:
+            if self._on_error:
+                self._on_error(exc)
