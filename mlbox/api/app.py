@@ -120,16 +120,17 @@ def build_app(source: ServeContext | ContextRef) -> Starlette:
         ctx.metrics.inc("mlbox_requests_total", (("route", "predict"), *labels, ("status", "200")))
         ctx.metrics.observe("mlbox_request_latency_seconds", labels, latency)
         entity = json.dumps(items[0], default=str) if kind == "entities" else (None if key is None else json.dumps({split.sticky_key: key}))
-        inputs = json.dumps(rows, default=str)
+        inputs = json.dumps(rows, default=str, separators=(",", ":"))
+        out_json = json.dumps(outputs, separators=(",", ":"))
         ctx.predlog.append({
             "ts": time.time(), "request_id": request_id, "deployment": name, "model": model.ref, "variant": variant,
-            "shadow": False, "latency_ms": latency, "entity": entity, "inputs": inputs,
-            "outputs": json.dumps(outputs), "error": None,
+            "shadow": False, "latency_ms": latency, "entity": entity, "inputs": inputs, "outputs": out_json, "error": None,
         })  # fmt: skip
         if live.shadow is not None:
-            same = live.shadow.signature == model.signature  # else the shadow encodes the rows itself
+            same = live.shadow_encodes_alike if model is live.primary else live.shadow.signature == model.signature
             ctx.shadow.offer(ShadowItem(name, live.shadow, X if same else None, pred, request_id, inputs, entity))
-        return _json({"predictions": outputs, "model": model.ref, "variant": variant, "request_id": request_id})
+        meta = json.dumps({"model": model.ref, "variant": variant, "request_id": request_id}, separators=(",", ":"))
+        return Response(f'{{"predictions":{out_json},{meta[1:]}', media_type="application/json")
 
     async def online_features(request: Request) -> Response:
         ctx = ref.get()

@@ -12,6 +12,7 @@ import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any
 
 import numpy as np
@@ -80,6 +81,11 @@ class LiveDeployment:
     primary: LoadedModel
     canary: LoadedModel | None
     shadow: LoadedModel | None
+
+    @cached_property
+    def shadow_encodes_alike(self) -> bool:
+        """Whether the shadow reads the primary's encoded matrix as the primary does (same signature)."""
+        return self.shadow is not None and self.shadow.signature == self.primary.signature
 
 
 @dataclass
