@@ -7,8 +7,6 @@ Data is synthetic and seeded; everything lives in a temporary box that is remove
 
 from __future__ import annotations
 
-import ctypes
-import gc
 import shutil
 import sqlite3
 import statistics
@@ -19,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from mlbox.bench.report import Recorder, Row, settle
 from mlbox.config import load_settings
 from mlbox.features.definitions import Entity, FeatureView, Field
 from mlbox.features.offline import connect, lit
@@ -47,36 +46,6 @@ class Scale:
 
 FULL = Scale(100_000, 100, 10, 1_000_000, 100_000, 10, 50, 5_000)
 QUICK = Scale(2_000, 50, 10, 20_000, 2_000, 10, 50, 500)
-
-
-@dataclass(frozen=True)
-class Row:
-    name: str
-    mlbox: float
-    floor: float | None
-    unit: str
-    target: str
-    ok: bool | None
-    floor_name: str = ""
-
-    @property
-    def ratio(self) -> float | None:
-        """How many times slower than the floor (1.0 = as fast)."""
-        if not self.floor or not self.mlbox:
-            return None
-        return self.floor / self.mlbox if self.unit.endswith("/s") else self.mlbox / self.floor
-
-    def as_dict(self) -> dict[str, Any]:
-        return {**self.__dict__, "ratio": self.ratio}
-
-
-def settle() -> None:
-    """Start each measurement from the same state: collect garbage, give freed heap back to the OS."""
-    gc.collect()
-    try:
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):
-        pass
 
 
 def _best(fn: Callable[[], Any], repeat: int) -> float:
@@ -130,13 +99,8 @@ def _make_data(work: Path, s: Scale) -> dict[str, Path]:
 
 def run(scale: Scale = FULL, on_row: Callable[[Row], None] | None = None, on_stage: Callable[[str], None] | None = None) -> list[Row]:
     """Run the benchmark; returns its rows (also passed to `on_row` as they are measured)."""
-    rows: list[Row] = []
-    stage = on_stage or (lambda _m: None)
-
-    def add(row: Row) -> None:
-        rows.append(row)
-        if on_row:
-            on_row(row)
+    rec = Recorder(on_row, on_stage)
+    add, stage = rec.add, rec.stage
 
     work = Path(tempfile.mkdtemp(prefix="mlbox-bench-"))
     try:
@@ -241,4 +205,4 @@ def run(scale: Scale = FULL, on_row: Callable[[Row], None] | None = None, on_sta
         db.close()
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    return rows
+    return rec.rows

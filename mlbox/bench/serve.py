@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from mlbox.bench.features import Row
+from mlbox.bench.report import Recorder, Row
 from mlbox.bench.train import TrainScale, _make
 from mlbox.box import Box
 from mlbox.config import load_settings
@@ -55,8 +55,8 @@ def load(port: int, path: str, seconds: float, body: Path, token: str = "") -> d
 
 
 def run(scale: ServeScale = FULL, on_row: Callable[[Row], None] | None = None, on_stage: Callable[[str], None] | None = None) -> list[Row]:
-    rows: list[Row] = []
-    stage = on_stage or (lambda _m: None)
+    rec = Recorder(on_row, on_stage)
+    stage = rec.stage
     work = Path(tempfile.mkdtemp(prefix="mlbox-bench-serve-"))
     procs: list[subprocess.Popen[bytes]] = []
     try:
@@ -120,15 +120,11 @@ def run(scale: ServeScale = FULL, on_row: Callable[[Row], None] | None = None, o
                     target, ok = "> 1 worker's req/s", r["rps"] > one[c]["rps"]
                 row = Row(f"{name}, c={c} (p50 {r['p50_ms']:.2f} ms, p99 {r['p99_ms']:.2f} ms, {r['errors']} errors)",
                           r["rps"], floor[c]["rps"], "req/s", target, ok, "Starlette + uvicorn")  # fmt: skip
-                rows.append(row)
-                if on_row:
-                    on_row(row)
+                rec.add(row)
                 if name == "mlbox serve, 1 worker" and c == 8:
                     p99 = Row("mlbox serve, 1 worker, c=8: p99 latency", r["p99_ms"], floor[c]["p99_ms"], "ms",
                               "<= 5 ms", r["p99_ms"] <= 5.0, "Starlette + uvicorn")  # fmt: skip
-                    rows.append(p99)
-                    if on_row:
-                        on_row(p99)
+                    rec.add(p99)
         with Box(load_settings(home, environ={})) as box:
             logged = box.db.scalar("SELECT coalesce(sum(rows), 0) FROM prediction_batches")
         stage(f"{logged} predictions logged")
@@ -137,4 +133,4 @@ def run(scale: ServeScale = FULL, on_row: Callable[[Row], None] | None = None, o
             if proc.poll() is None:
                 server.stop(proc)
         shutil.rmtree(work, ignore_errors=True)
-    return rows
+    return rec.rows

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from mlbox.bench.features import Row
+from mlbox.bench.report import Recorder, Row
 from mlbox.config import load_settings
 from mlbox.features.offline import connect, lit
 from mlbox.registry.store import Registry
@@ -63,13 +63,8 @@ def run(scale: TrainScale = FULL, on_row: Callable[[Row], None] | None = None, o
     from mlbox.flavors.base import FitRequest
     from mlbox.flavors.xgboost import XGBoostFlavor, booster_params
 
-    rows: list[Row] = []
-    stage = on_stage or (lambda _m: None)
-
-    def add(row: Row) -> None:
-        rows.append(row)
-        if on_row:
-            on_row(row)
+    rec = Recorder(on_row, on_stage)
+    add, stage = rec.add, rec.stage
 
     work = Path(tempfile.mkdtemp(prefix="mlbox-bench-train-"))
     try:
@@ -162,4 +157,4 @@ def run(scale: TrainScale = FULL, on_row: Callable[[Row], None] | None = None, o
         db.close()
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    return rows
+    return rec.rows

@@ -10,7 +10,6 @@ swept on the next open, under the same write lock so no live commit is touched.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import re
 import time
@@ -26,6 +25,7 @@ from mlbox.errors import UsageError, ValidationError
 from mlbox.features.catalog import Batch, Catalog, ViewVersion
 from mlbox.features.definitions import DTYPES
 from mlbox.features.stats import _q, column_stats
+from mlbox.store.artifacts import file_sha256
 from mlbox.store.audit import AuditLog
 
 TMP_PREFIX = ".tmp-"
@@ -68,14 +68,6 @@ def _fsync_dir(path: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as fh:
-        while chunk := fh.read(1 << 20):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 class OfflineStore:
@@ -194,7 +186,7 @@ class OfflineStore:
                     raise ValidationError(f"{label} has no rows")
                 with tmp.open("rb+") as fh:
                     os.fsync(fh.fileno())
-                digest = _sha256(tmp)
+                digest = file_sha256(tmp)
                 os.chmod(tmp, 0o444)
                 step("committing")
                 with self.catalog.db.atomic():
