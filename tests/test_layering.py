@@ -42,6 +42,7 @@ LAYERS: dict[str, int] = {
     "mlbox.quickstart": 4,
     "mlbox.package": 4,
     "mlbox.cli": 5,
+    "mlbox.__main__": 5,
     "mlbox.api": 5,
     "mlbox.tui": 5,
 }

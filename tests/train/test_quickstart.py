@@ -16,7 +16,7 @@ from ..conftest import OS_USER, run_mlbox
 # an online lookup, training two candidates and registering both, promoting the better one to
 # staging, users and tokens, audit verification and a backup.
 STEPS = ["init", "doctor", "features apply", "features ingest", "training set", "materialize", "online lookup",
-         "train", "promote", "auth", "audit verify", "backup"]  # fmt: skip
+         "train", "promote", "deploy", "serve", "auth", "audit verify", "backup"]  # fmt: skip
 
 
 @pytest.mark.slow
@@ -34,6 +34,9 @@ def test_quickstart(tmp_path: Path) -> None:
     assert "churn:1 (xgboost)" in train_line and "churn:2 (sklearn LogisticRegression)" in train_line
     promote_line = next(line for line in lines if line.startswith("✓ promote "))
     assert re.search(r"churn:[12] is staging \(best roc_auc 0\.\d{3}\)", promote_line)
+    serve_line = next(line for line in lines if line.startswith("✓ serve "))
+    split = re.search(r"answered 200 requests: canary (\d+) \(\d+%\), primary (\d+)", serve_line)
+    assert split and int(split.group(1)) + int(split.group(2)) == 200 and 10 <= int(split.group(1)) <= 60
     home = root / "project"
     assert lines[-1].startswith("quickstart passed in ") and f"mlbox --home {home} features list" in lines[-1]
 
@@ -50,7 +53,13 @@ def test_quickstart(tmp_path: Path) -> None:
         assert len(staging) == 1 and box.registry.holder("churn", "production") is None
         best = max(versions, key=lambda v: v.metrics["roc_auc"])
         assert staging[0].ref == best.ref and f"{best.ref} is staging" in promote_line
-        assert {u.name: u.role for u in box.identity.users()} == {OS_USER: "admin", "analyst": "data-scientist"}
+        assert {u.name: u.role for u in box.identity.users()} == {
+            OS_USER: "admin", "analyst": "data-scientist", "churn_app": "service",
+        }  # fmt: skip
+        d = box.deployments.get("churn_api")
+        assert (d.primary_model, d.canary_model, d.canary_weight, d.shadow_model) == ("churn:1", "churn:2", 20.0, "churn:2")
+        # every answer and every shadow answer of the 200 requests reached the prediction log
+        assert box.db.scalar("SELECT sum(rows) FROM prediction_batches WHERE deployment = 'churn_api'") == 400
         assert box.audit.verify().ok
         assert {e.action for e in box.audit.entries(limit=1000)} >= {"models.register", "models.promote", "box.backup"}
     assert (root / "backup" / "meta.db").is_file()
