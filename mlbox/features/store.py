@@ -236,7 +236,7 @@ class FeatureStore:
         if not entity_rows:
             return result
         online_plan = self._online_plan(tuple(features))
-        for lookup, names, key_types, ref in online_plan.lookups:
+        for lookup, _names, key_types, ref in online_plan.lookups:
             try:
                 keys = [tuple([coerce_key(row[k], t, k) for k, t in key_types.items()]) for row in entity_rows]
             except KeyError as exc:
