@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from mlbox.errors import UsageError, ValidationError
-from mlbox.types import check_name, parse_duration
+from mlbox.types import check_keys, check_name, parse_duration
 
 # mlbox dtype -> DuckDB type
 DTYPES: dict[str, str] = {
@@ -186,14 +186,6 @@ FIELD_KEYS = {"name", "dtype", "description", "classification", "pii", "tags"}
 ENTITY_KEYS = {"name", "join_keys", "description"}
 
 
-def _check_keys(data: Mapping[str, Any], allowed: set[str], where: str) -> None:
-    if not isinstance(data, Mapping):
-        raise UsageError(f"{where}: expected a mapping, got {type(data).__name__}")
-    unknown = sorted(set(data) - allowed)
-    if unknown:
-        raise UsageError(f"{where}: unknown key {unknown[0]!r}", hint=f"allowed: {', '.join(sorted(allowed))}")
-
-
 def _str_map(value: Any, where: str) -> dict[str, str]:
     if value is None:
         return {}
@@ -203,7 +195,7 @@ def _str_map(value: Any, where: str) -> dict[str, str]:
 
 
 def parse_entity(data: Mapping[str, Any], where: str) -> Entity:
-    _check_keys(data, ENTITY_KEYS, where)
+    check_keys(data, ENTITY_KEYS, where)
     keys = data.get("join_keys")
     if not isinstance(keys, Mapping):
         raise UsageError(f"{where}: join_keys must map each key to its dtype, e.g. {{customer_id: int64}}")
@@ -214,7 +206,7 @@ def parse_entity(data: Mapping[str, Any], where: str) -> Entity:
 
 
 def parse_view(data: Mapping[str, Any], where: str) -> FeatureView:
-    _check_keys(data, VIEW_KEYS, where)
+    check_keys(data, VIEW_KEYS, where)
     name = data.get("name", "?")
     where = f"{where}: view {name!r}"
     raw_fields = data.get("fields")
@@ -222,7 +214,7 @@ def parse_view(data: Mapping[str, Any], where: str) -> FeatureView:
         raise UsageError(f"{where}: fields must be a list")
     fields = []
     for i, f in enumerate(raw_fields):
-        _check_keys(f, FIELD_KEYS, f"{where} field {i + 1}")
+        check_keys(f, FIELD_KEYS, f"{where} field {i + 1}")
         try:
             fields.append(
                 Field(
@@ -266,7 +258,7 @@ def load_definitions(path: Path) -> Definitions:
         raise UsageError(f"feature file {path} not found") from None
     except yaml.YAMLError as exc:
         raise UsageError(f"{path}: not valid YAML: {exc}") from None
-    _check_keys(data, {"entities", "views"}, str(path))
+    check_keys(data, {"entities", "views"}, str(path))
     entities = tuple(parse_entity(e, f"{path} entity {i + 1}") for i, e in enumerate(data.get("entities") or []))
     views = tuple(parse_view(v, str(path)) for v in data.get("views") or [])
     known = {e.name for e in entities}

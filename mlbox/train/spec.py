@@ -10,6 +10,7 @@ from typing import Any
 from mlbox.errors import UsageError
 from mlbox.flavors import FLAVORS
 from mlbox.train.metrics import Gate, check_metrics
+from mlbox.types import check_keys
 
 TOP_KEYS = {
     "experiment", "name", "task", "data", "target", "flavor", "estimator", "preprocess", "params", "split",
@@ -83,17 +84,9 @@ class TrainSpec:
         }
 
 
-def _unknown(data: Mapping[str, Any], allowed: set[str], where: str) -> None:
-    if not isinstance(data, Mapping):
-        raise UsageError(f"{where}: expected a mapping")
-    bad = sorted(set(data) - allowed)
-    if bad:
-        raise UsageError(f"{where}: unknown key {bad[0]!r}", hint=f"allowed: {', '.join(sorted(allowed))}")
-
-
 def parse_spec(raw: Mapping[str, Any], where: str = "spec", base_dir: Path = Path(".")) -> TrainSpec:
     """Check every key and value; raise UsageError naming the first problem."""
-    _unknown(raw, TOP_KEYS, where)
+    check_keys(raw, TOP_KEYS, where)
     for key in ("experiment", "task", "target", "flavor", "data"):
         if key not in raw:
             raise UsageError(f"{where}: missing required key {key!r}")
@@ -104,7 +97,7 @@ def parse_spec(raw: Mapping[str, Any], where: str = "spec", base_dir: Path = Pat
     if flavor not in FLAVORS:
         raise UsageError(f"{where}: unknown flavor {flavor!r}", hint=f"flavors are {', '.join(sorted(FLAVORS))}")
     d = raw["data"]
-    _unknown(d, DATA_KEYS, f"{where}: data")
+    check_keys(d, DATA_KEYS, f"{where}: data")
     if bool(d.get("labels")) == bool(d.get("path")):
         raise UsageError(f"{where}: data needs either labels + features (feature store) or path (a file), not both")
     if d.get("labels") and not d.get("features"):
@@ -118,7 +111,7 @@ def parse_spec(raw: Mapping[str, Any], where: str = "spec", base_dir: Path = Pat
         drop=tuple(str(c) for c in d.get("drop") or ()),
     )
     s = raw.get("split") or {}
-    _unknown(s, SPLIT_KEYS, f"{where}: split")
+    check_keys(s, SPLIT_KEYS, f"{where}: split")
     split = SplitSpec(
         method=str(s.get("method", "random")),
         test_size=float(s.get("test_size", 0.2)),
