@@ -20,8 +20,9 @@ from typing import Any
 from mlbox.bench.report import Recorder, Row, settle
 from mlbox.config import load_settings
 from mlbox.features.definitions import Entity, FeatureView, Field
-from mlbox.features.offline import connect, lit
+from mlbox.features.offline import connect
 from mlbox.features.online import table_name
+from mlbox.features.pit import lit
 from mlbox.features.store import FeatureStore
 from mlbox.security.identity import Identity
 from mlbox.store.audit import AuditLog, load_or_create_key

@@ -21,7 +21,8 @@ import numpy as np
 
 from mlbox.bench.report import Recorder, Row
 from mlbox.config import load_settings
-from mlbox.features.offline import connect, lit
+from mlbox.features.offline import connect
+from mlbox.features.pit import lit
 from mlbox.registry.store import Registry
 from mlbox.store.artifacts import ArtifactStore
 from mlbox.store.audit import AuditLog, load_or_create_key

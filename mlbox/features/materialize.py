@@ -14,9 +14,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from mlbox.features.catalog import Catalog, ViewVersion
-from mlbox.features.offline import OfflineStore, lit
+from mlbox.features.offline import OfflineStore
 from mlbox.features.online import OnlineStore
-from mlbox.features.pit import q
+from mlbox.features.pit import lit, q
 from mlbox.store.audit import AuditLog
 
 

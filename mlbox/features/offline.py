@@ -24,7 +24,9 @@ import duckdb
 from mlbox.errors import UsageError, ValidationError
 from mlbox.features.catalog import Batch, Catalog, ViewVersion
 from mlbox.features.definitions import DTYPES
-from mlbox.features.stats import _q, column_stats
+from mlbox.features.pit import lit
+from mlbox.features.pit import q as _q
+from mlbox.features.stats import column_stats
 from mlbox.store.artifacts import file_sha256
 from mlbox.store.audit import AuditLog
 
@@ -220,11 +222,6 @@ def first(cursor: duckdb.DuckDBPyConnection) -> tuple[Any, ...] | None:
     """The first row of a result, fetching it completely (DuckDB 2 refuses new work on a half-read result)."""
     rows = cursor.fetchall()
     return rows[0] if rows else None
-
-
-def lit(path: Path | str) -> str:
-    """A SQL string literal for a path (DuckDB cannot bind parameters in COPY or view definitions)."""
-    return "'" + str(path).replace("'", "''") + "'"
 
 
 def _first_line(exc: BaseException) -> str:

@@ -18,14 +18,11 @@ from typing import Any
 
 from mlbox.errors import NotFound, ValidationError
 from mlbox.features.catalog import ViewVersion
+from mlbox.features.pit import q
 from mlbox.features.rowcodec import RowCodec
 from mlbox.store.sqlite import Database
 
 TEXT_DTYPES = ("string", "timestamp", "date")
-
-
-def q(name: str) -> str:
-    return '"' + name.replace('"', '""') + '"'
 
 
 def table_name(version: ViewVersion) -> str:

@@ -10,15 +10,18 @@ a window sort.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 
 
 def q(name: str) -> str:
+    """A SQL identifier, quoted."""
     return '"' + name.replace('"', '""') + '"'
 
 
-def lit(text: str) -> str:
-    return "'" + text.replace("'", "''") + "'"
+def lit(text: str | os.PathLike[str]) -> str:
+    """A SQL string literal (DuckDB cannot bind parameters in COPY or view definitions)."""
+    return "'" + str(text).replace("'", "''") + "'"
 
 
 RANK_BITS = 20  # up to ~1M batches per view

@@ -12,15 +12,12 @@ from typing import Any
 import duckdb
 
 from mlbox.features.definitions import FeatureView
+from mlbox.features.pit import q as _q
 
 QUANTILES = (0.01, 0.05, 0.25, 0.5, 0.75, 0.95, 0.99)
 NUMERIC = ("int64", "int32", "float64", "float32")
 CATEGORICAL = ("string", "bool")
 TOP_K = 10
-
-
-def _q(name: str) -> str:
-    return '"' + name.replace('"', '""') + '"'
 
 
 def _clean(value: Any) -> Any:

@@ -15,10 +15,18 @@ from mlbox.config import Settings
 from mlbox.errors import UsageError, ValidationError
 from mlbox.features import training
 from mlbox.features.catalog import Catalog, ViewVersion
-from mlbox.features.definitions import DTYPES, Definitions, Entity, FeatureRef, FeatureView, load_definitions
+from mlbox.features.definitions import (
+    DTYPES,
+    Definitions,
+    Entity,
+    FeatureRef,
+    FeatureView,
+    load_definitions,
+)
 from mlbox.features.materialize import MaterializeResult, materialize
-from mlbox.features.offline import IngestResult, OfflineStore, check_select, lit
+from mlbox.features.offline import IngestResult, OfflineStore, check_select
 from mlbox.features.online import Lookup, OnlineStore, coerce_key, micros_to_datetime
+from mlbox.features.pit import lit
 from mlbox.features.plan import Change, plan
 from mlbox.store.audit import AuditLog
 from mlbox.store.layout import BoxPaths

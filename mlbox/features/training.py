@@ -19,8 +19,8 @@ import duckdb
 from mlbox.errors import UsageError, ValidationError
 from mlbox.features.catalog import Catalog, ViewVersion
 from mlbox.features.definitions import DTYPES, FeatureRef
-from mlbox.features.offline import OfflineStore, first, lit, register_source
-from mlbox.features.pit import JoinSpec, ViewJoin, build_query, output_names, q
+from mlbox.features.offline import OfflineStore, first, register_source
+from mlbox.features.pit import JoinSpec, ViewJoin, build_query, lit, output_names, q
 
 TIMESTAMP_TYPES = ("TIMESTAMP WITH TIME ZONE", "TIMESTAMP", "TIMESTAMP_NS", "TIMESTAMP_MS", "TIMESTAMP_S", "DATE")
 

@@ -16,8 +16,8 @@ from pathlib import Path
 
 from mlbox import clock
 from mlbox.errors import NotFound, ValidationError
-from mlbox.features.offline import connect, first, lit, register_source
-from mlbox.features.pit import q
+from mlbox.features.offline import connect, first, register_source
+from mlbox.features.pit import lit, q
 from mlbox.store.audit import AuditLog
 from mlbox.store.sqlite import Database
 
