@@ -24,7 +24,7 @@ from mlbox.config import load_settings
 from mlbox.errors import MlboxError, StoreError
 
 SERVING_PACKAGES = (
-    "onnxruntime", "numpy", "pandas", "pyarrow", "duckdb", "starlette", "uvloop", "httptools",
+    "onnxruntime", "numpy", "pandas", "pyarrow", "duckdb", "starlette", "uvloop", "httptools", "orjson",
     "sqlite-utils", "pyyaml", "typer", "rich",
 )  # fmt: skip
 

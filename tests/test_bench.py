@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from mlbox.bench import features, train
+from mlbox.bench import features, serve, train
 
 
 @pytest.mark.slow
@@ -25,3 +25,18 @@ def test_bench_train_quick() -> None:
     assert rows[0].floor and rows[0].ratio  # xgboost.train measured in the same run
     assert "max |diff|" in rows[1].name
     assert rows[2].mlbox > 1000 and rows[2].floor
+
+
+@pytest.mark.slow
+def test_bench_serve_quick(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("MLBOX_HOME", raising=False)
+    rows = serve.run(serve.QUICK)
+    designs = ("floor: Starlette + uvicorn", "default @bentoml.api", "mlbox serve, 1 worker", "mlbox serve, 2 workers")
+    req = [r for r in rows if r.unit == "req/s"]
+    assert [r.name.split(", c=")[0] for r in req] == [d for d in designs for _ in serve.CONCURRENCY]
+    assert all(r.mlbox > 0 and r.floor and r.ratio and "0 errors" in r.name for r in req)
+    targets = [r.target for r in rows if r.ok is not None]
+    assert targets == ["<= 5 ms", ">= 0.6x floor req/s", "> 1 worker's req/s", ">= 2 per request"]
+    # every answer of the mlbox servers was logged, with its shadow prediction, before they stopped
+    log = rows[-1]
+    assert log.unit == "records" and log.ok, log

@@ -1,73 +1,68 @@
-"""The HTTP API as a plain Starlette app: inference, online features, deployment management, health.
+"""The HTTP API: inference, online features, deployment management, health.
 
-Every error, from every route, is one JSON envelope: `{"error": {"status", "code", "message",
-"hint"}}`. The BentoML service mounts this app; tests drive it in-process through httpx.
+The predict route is a raw ASGI endpoint (api/predict.py); every other route is a plain
+Starlette route. Every error, from every route, is one JSON envelope: `{"error": {"status",
+"code", "message", "hint"}}`. The BentoML service mounts this app; tests drive it
+in-process through httpx.
 """
 
 from __future__ import annotations
 
-import json
 import logging
-import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+import orjson
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import JSONResponse, PlainTextResponse, Response
+from starlette.responses import PlainTextResponse, Response
 from starlette.routing import Route
 
+from mlbox.api.asgi import ClientGone, Receive, Scope, Send, error_body, read_body
 from mlbox.api.context import ServeContext
 from mlbox.api.openapi import openapi_document
+from mlbox.api.predict import ContextRef, PredictEndpoint, predict_name
 from mlbox.errors import MlboxError, Overloaded, PayloadTooLarge, UsageError, ValidationError
-from mlbox.serve.runtime import LoadedModel
-from mlbox.serve.shadow import ShadowItem
-from mlbox.serve.validation import encode_rows, parse_json, predict_request
+from mlbox.serve.validation import parse_json
 
 log = logging.getLogger("mlbox.serve")
 Handler = Callable[[Request], Awaitable[Response]]
 
 
-def error_response(exc: MlboxError, headers: dict[str, str] | None = None) -> JSONResponse:
-    body = {"error": {"status": exc.status, "code": exc.code, "message": exc.message, "hint": exc.hint}}
-    return JSONResponse(body, status_code=exc.status, headers=headers)
+def error_response(exc: MlboxError, headers: dict[str, str] | None = None) -> Response:
+    return Response(error_body(exc), status_code=exc.status, headers=headers, media_type="application/json")
 
 
 def _json(data: Any, status: int = 200) -> Response:
-    return Response(json.dumps(data, separators=(",", ":")), status_code=status, media_type="application/json")
+    body = orjson.dumps(data, default=str, option=orjson.OPT_SERIALIZE_NUMPY | orjson.OPT_NON_STR_KEYS)
+    return Response(body, status_code=status, media_type="application/json")
 
 
-async def read_body(request: Request, limit: int) -> bytes:
-    """The body, refused with 413 from the declared or counted length before it is parsed."""
-    declared = request.headers.get("content-length")
-    if declared is not None:
-        if not declared.isdigit():
-            raise UsageError("invalid Content-Length header")
-        if int(declared) > limit:
-            raise PayloadTooLarge(f"request body of {int(declared)} bytes; at most {limit}", hint="serve.max_body_bytes")
-    chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise PayloadTooLarge(f"request body over {limit} bytes", hint="serve.max_body_bytes")
-        chunks.append(chunk)
-    return b"".join(chunks)
+async def _body(request: Request, limit: int) -> bytes:
+    try:
+        return await read_body(request.headers.get("content-length"), request.receive, limit)
+    except ClientGone:
+        raise UsageError("the client disconnected before the body was complete") from None
 
 
-class ContextRef:
-    """Where the app finds its worker's ServeContext; a BentoML worker fills it in after it starts."""
+class Api:
+    """The outermost app: POSTs to the predict route go straight to its endpoint, the rest through Starlette."""
 
-    def __init__(self, ctx: ServeContext | None = None) -> None:
-        self.ctx = ctx
+    def __init__(self, predict: PredictEndpoint, starlette: Starlette) -> None:
+        self.predict = predict
+        self.starlette = starlette
+        self.routes = starlette.routes
 
-    def get(self) -> ServeContext:
-        if self.ctx is None:
-            raise Overloaded("the server is starting", hint="retry in a second")
-        return self.ctx
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            name = predict_name(scope)
+            if name is not None:
+                return await self.predict.handle(name, scope, receive, send)
+        await self.starlette(scope, receive, send)
 
 
-def build_app(source: ServeContext | ContextRef) -> Starlette:
-    """The Starlette app over one worker's ServeContext (or a reference filled in later)."""
+def build_app(source: ServeContext | ContextRef) -> Api:
+    """The app over one worker's ServeContext (or a reference filled in later)."""
     ref = source if isinstance(source, ContextRef) else ContextRef(source)
 
     def guarded(fn: Handler, route: str, *, limited: bool = False) -> Handler:
@@ -96,46 +91,10 @@ def build_app(source: ServeContext | ContextRef) -> Starlette:
 
         return endpoint
 
-    async def predict(request: Request) -> Response:
-        ctx = ref.get()
-        started = time.perf_counter()
-        name = request.path_params["name"]
-        ctx.authenticate(request.headers.get("authorization"), "predict")
-        live = ctx.runtime.get(name)
-        body = parse_json(await read_body(request, ctx.max_body))
-        kind, items = predict_request(body, ctx.max_rows)
-        split = live.split
-        key = None
-        if split.sticky_key is not None:
-            key = items[0].get(split.sticky_key)
-        variant = split.route(key)
-        model = live.canary if variant == "canary" and live.canary is not None else live.primary
-        rows = items if kind == "rows" else entity_rows(ctx, model, items)
-        X = encode_rows(model.signature, rows, kind, allow_null=kind == "entities")
-        pred = model.predict(X)
-        outputs = model.outputs(pred)
-        request_id = request.headers.get("x-request-id") or next(ctx.request_ids)
-        latency = (time.perf_counter() - started) * 1000
-        labels = (("deployment", name), ("variant", variant))
-        ctx.metrics.inc("mlbox_requests_total", (("route", "predict"), *labels, ("status", "200")))
-        ctx.metrics.observe("mlbox_request_latency_seconds", labels, latency)
-        entity = json.dumps(items[0], default=str) if kind == "entities" else (None if key is None else json.dumps({split.sticky_key: key}))
-        inputs = json.dumps(rows, default=str, separators=(",", ":"))
-        out_json = json.dumps(outputs, separators=(",", ":"))
-        ctx.predlog.append({
-            "ts": time.time(), "request_id": request_id, "deployment": name, "model": model.ref, "variant": variant,
-            "shadow": False, "latency_ms": latency, "entity": entity, "inputs": inputs, "outputs": out_json, "error": None,
-        })  # fmt: skip
-        if live.shadow is not None:
-            same = live.shadow_encodes_alike if model is live.primary else live.shadow.signature == model.signature
-            ctx.shadow.offer(ShadowItem(name, live.shadow, X if same else None, pred, request_id, inputs, entity))
-        meta = json.dumps({"model": model.ref, "variant": variant, "request_id": request_id}, separators=(",", ":"))
-        return Response(f'{{"predictions":{out_json},{meta[1:]}', media_type="application/json")
-
     async def online_features(request: Request) -> Response:
         ctx = ref.get()
         ctx.authenticate(request.headers.get("authorization"), "features.read_online")
-        body = parse_json(await read_body(request, ctx.max_body))
+        body = parse_json(await _body(request, ctx.max_body))
         if not isinstance(body, dict) or set(body) != {"features", "entities"}:
             raise UsageError('send {"features": ["view:field", ...], "entities": [{"key": value}, ...]}')
         features, entities = body["features"], body["entities"]
@@ -165,7 +124,7 @@ def build_app(source: ServeContext | ContextRef) -> Starlette:
         ctx = ref.get()
         who = ctx.authenticate(request.headers.get("authorization"), "deploy.manage")
         name, action = request.path_params["name"], request.path_params["action"]
-        raw = await read_body(request, ctx.max_body)
+        raw = await _body(request, ctx.max_body)
         body = parse_json(raw) if raw.strip() else {}
         if not isinstance(body, dict):
             raise UsageError("the body must be a JSON object")
@@ -199,7 +158,7 @@ def build_app(source: ServeContext | ContextRef) -> Starlette:
         return PlainTextResponse(ctx.metrics.render(), media_type="text/plain; version=0.0.4")
 
     async def openapi(request: Request) -> Response:
-        return JSONResponse(openapi_document())
+        return _json(openapi_document())
 
     async def not_found(request: Request, exc: Exception) -> Response:
         from mlbox.errors import NotFound
@@ -209,8 +168,9 @@ def build_app(source: ServeContext | ContextRef) -> Starlette:
             return error_response(MethodNotAllowed(f"{request.method} is not allowed on {request.url.path}"))
         return error_response(NotFound(f"no route {request.url.path}", hint="see /openapi.json"))
 
+    predict = PredictEndpoint(ref)
     routes = [
-        Route("/v1/deployments/{name}/predict", guarded(predict, "predict", limited=True), methods=["POST"]),
+        Route("/v1/deployments/{name}/predict", predict, methods=["POST"]),
         Route("/v1/features/online", guarded(online_features, "features", limited=True), methods=["POST"]),
         Route("/v1/deployments", guarded(list_deployments, "deployments"), methods=["GET"]),
         Route("/v1/deployments/{name}", guarded(get_deployment, "deployments"), methods=["GET"]),
@@ -225,7 +185,7 @@ def build_app(source: ServeContext | ContextRef) -> Starlette:
         Route("/metrics", guarded(metrics, "metrics"), methods=["GET"]),
         Route("/openapi.json", openapi, methods=["GET"]),
     ]
-    return Starlette(routes=routes, exception_handlers={404: not_found, 405: not_found})
+    return Api(predict, Starlette(routes=routes, exception_handlers={404: not_found, 405: not_found}))
 
 
 class MethodNotAllowed(MlboxError):
@@ -251,26 +211,3 @@ def _keys(body: dict[str, Any], allowed: set[str], required: set[str]) -> None:
     missing = sorted(required - set(body))
     if missing:
         raise ValidationError(f"missing key {missing[0]!r}")
-
-
-def entity_rows(ctx: ServeContext, model: LoadedModel, entities: list[Any]) -> list[dict[str, Any]]:
-    """Model input rows from the online store, one per entity."""
-    refs = {c.name: model.feature_refs.get(c.name) for c in model.signature.columns}
-    missing = [c for c, r in refs.items() if r is None]
-    if missing:
-        raise ValidationError(
-            f"{model.ref} was not trained from the feature store, so it cannot look up {missing[0]!r}",
-            hint='send "rows" with every feature instead',
-        )
-    by_view: dict[str, list[tuple[str, str]]] = {}
-    for column, ref in refs.items():
-        assert ref is not None
-        by_view.setdefault(ref.split(":")[0], []).append((column, ref))
-    rows: list[dict[str, Any]] = [{} for _ in entities]
-    for pairs in by_view.values():
-        values = ctx.box.features.get_online_features([r for _, r in pairs], entities)
-        for column, ref in pairs:
-            field = ref.split(":")[1]
-            for row, value in zip(rows, values[field], strict=True):
-                row[column] = value
-    return rows

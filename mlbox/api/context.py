@@ -6,25 +6,33 @@ on shutdown (the prediction log is flushed then).
 
 from __future__ import annotations
 
+import functools
 import itertools
-import json
 import logging
+import os
 import secrets
+import sys
+from pathlib import Path
 import time
 from typing import Any
-
 
 from mlbox.box import Box
 from mlbox.config import Settings
 from mlbox.security.roles import require
-from mlbox.serve.metrics import Metrics
-from mlbox.serve.predlog import PredictionLog
+from mlbox.serve.metrics import Labels, Metrics
+from mlbox.serve.offload import Offload
 from mlbox.serve.runtime import ModelCache, Runtime
-from mlbox.serve.shadow import ShadowItem, ShadowWorker
 from mlbox.types import Actor
 
 log = logging.getLogger("mlbox.serve")
 AUTH_CACHE_SECONDS = 5.0
+
+
+def sidecar_env() -> dict[str, str]:
+    """This environment, with the folder holding this mlbox first on the path (a Bento carries mlbox as source)."""
+    root = str(Path(__file__).resolve().parents[2])
+    path = os.environ.get("PYTHONPATH")
+    return {**os.environ, "PYTHONPATH": root + (os.pathsep + path if path else ""), "BENTOML_DO_NOT_TRACK": "True"}
 
 
 class ServeContext:
@@ -37,20 +45,18 @@ class ServeContext:
             ModelCache(self.box.registry, settings["serve.threads"]),
             reload_seconds=settings["serve.reload_seconds"],
         )
-        self.predlog = PredictionLog(
-            self.box.paths.predictions,
-            self.box.db,
-            flush_seconds=settings["serve.log_flush_seconds"],
+        self.offload = Offload(
+            [sys.executable, "-m", "mlbox.api.sidecar", str(settings.home), str(settings["serve.threads"]),
+             str(settings["serve.log_flush_seconds"]), str(settings["serve.log_max_rows"])],
+            env=sidecar_env(),
             max_rows=settings["serve.log_max_rows"],
-            on_error=lambda exc: log.warning("prediction log flush failed: %s", exc),
-        )
+        )  # fmt: skip
         self.metrics = Metrics()
         self.auth_required = bool(settings["serve.auth"])
         self.max_rows = int(settings["serve.max_rows"])
         self.max_body = int(settings["serve.max_body_bytes"])
         self.max_concurrency = int(settings["serve.max_concurrency"])
         self.in_flight = 0
-        self.shadow = ShadowWorker(self._shadow_result)
         self._auth_cache: dict[str, tuple[Actor, float]] = {}
         self.started = False
         prefix = secrets.token_hex(6)  # unique per worker start; a counter makes each id unique within it
@@ -61,12 +67,20 @@ class ServeContext:
         m = self.metrics
         m.describe("mlbox_requests_total", "Requests by route, deployment, variant and status.")
         m.describe("mlbox_request_latency_seconds", "Request latency by deployment and variant.")
-        m.describe("mlbox_shadow_predictions_total", "Shadow predictions made, by deployment.")
-        m.describe("mlbox_shadow_disagreements_total", "Shadow predictions that disagree with the answer returned.")
-        m.describe("mlbox_shadow_errors_total", "Shadow predictions that failed or were dropped.")
-        m.gauge("mlbox_prediction_log_backlog", lambda: {(): float(self.predlog.backlog)}, "Records waiting to be written.")
-        m.gauge("mlbox_prediction_log_dropped", lambda: {(): float(self.predlog.dropped)}, "Records dropped (buffer full).")
-        m.gauge("mlbox_shadow_dropped", lambda: {(): float(self.shadow.dropped)}, "Shadow copies dropped (queue full).")
+        off = self.offload
+        m.gauge("mlbox_prediction_log_backlog", lambda: {(): float(off.backlog)}, "Records waiting to be written.")
+        m.gauge(
+            "mlbox_prediction_log_dropped", lambda: {(): off.dropped + off.counter("dropped")}, "Records dropped (buffer full)."
+        )
+        m.gauge("mlbox_prediction_log_written_total", lambda: {(): off.counter("written")}, "Records written.", "counter")
+        m.gauge("mlbox_shadow_dropped", lambda: {(): off.counter("shadow_dropped")}, "Shadow copies dropped (queue full).")
+        for key, name, text in (
+            ("predictions", "mlbox_shadow_predictions_total", "Shadow predictions made, by deployment."),
+            ("disagreements", "mlbox_shadow_disagreements_total", "Shadow predictions that disagree with the answer returned."),
+            ("errors", "mlbox_shadow_errors_total", "Shadow predictions that failed."),
+        ):
+            m.gauge(name, functools.partial(self._shadow_series, key), text, "counter")
+        m.gauge("mlbox_sidecar_restarts_total", lambda: {(): float(off.restarts)}, "Times the sidecar was started again.", "counter")
         m.gauge("mlbox_requests_in_flight", lambda: {(): float(self.in_flight)}, "Requests being served now.")
         m.gauge(
             "mlbox_jobs",
@@ -84,31 +98,21 @@ class ServeContext:
             "Revision of each deployment this worker serves.",
         )
 
-    def _shadow_result(self, item: ShadowItem, pred: Any, agree: bool, latency_ms: float, error: str | None) -> None:
-        labels = (("deployment", item.deployment),)
-        if error is not None:
-            self.metrics.inc("mlbox_shadow_errors_total", (*labels, ("reason", "error")))
-            log.warning("shadow %s failed: %s", item.model.ref, error)
-            return
-        self.metrics.inc("mlbox_shadow_predictions_total", labels)
-        if not agree:
-            self.metrics.inc("mlbox_shadow_disagreements_total", labels)
-        self.predlog.append({
-            "ts": time.time(), "request_id": item.request_id, "deployment": item.deployment, "model": item.model.ref,
-            "variant": "shadow", "shadow": True, "latency_ms": latency_ms, "entity": item.entity, "inputs": item.rows,
-            "outputs": json.dumps(item.model.outputs(pred)), "error": None,
-        })  # fmt: skip
+    def _shadow_series(self, key: str) -> dict[Labels, float]:
+        series: dict[Labels, float] = {}
+        for deployment, counts in self.offload.shadow_counts().items():
+            labels: Labels = (("deployment", deployment),)
+            series[(*labels, ("reason", "error")) if key == "errors" else labels] = counts.get(key, 0.0)
+        return series
 
     def start(self) -> None:
         self.runtime.start()
-        self.predlog.start()
-        self.shadow.start()
+        self.offload.start()
         self.started = True
 
     def close(self) -> None:
         self.runtime.stop()
-        self.shadow.close()
-        self.predlog.close()
+        self.offload.close()
         self.box.close()
 
     def authenticate(self, header: str | None, action: str) -> Actor:
@@ -134,5 +138,7 @@ class ServeContext:
 
     def readiness(self) -> tuple[bool, dict[str, Any]]:
         problems = dict(self.runtime.errors)
+        if self.started and not self.offload.alive:
+            problems["sidecar"] = "the prediction log and shadow process is not running; it is being started again"
         ready = self.started and not problems
         return ready, {"deployments": sorted(self.runtime.live), "problems": problems}

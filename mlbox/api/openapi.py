@@ -69,7 +69,9 @@ def openapi_document() -> dict[str, Any]:
         "paths": {
             "/v1/deployments/{name}/predict": {"post": {
                 "summary": "Predict with a deployment (primary or canary by weight; shadow off the request path)",
-                "parameters": NAME,
+                "parameters": [*NAME, {"name": "X-Request-Id", "in": "header", "required": False,
+                               "description": "kept as the request id (echoed in the body and the X-Request-Id header)",
+                               "schema": {"type": "string", "pattern": "^[A-Za-z0-9._:-]{1,128}$"}}],
                 "requestBody": {"required": True, "content": {"application/json": {"schema": {"$ref": "#/components/schemas/PredictRequest"}}}},
                 "responses": {**_json({"$ref": "#/components/schemas/PredictResponse"}), **_errors(400, 401, 403, 404, 413, 422, 429)},
             }},  # fmt: skip

@@ -17,6 +17,7 @@ The box comes from MLBOX_HOME, which `mlbox serve` sets; each worker opens it in
 from __future__ import annotations
 
 import gc
+import logging
 import os
 import sys
 from collections.abc import Awaitable, Callable, MutableMapping
@@ -25,11 +26,15 @@ from typing import Any
 import bentoml
 from _bentoml_sdk.service.factory import Service as _BentoService
 
-from mlbox.api.app import ContextRef, build_app
+from mlbox.api.app import build_app
+from mlbox.api.predict import ContextRef
 from mlbox.api.context import ServeContext
 from mlbox.config import load_settings
 
 os.environ.setdefault("BENTOML_DO_NOT_TRACK", "True")
+# uvicorn logs each request when "uvicorn.access" has a handler anywhere up the tree (BentoML
+# gives the root one), formatting and URL-quoting the path first: about 4% of a request.
+logging.getLogger("uvicorn.access").propagate = False
 
 Scope = MutableMapping[str, Any]
 ASGIApp = Callable[[Scope, Any, Any], Awaitable[None]]

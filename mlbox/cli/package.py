@@ -6,7 +6,7 @@ from typing import Annotated
 
 import typer
 
-from mlbox.cli._common import actor, console, done, open_box
+from mlbox.cli._common import actor, console, done, open_box, state
 
 
 def package(name: Annotated[str, typer.Argument(help="Deployment to package.")]) -> None:
@@ -19,7 +19,8 @@ def package(name: Annotated[str, typer.Argument(help="Deployment to package.")])
             result = build_package(box, name, who.name)
         home = box.paths.home
     done(result.__dict__, f"built {result.tag} with {', '.join(result.models)}")
-    console.print(f"  run it: BENTOML_HOME={home / 'bentoml'} bentoml serve {result.tag} --port 3000")
+    if not state.json:
+        console.print(f"  run it: BENTOML_HOME={home / 'bentoml'} bentoml serve {result.tag} --port 3000")
 
 
 def register(app: typer.Typer) -> None:

@@ -41,8 +41,10 @@ def session(path: Path, threads: int | None = None, providers: list[str] | None 
 
 def run(sess: Any, X: np.ndarray) -> np.ndarray:
     """Predictions from a session: probabilities [n, k] or values [n]."""
-    name = sess.get_inputs()[0].name
-    outputs = sess.run(None, {name: np.ascontiguousarray(X, dtype=np.float32)})
-    out = next((o for o in outputs if isinstance(o, np.ndarray) and o.dtype.kind == "f"), outputs[-1])
-    result = np.asarray(out)
+    names = sess.__dict__.get("mlbox_io")
+    if names is None:  # looked up once per session: get_inputs() builds new objects on every call
+        outputs = sess.get_outputs()
+        prediction = next((o for o in outputs if o.type in ("tensor(float)", "tensor(double)")), outputs[-1])
+        names = sess.__dict__["mlbox_io"] = (sess.get_inputs()[0].name, [prediction.name])
+    result = np.asarray(sess.run(names[1], {names[0]: np.ascontiguousarray(X, dtype=np.float32)})[0])
     return result.reshape(-1) if result.ndim == 2 and result.shape[1] == 1 else result

@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
+from functools import cached_property
 from typing import Any, Literal
 
 import numpy as np
@@ -48,6 +49,13 @@ class Signature:
     @property
     def names(self) -> tuple[str, ...]:
         return tuple(c.name for c in self.columns)
+
+    @cached_property
+    def layout(self) -> tuple[tuple[str, ...], tuple[int, ...], tuple[int, ...]]:
+        """(column names, positions of numeric columns, positions of categorical columns), computed once."""
+        kinds = [c.kind for c in self.columns]
+        numeric = tuple(i for i, k in enumerate(kinds) if k == "numeric")
+        return self.names, numeric, tuple(i for i, k in enumerate(kinds) if k == "categorical")
 
     @property
     def categorical(self) -> dict[int, int]:

@@ -17,13 +17,33 @@ import time
 import uuid
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
+
+import numpy as np
 
 from mlbox import clock
 from mlbox.store.sqlite import Database
 
-SCHEMA_FIELDS = ("ts", "request_id", "deployment", "model", "variant", "shadow", "latency_ms", "entity", "inputs", "outputs", "error")
 COMPACT_SECONDS = 0.05
+
+
+class Record(NamedTuple):
+    """One logged prediction (or shadow prediction); `inputs` and `outputs` are JSON text."""
+
+    ts: float  # epoch seconds
+    request_id: str
+    deployment: str
+    model: str
+    variant: str  # primary | canary | shadow
+    shadow: bool
+    latency_ms: float
+    entity: str | None
+    inputs: str
+    outputs: str | None
+    error: str | None
+
+
+SCHEMA_FIELDS = Record._fields
 
 
 def schema() -> Any:
@@ -55,6 +75,7 @@ class PredictionLog:
         flush_seconds: float = 1.0,
         max_rows: int = 200_000,
         on_error: Callable[[BaseException], None] | None = None,
+        on_flush: Callable[[], None] | None = None,
     ) -> None:
         self.root = root
         self.db = db
@@ -62,7 +83,7 @@ class PredictionLog:
         self.max_rows = max_rows
         self.dropped = 0
         self.written = 0
-        self._pending: list[tuple[Any, ...]] = []
+        self._pending: list[Record] = []
         self._batches: list[Any] = []  # pyarrow RecordBatches not yet written
         self._held = 0  # rows in _batches
         self._lock = threading.Lock()  # one compaction or flush at a time
@@ -70,19 +91,34 @@ class PredictionLog:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._on_error = on_error
+        self._on_flush = on_flush
+        self.durable = 0  # the largest `extend` marker whose records are all written (or dropped)
+        self._marker = 0  # the latest `extend` marker
+        self._compacted = 0  # the marker at the last compaction
 
     @property
     def backlog(self) -> int:
         return len(self._pending) + self._held
 
-    def append(self, record: dict[str, Any]) -> None:
-        """Queue one record (SCHEMA_FIELDS; `ts` as epoch seconds); never blocks on I/O."""
-        row = tuple(record.get(k) for k in SCHEMA_FIELDS)
+    def append(self, record: Record) -> None:
+        """Queue one record; never blocks on I/O."""
         with self._swap:
             if len(self._pending) + self._held >= self.max_rows:
                 self.dropped += 1
                 return
-            self._pending.append(row)
+            self._pending.append(record)
+
+    def extend(self, records: list[Record], marker: int | None = None) -> None:
+        """Queue many records; past the bound the rest are dropped and counted.
+
+        `marker` (a count that only grows) comes back as `durable` once these records are written.
+        """
+        with self._swap:
+            room = max(0, self.max_rows - len(self._pending) - self._held)
+            self._pending.extend(records[:room])
+            self.dropped += max(0, len(records) - room)
+            if marker is not None:
+                self._marker = marker
 
     def start(self) -> None:
         self._thread = threading.Thread(target=self._run, name="mlbox-predlog", daemon=True)
@@ -107,12 +143,13 @@ class PredictionLog:
         with self._lock:
             with self._swap:
                 rows, self._pending = self._pending, []
+                self._compacted = self._marker
             if not rows:
                 return
             columns = list(zip(*rows, strict=True))
             sch = schema()
             arrays = [
-                pa.array([int(t * 1_000_000) for t in columns[0]], pa.int64()).cast(sch.field("ts").type),
+                pa.array((np.array(columns[0], dtype=np.float64) * 1e6).astype(np.int64)).cast(sch.field("ts").type),
                 *(pa.array(col, sch.field(i + 1).type) for i, col in enumerate(columns[1:])),
             ]
             batch = pa.RecordBatch.from_arrays(arrays, schema=sch)
@@ -130,7 +167,9 @@ class PredictionLog:
             with self._swap:
                 batches, self._batches, held = self._batches, [], self._held
                 self._held = 0
+                marker = self._compacted
             if not batches:
+                self.durable = marker
                 return 0
             table = pa.Table.from_batches(batches)
             try:
@@ -142,7 +181,10 @@ class PredictionLog:
                     self._held += held
                 raise
             self.written += table.num_rows
-            return int(table.num_rows)
+            self.durable = marker
+        if self._on_flush:
+            self._on_flush()
+        return int(table.num_rows)
 
     def _write(self, deployment: str, table: Any) -> None:
         import pyarrow.compute as pc

@@ -37,11 +37,16 @@ class LoadedModel:
         return onnx_files.run(self.session, X)
 
     def outputs(self, pred: np.ndarray) -> list[Any]:
-        """JSON-ready predictions: {class: probability} per row for classifiers, numbers for regressors."""
+        """JSON-ready predictions: {class: probability (6 decimals)} per row for classifiers, numbers for regressors."""
         if self.task == "classification":
-            classes = [str(c) for c in self.signature.classes]
-            return [dict(zip(classes, (round(float(p), 6) for p in row), strict=True)) for row in pred]
-        return [float(v) for v in pred.reshape(-1)]
+            classes = self.class_names
+            return [dict(zip(classes, [round(p, 6) for p in row], strict=True)) for row in pred.tolist()]
+        values: list[Any] = pred.reshape(-1).astype(np.float64).tolist()
+        return values
+
+    @cached_property
+    def class_names(self) -> tuple[str, ...]:
+        return tuple(str(c) for c in self.signature.classes)
 
 
 class ModelCache:
@@ -81,11 +86,6 @@ class LiveDeployment:
     primary: LoadedModel
     canary: LoadedModel | None
     shadow: LoadedModel | None
-
-    @cached_property
-    def shadow_encodes_alike(self) -> bool:
-        """Whether the shadow reads the primary's encoded matrix as the primary does (same signature)."""
-        return self.shadow is not None and self.shadow.signature == self.primary.signature
 
 
 @dataclass

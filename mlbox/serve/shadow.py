@@ -1,46 +1,44 @@
-"""Shadow inference off the request path, in batches.
+"""Shadow inference in batches, in the serving sidecar (see offload.py).
 
-A request only appends its already-encoded rows to a bounded queue (past the bound, the
-copy is dropped and counted). One background thread wakes every `interval` seconds and
-runs each shadow model once over everything queued for it, so a busy server pays one
-onnxruntime call and one GIL hand-off per batch, not per request; a slow or failing
-shadow model delays only this thread.
+Each logged answer of a deployment with a shadow becomes a `ShadowItem`: the input rows and
+the answer exactly as logged. One thread wakes every `interval` seconds and runs each shadow
+model once over everything queued for it — rows encoded by the shadow's own signature, one
+onnxruntime call per batch — then reports each item's outputs and whether they agree with
+the answer. The queue is bounded: past it, items are dropped and counted.
 """
 
 from __future__ import annotations
 
-import json
+import math
 import threading
 import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
-import numpy as np
+import orjson
 
 from mlbox.serve.runtime import LoadedModel
+from mlbox.serve.validation import encode_rows
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class ShadowItem:
     deployment: str
     model: LoadedModel
-    X: np.ndarray | None  # None: encode `rows` with the shadow's own signature (its levels differ)
-    answer: np.ndarray  # what the request was answered with
     request_id: str
     rows: str  # JSON of the input rows, as logged for the answer
+    answer: list[Any]  # the answer's predictions, as logged: {class: probability} per row, or numbers
     entity: str | None
 
 
+Result = Callable[[ShadowItem, list[Any] | None, bool, float, str | None], None]
+
+
 class ShadowWorker:
-    def __init__(
-        self,
-        on_result: Callable[[ShadowItem, np.ndarray | None, bool, float, str | None], None],
-        *,
-        interval: float = 0.02,
-        max_items: int = 10_000,
-    ) -> None:
-        self.on_result = on_result  # (item, prediction or None, agrees, latency ms, error)
+    def __init__(self, on_result: Result, *, interval: float = 0.02, max_items: int = 10_000) -> None:
+        self.on_result = on_result  # (item, its JSON-ready outputs or None, agrees, latency ms, error)
         self.interval = interval
         self.max_items = max_items
         self.dropped = 0
@@ -70,28 +68,23 @@ class ShadowWorker:
         for item in items:
             by_model.setdefault(item.model.ref, []).append(item)
         for group in by_model.values():
+            model = group[0].model
             started = time.perf_counter()
             try:
-                X = np.vstack([i.X if i.X is not None else self._encode(i) for i in group])
-                pred = group[0].model.predict(X)
+                inputs = [orjson.loads(i.rows) for i in group]
+                X = encode_rows(model.signature, [row for rows in inputs for row in rows], "rows", allow_null=True)
+                outputs = model.outputs(model.predict(X))
             except Exception as exc:  # a failing shadow is reported, never raised into serving
                 for item in group:
                     self.on_result(item, None, False, 0.0, f"{type(exc).__name__}: {exc}")
                 continue
             latency = (time.perf_counter() - started) * 1000
             offset = 0
-            for item in group:
-                n = item.answer.shape[0]
-                part = pred[offset : offset + n]
-                offset += n
-                self.on_result(item, part, agrees(item.model.task, item.answer, part), latency, None)
+            for item, rows in zip(group, inputs, strict=True):
+                mine = outputs[offset : offset + len(rows)]
+                offset += len(rows)
+                self.on_result(item, mine, agrees(item.answer, mine), latency, None)
         return len(items)
-
-    @staticmethod
-    def _encode(item: ShadowItem) -> np.ndarray:
-        from mlbox.serve.validation import encode_rows
-
-        return encode_rows(item.model.signature, json.loads(item.rows), "rows", allow_null=True)
 
     def close(self) -> None:
         self._stop.set()
@@ -99,9 +92,14 @@ class ShadowWorker:
             self._thread.join(timeout=10)
 
 
-def agrees(task: str, a: np.ndarray, b: np.ndarray) -> bool:
-    """Same class (classification) or within 10% (regression)."""
-    if task == "classification":
-        return bool(np.array_equal(np.asarray(a).argmax(axis=1), np.asarray(b).argmax(axis=1)))
-    x, y = np.asarray(a, dtype=float).reshape(-1), np.asarray(b, dtype=float).reshape(-1)
-    return bool(np.all(np.abs(x - y) <= 0.1 * np.maximum(np.abs(x), 1e-9)))
+def agrees(answer: list[Any], shadow: list[Any]) -> bool:
+    """Every row the same class (classification: the most probable label) or within 10% (regression)."""
+    if len(answer) != len(shadow):
+        return False
+    for a, b in zip(answer, shadow, strict=True):
+        if isinstance(a, dict):
+            if not isinstance(b, dict) or max(a, key=a.__getitem__) != max(b, key=b.__getitem__):
+                return False
+        elif not (isinstance(a, (int, float)) and isinstance(b, (int, float))) or not math.isclose(a, b, rel_tol=0.1, abs_tol=1e-9):
+            return False
+    return True

@@ -13,6 +13,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
+import orjson
 
 from mlbox.errors import PayloadTooLarge, UsageError, ValidationError
 from mlbox.flavors.signature import Signature
@@ -25,6 +26,10 @@ def _no_constants(name: str) -> Any:
 
 
 def parse_json(body: bytes) -> Any:
+    try:
+        return orjson.loads(body)  # about 5x faster than json.loads on a typical request
+    except orjson.JSONDecodeError:
+        pass  # the standard parser names the problem; it also reads what orjson refuses (1e999, lone surrogates)
     try:
         return json.loads(body, parse_constant=_no_constants)
     except UnicodeDecodeError:
@@ -64,6 +69,14 @@ def encode_rows(
     `allow_null` accepts nulls in any field (online features of an unknown entity are null;
     every flavor reads NaN as missing).
     """
+    plain = encode_plain(signature, rows)
+    return plain if plain is not None else encode_checked(signature, rows, where, allow_null)
+
+
+def encode_checked(
+    signature: Signature, rows: Sequence[Mapping[str, Any]], where: str = "rows", allow_null: bool = False
+) -> np.ndarray:
+    """`encode_rows` field by field: the first problem raises a ValidationError naming the row and the field."""
     columns = signature.columns
     known = {c.name for c in columns}
     out = np.empty((len(rows), len(columns)), dtype=np.float32)
@@ -99,3 +112,33 @@ def encode_rows(
                     raise ValidationError(f"{where}[{i}]: field {col.name!r} must be a string, got {type(value).__name__}")
                 out[i, j] = signature.index[col.name].get(value, math.nan)
     return out
+
+
+def encode_plain(signature: Signature, rows: Sequence[Mapping[str, Any]]) -> np.ndarray | None:
+    """The matrix when every row is plainly valid (exactly the fields, finite float32 numbers, strings), else None.
+
+    The common case, checked in one pass; anything else goes through the field-by-field
+    checks of `encode_checked`, which name the problem.
+    """
+    names, numeric, categorical = signature.layout
+    index = signature.index
+    matrix = []
+    try:
+        for row in rows:
+            if len(row) != len(names):
+                return None
+            values = [row[name] for name in names]
+            for j in numeric:
+                value = values[j]
+                kind = type(value)
+                if (kind is not float and kind is not int) or not -FLOAT32_MAX <= value <= FLOAT32_MAX:
+                    return None
+            for j in categorical:
+                value = values[j]
+                if type(value) is not str:
+                    return None
+                values[j] = index[names[j]].get(value, math.nan)
+            matrix.append(values)
+    except KeyError:
+        return None
+    return np.array(matrix, dtype=np.float32)

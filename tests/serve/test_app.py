@@ -16,7 +16,8 @@ import pandas as pd
 import pytest
 from starlette.routing import Route
 
-from mlbox.api.app import ContextRef, build_app
+from mlbox.api.app import build_app
+from mlbox.api.predict import ContextRef
 from mlbox.api.context import ServeContext
 from mlbox.api.openapi import openapi_document
 from mlbox.config import load_settings
@@ -25,7 +26,9 @@ from mlbox.flavors.signature import Signature
 
 from ..conftest import OS_USER
 from ._cases import CASES, GOOD, IDS, MAX_ROWS, Case
-from .conftest import AsgiClient, Template, assert_error, check_documented_operations, copy_box, open_box, sample_rows, subprocess_env
+from .conftest import (
+    AsgiClient, Template, assert_error, check_documented_operations, copy_box, open_box, sample_rows, subprocess_env, wait_for,
+)  # fmt: skip
 
 MANAGE_ACTIONS = ("canary", "shadow", "promote", "rollback")
 
@@ -124,6 +127,33 @@ def test_client_request_id_is_kept(api: AsgiClient, tokens: dict[str, str]) -> N
     headers = {**bearer(tokens, "service"), "X-Request-Id": "order-42"}
     response = api.post("/v1/deployments/bad/predict", json={"rows": [GOOD]}, headers=headers)
     assert response.json()["request_id"] == "order-42"
+    assert response.headers["x-request-id"] == "order-42"
+    generated = api.post("/v1/deployments/bad/predict", json={"rows": [GOOD]}, headers=bearer(tokens, "service"))
+    assert generated.headers["x-request-id"] == generated.json()["request_id"]
+
+
+@pytest.mark.parametrize("value", ["x" * 129, "a b", "order/42", "<script>"])
+def test_a_request_id_that_is_not_a_plain_token_is_refused(api: AsgiClient, tokens: dict[str, str], value: str) -> None:
+    headers = {**bearer(tokens, "service"), "X-Request-Id": value}
+    response = api.post("/v1/deployments/bad/predict", json={"rows": [GOOD]}, headers=headers)
+    assert_error(response, 400, "bad_request", ("X-Request-ID",))
+
+
+def test_a_dead_sidecar_shows_in_readiness_and_is_started_again(app_home: Path) -> None:
+    ctx = make_context(app_home)
+    try:
+        api = AsgiClient(build_app(ctx))
+        assert api.get("/readyz").status_code == 200
+        proc = ctx.offload._proc
+        assert proc is not None
+        proc.kill()
+        proc.wait(10)
+        ready = api.get("/readyz")
+        assert ready.status_code == 503 and "sidecar" in ready.json()["problems"]
+        wait_for(lambda: api.get("/readyz").status_code == 200, 10, "a new sidecar")
+        assert 'mlbox_sidecar_restarts_total 1' in api.get("/metrics").text
+    finally:
+        ctx.close()
 
 
 def test_every_role_with_predict_may_predict(api: AsgiClient, tokens: dict[str, str]) -> None:

@@ -1,0 +1,150 @@
+"""`POST /v1/deployments/{name}/predict` as a raw ASGI endpoint: the one hot route.
+
+Measured on 2 cores (docs/serving.md), Starlette's router, middleware and Request/Response
+objects cost about as much as a 200-tree model; this endpoint reads and writes the ASGI
+messages itself. It keeps everything the other routes have: the error envelope, auth, the
+body and row limits, 429 at capacity and the metrics. The request path does only what
+the answer needs plus two list appends (prediction log, shadow queue); the rest happens
+on background threads.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import time
+from typing import Any
+
+import orjson
+
+from mlbox.api.asgi import JSON_HEADERS, RETRY_AFTER, ClientGone, Receive, Scope, Send, error_body, read_body, send_bytes
+from mlbox.api.context import ServeContext
+from mlbox.errors import MlboxError, Overloaded, UsageError, ValidationError
+from mlbox.serve.predlog import Record
+from mlbox.serve.runtime import LoadedModel
+from mlbox.serve.validation import encode_rows, parse_json, predict_request
+
+log = logging.getLogger("mlbox.serve")
+PREFIX, SUFFIX = "/v1/deployments/", "/predict"
+NUMPY = orjson.OPT_SERIALIZE_NUMPY
+REQUEST_ID = re.compile(r"[A-Za-z0-9._:\-]{1,128}")
+
+
+class ContextRef:
+    """Where the app finds its worker's ServeContext; a BentoML worker fills it in after it starts."""
+
+    def __init__(self, ctx: ServeContext | None = None) -> None:
+        self.ctx = ctx
+
+    def get(self) -> ServeContext:
+        if self.ctx is None:
+            raise Overloaded("the server is starting", hint="retry in a second")
+        return self.ctx
+
+
+def predict_name(scope: Scope) -> str | None:
+    """The deployment name when `scope` is a POST to the predict route, else None."""
+    path: str = scope["path"]
+    if scope["method"] == "POST" and path.startswith(PREFIX) and path.endswith(SUFFIX):
+        name = path[len(PREFIX) : -len(SUFFIX)]
+        if name and "/" not in name:
+            return name
+    return None
+
+
+class PredictEndpoint:
+    """The ASGI app of the predict route; also mounted as a Starlette route, so both paths are this code."""
+
+    def __init__(self, ref: ContextRef) -> None:
+        self.ref = ref
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await self.handle(scope["path_params"]["name"], scope, receive, send)
+
+    async def handle(self, name: str, scope: Scope, receive: Receive, send: Send) -> None:
+        ctx = self.ref.ctx
+        if ctx is None:
+            return await send_bytes(send, 429, error_body(Overloaded("the server is starting", hint="retry in a second")), (*JSON_HEADERS, *RETRY_AFTER))  # fmt: skip
+        if ctx.in_flight >= ctx.max_concurrency:
+            ctx.metrics.inc("mlbox_requests_total", (("route", "predict"), ("status", "429")))
+            exc = Overloaded("the server is at capacity", hint="retry after a second")
+            return await send_bytes(send, 429, error_body(exc), (*JSON_HEADERS, *RETRY_AFTER))
+        ctx.in_flight += 1
+        try:
+            body, request_id = await self.predict(ctx, name, scope, receive)
+            status = 200
+        except ClientGone:
+            return
+        except MlboxError as exc:
+            ctx.metrics.inc("mlbox_requests_total", (("route", "predict"), ("status", str(exc.status))))
+            status, body, request_id = exc.status, error_body(exc), ""
+        except Exception:
+            log.exception("unhandled error on %s", scope["path"])
+            ctx.metrics.inc("mlbox_requests_total", (("route", "predict"), ("status", "500")))
+            status, body, request_id = 500, error_body(MlboxError("internal error; see the server log")), ""
+        finally:
+            ctx.in_flight -= 1
+        headers = JSON_HEADERS if not request_id else (*JSON_HEADERS, (b"x-request-id", request_id.encode()))
+        await send_bytes(send, status, body, headers)
+
+    async def predict(self, ctx: ServeContext, name: str, scope: Scope, receive: Receive) -> tuple[bytes, str]:
+        started = time.perf_counter()
+        auth = length = request_id = None
+        for key, value in scope["headers"]:
+            if key == b"authorization":
+                auth = value.decode("latin-1")
+            elif key == b"content-length":
+                length = value
+            elif key == b"x-request-id":
+                request_id = value.decode("latin-1")
+        ctx.authenticate(auth, "predict")
+        live = ctx.runtime.get(name)
+        if request_id is not None and not REQUEST_ID.fullmatch(request_id):
+            raise UsageError("invalid X-Request-ID header", hint="1 to 128 of A-Z a-z 0-9 . _ : -")
+        body = parse_json(await read_body(length, receive, ctx.max_body))
+        kind, items = predict_request(body, ctx.max_rows)
+        split = live.split
+        key = None if split.sticky_key is None else items[0].get(split.sticky_key)
+        variant = split.route(key)
+        model = live.canary if variant == "canary" and live.canary is not None else live.primary
+        rows = items if kind == "rows" else entity_rows(ctx, model, items)
+        X = encode_rows(model.signature, rows, kind, allow_null=kind == "entities")
+        pred = model.predict(X)
+        outputs = model.outputs(pred)
+        if request_id is None:
+            request_id = next(ctx.request_ids)
+        answer = orjson.dumps({"predictions": outputs, "model": model.ref, "variant": variant, "request_id": request_id})
+        latency = (time.perf_counter() - started) * 1000
+        ctx.metrics.request("predict", name, variant, latency)
+        if kind == "entities":
+            entity: str | None = orjson.dumps(items[0], default=str, option=NUMPY).decode()
+        else:
+            entity = None if key is None else orjson.dumps({split.sticky_key: key}, default=str, option=NUMPY).decode()
+        inputs = orjson.dumps(rows, default=str, option=NUMPY).decode()
+        record = Record(time.time(), request_id, name, model.ref, variant, False, latency, entity, inputs,
+                        orjson.dumps(outputs).decode(), None)  # fmt: skip
+        ctx.offload.append(record, None if live.shadow is None else live.shadow.ref)
+        return answer, request_id
+
+
+def entity_rows(ctx: ServeContext, model: LoadedModel, entities: list[Any]) -> list[dict[str, Any]]:
+    """Model input rows from the online store, one per entity."""
+    refs = {c.name: model.feature_refs.get(c.name) for c in model.signature.columns}
+    missing = [c for c, r in refs.items() if r is None]
+    if missing:
+        raise ValidationError(
+            f"{model.ref} was not trained from the feature store, so it cannot look up {missing[0]!r}",
+            hint='send "rows" with every feature instead',
+        )
+    by_view: dict[str, list[tuple[str, str]]] = {}
+    for column, ref in refs.items():
+        assert ref is not None
+        by_view.setdefault(ref.split(":")[0], []).append((column, ref))
+    rows: list[dict[str, Any]] = [{} for _ in entities]
+    for pairs in by_view.values():
+        values = ctx.box.features.get_online_features([r for _, r in pairs], entities)
+        for column, ref in pairs:
+            field = ref.split(":")[1]
+            for row, value in zip(rows, values[field], strict=True):
+                row[column] = value
+    return rows

@@ -1,0 +1,111 @@
+"""The sidecar's loop: frames from the worker in, Parquet batches and shadow predictions out (see offload.py)."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from typing import IO, Any
+
+import orjson
+
+from mlbox.serve.offload import read_frames
+from mlbox.serve.predlog import PredictionLog, Record
+from mlbox.serve.runtime import ModelCache
+from mlbox.serve.shadow import ShadowItem, ShadowWorker
+
+log = logging.getLogger("mlbox.serve")
+REPORT_SECONDS = 0.5
+LOG_EVERY_SECONDS = 10.0
+
+
+class Sidecar:
+    def __init__(self, predlog: PredictionLog, models: ModelCache, report: Callable[[bytes], None]) -> None:
+        self.predlog = predlog
+        self.models = models
+        self.report = report
+        self.shadow = ShadowWorker(self._shadow_result)
+        self.counts: dict[str, dict[str, int]] = {}  # deployment -> predictions, disagreements, errors
+        self.error: str | None = None
+        self.received = 0  # records from the worker so far; `durable` in the stats says how many are written
+        self._send_lock = threading.Lock()
+        self._logged: dict[str, float] = {}  # message -> when it may be logged again
+        self._stop = threading.Event()
+        self._reporter = threading.Thread(target=self._report_loop, name="mlbox-sidecar-report", daemon=True)
+
+    def run(self, stream: IO[bytes]) -> None:
+        """Until `stream` closes; then run what is queued, flush the log and report once more."""
+        self.predlog.start()
+        self.shadow.start()
+        self._reporter.start()
+        try:
+            for records, shadows in read_frames(stream):
+                self.received += len(records)
+                self.predlog.extend(records, self.received)
+                for index, ref in shadows:
+                    self._offer(records[index], ref)
+        finally:
+            self.shadow.close()
+            self.predlog.close()
+            self._stop.set()
+            self._reporter.join(5)
+            self.send()
+
+    def _offer(self, record: Record, ref: str) -> None:
+        try:
+            model = self.models.get(ref)
+            answer = orjson.loads(record.outputs or "[]")
+        except Exception as exc:  # an unloadable shadow is counted, never fatal
+            self._count(record.deployment, "errors")
+            self._fail(f"shadow {ref} could not be loaded: {exc}")
+            return
+        self.shadow.offer(ShadowItem(record.deployment, model, record.request_id, record.inputs, answer, record.entity))
+
+    def stats(self) -> dict[str, Any]:
+        # counts first: a shadow record is logged before it is counted, so the backlog read after
+        # them includes every record they count
+        shadow = {deployment: dict(counts) for deployment, counts in list(self.counts.items())}
+        return {
+            "shadow": shadow, "written": self.predlog.written, "dropped": self.predlog.dropped,
+            "backlog": self.predlog.backlog, "shadow_dropped": self.shadow.dropped, "error": self.error,
+            "received": self.received, "durable": self.predlog.durable,
+        }  # fmt: skip
+
+    def _count(self, deployment: str, key: str) -> None:
+        counts = self.counts.setdefault(deployment, {"predictions": 0, "disagreements": 0, "errors": 0})
+        counts[key] += 1
+
+    def _fail(self, message: str) -> None:
+        """Report `message` on the next stats line; log it, once per distinct message per LOG_EVERY_SECONDS."""
+        self.error = message
+        now = time.monotonic()
+        if self._logged.get(message, 0.0) <= now:
+            if len(self._logged) > 1000:
+                self._logged.clear()
+            self._logged[message] = now + LOG_EVERY_SECONDS
+            log.warning("%s", message)
+
+    def _shadow_result(self, item: ShadowItem, outputs: list[Any] | None, agree: bool, latency_ms: float, error: str | None) -> None:
+        if error is not None:
+            self._count(item.deployment, "errors")
+            self._fail(f"shadow {item.model.ref} failed: {error}")
+            return
+        self.predlog.append(Record(time.time(), item.request_id, item.deployment, item.model.ref, "shadow", True, latency_ms,
+                                   item.entity, item.rows, orjson.dumps(outputs).decode(), None))  # fmt: skip
+        if not agree:
+            self._count(item.deployment, "disagreements")
+        self._count(item.deployment, "predictions")
+
+    def _report_loop(self) -> None:
+        while not self._stop.wait(REPORT_SECONDS):
+            self.send()
+
+    def send(self) -> None:
+        """One line of counters to the worker (every REPORT_SECONDS, and after each flush)."""
+        with self._send_lock:
+            try:
+                self.report(orjson.dumps(self.stats()) + b"\n")
+            except OSError:  # the worker is gone; the log is still flushed
+                pass
+            self.error = None
