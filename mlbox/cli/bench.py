@@ -15,7 +15,7 @@ app = typer.Typer(help="Benchmarks against raw DuckDB / sqlite3 / onnxruntime fl
 def _fmt(value: float | None, unit: str) -> str:
     if value is None:
         return "—"
-    if unit.endswith("/s"):
+    if unit.endswith("/s") or unit == "records":
         return f"{value:,.0f}"
     if unit == "ms":
         return f"{value:.4f}"

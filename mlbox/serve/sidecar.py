@@ -31,6 +31,7 @@ class Sidecar:
         self.received = 0  # records from the worker so far; `durable` in the stats says how many are written
         self._send_lock = threading.Lock()
         self._logged: dict[str, float] = {}  # message -> when it may be logged again
+        self._unloadable: dict[str, float] = {}  # shadow model -> when to try loading it again
         self._stop = threading.Event()
         self._reporter = threading.Thread(target=self._report_loop, name="mlbox-sidecar-report", daemon=True)
 
@@ -53,13 +54,20 @@ class Sidecar:
             self.send()
 
     def _offer(self, record: Record, ref: str) -> None:
+        now = time.monotonic()
+        blocked = self._unloadable.get(ref, 0.0) > now
         try:
+            if blocked:
+                raise RuntimeError("it failed to load a moment ago")
             model = self.models.get(ref)
             answer = orjson.loads(record.outputs or "[]")
-        except Exception as exc:  # an unloadable shadow is counted, never fatal
+        except Exception as exc:  # an unloadable shadow is counted, never fatal; tried again after a while
+            if not blocked:
+                self._unloadable[ref] = now + LOG_EVERY_SECONDS
             self._count(record.deployment, "errors")
             self._fail(f"shadow {ref} could not be loaded: {exc}")
             return
+        self._unloadable.pop(ref, None)
         self.shadow.offer(ShadowItem(record.deployment, model, record.request_id, record.inputs, answer, record.entity))
 
     def stats(self) -> dict[str, Any]:
