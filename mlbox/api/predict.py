@@ -63,12 +63,13 @@ class PredictEndpoint:
 
     async def handle(self, name: str, scope: Scope, receive: Receive, send: Send) -> None:
         ctx = self.ref.ctx
-        if ctx is None:
-            return await send_bytes(send, 429, error_body(Overloaded("the server is starting", hint="retry in a second")), (*JSON_HEADERS, *RETRY_AFTER))  # fmt: skip
-        if ctx.in_flight >= ctx.max_concurrency:
-            ctx.metrics.inc("mlbox_requests_total", (("route", "predict"), ("status", "429")))
-            exc = Overloaded("the server is at capacity", hint="retry after a second")
-            return await send_bytes(send, 429, error_body(exc), (*JSON_HEADERS, *RETRY_AFTER))
+        if ctx is None or ctx.in_flight >= ctx.max_concurrency:
+            if ctx is None:
+                busy = Overloaded("the server is starting", hint="retry in a second")
+            else:
+                ctx.metrics.inc("mlbox_requests_total", (("route", "predict"), ("status", "429")))
+                busy = Overloaded("the server is at capacity", hint="retry after a second")
+            return await send_bytes(send, 429, error_body(busy), (*JSON_HEADERS, *RETRY_AFTER))
         ctx.in_flight += 1
         try:
             body, request_id = await self.predict(ctx, name, scope, receive)

@@ -66,7 +66,7 @@ class Offload:
         command: list[str],
         *,
         env: dict[str, str] | None = None,
-        interval: float = 0.02,
+        interval: float = 0.05,
         max_rows: int = 200_000,
         on_error: Callable[[str], None] | None = None,
     ) -> None:

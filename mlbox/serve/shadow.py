@@ -37,7 +37,7 @@ Result = Callable[[ShadowItem, list[Any] | None, bool, float, str | None], None]
 
 
 class ShadowWorker:
-    def __init__(self, on_result: Result, *, interval: float = 0.02, max_items: int = 10_000) -> None:
+    def __init__(self, on_result: Result, *, interval: float = 0.05, max_items: int = 10_000) -> None:
         self.on_result = on_result  # (item, its JSON-ready outputs or None, agrees, latency ms, error)
         self.interval = interval
         self.max_items = max_items

@@ -187,8 +187,8 @@ def test_streamed_body_over_the_limit_is_refused(open_api: AsgiClient) -> None:
 
 def test_a_worker_that_has_not_started_answers_429_with_retry_after() -> None:
     api = AsgiClient(build_app(ContextRef()))
-    for path in ("/v1/deployments", "/readyz"):
-        response = api.get(path)
+    responses = [api.get("/v1/deployments"), api.get("/readyz"), api.post("/v1/deployments/bad/predict", json={"rows": [GOOD]})]
+    for response in responses:
         assert_error(response, 429, "overloaded")
         assert response.headers["retry-after"] == "1"
 

@@ -156,7 +156,7 @@ off = Offload({command!r}, env=sidecar_env())
 off.start()
 for i in range(40):
     off.append(Record(1.7e9 + i, f"req-{{i}}", "d", "churn:1", "primary", False, 0.5, None, "[]", "[]", None))
-time.sleep(0.5)  # shipped (every 20 ms), not yet flushed (every hour)
+time.sleep(0.5)  # shipped (every 50 ms), not yet flushed (every hour)
 print(off._proc.pid, flush=True)
 os.kill(os.getpid(), signal.SIGKILL)
 """
