@@ -8,7 +8,6 @@ in-process through httpx.
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -22,10 +21,9 @@ from mlbox.api.asgi import ClientGone, Receive, Scope, Send, error_body, read_bo
 from mlbox.api.context import ServeContext
 from mlbox.api.openapi import openapi_document
 from mlbox.api.predict import ContextRef, PredictEndpoint, predict_name
-from mlbox.errors import MlboxError, Overloaded, PayloadTooLarge, UsageError, ValidationError
+from mlbox.errors import MlboxError, PayloadTooLarge, UsageError, ValidationError
 from mlbox.serve.validation import parse_json
 
-log = logging.getLogger("mlbox.serve")
 Handler = Callable[[Request], Awaitable[Response]]
 
 
@@ -71,21 +69,14 @@ def build_app(source: ServeContext | ContextRef) -> Api:
                 ctx = ref.get()
             except MlboxError as exc:
                 return error_response(exc, headers={"Retry-After": "1"})
-            if limited and ctx.in_flight >= ctx.max_concurrency:
-                ctx.metrics.inc("mlbox_requests_total", (("route", route), ("status", "429")))
-                return error_response(
-                    Overloaded("the server is at capacity", hint="retry after a second"), headers={"Retry-After": "1"}
-                )
+            busy = ctx.busy(route) if limited else None
+            if busy is not None:
+                return error_response(busy, headers={"Retry-After": "1"})
             ctx.in_flight += 1
             try:
                 return await fn(request)
-            except MlboxError as exc:
-                ctx.metrics.inc("mlbox_requests_total", (("route", route), ("status", str(exc.status))))
-                return error_response(exc)
-            except Exception:
-                log.exception("unhandled error on %s", request.url.path)
-                ctx.metrics.inc("mlbox_requests_total", (("route", route), ("status", "500")))
-                return error_response(MlboxError("internal error; see the server log"))
+            except Exception as exc:
+                return error_response(ctx.failed(route, exc, request.url.path))
             finally:
                 ctx.in_flight -= 1
 

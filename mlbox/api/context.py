@@ -1,7 +1,7 @@
-"""What one serving worker holds: the box, live deployments, prediction log, metrics, auth cache.
+"""What one serving worker holds: the box, live deployments, its sidecar, metrics, auth cache.
 
 Built after the worker process starts (SQLite connections must not cross a fork), closed
-on shutdown (the prediction log is flushed then).
+on shutdown (the sidecar flushes the prediction log then).
 """
 
 from __future__ import annotations
@@ -12,12 +12,13 @@ import logging
 import os
 import secrets
 import sys
-from pathlib import Path
 import time
+from pathlib import Path
 from typing import Any
 
 from mlbox.box import Box
 from mlbox.config import Settings
+from mlbox.errors import MlboxError, Overloaded
 from mlbox.security.roles import require
 from mlbox.serve.metrics import Labels, Metrics
 from mlbox.serve.offload import Offload
@@ -114,6 +115,21 @@ class ServeContext:
         self.runtime.stop()
         self.offload.close()
         self.box.close()
+
+    def busy(self, route: str) -> Overloaded | None:
+        """The 429 to answer with when this worker is at `serve.max_concurrency` (counted), else None."""
+        if self.in_flight < self.max_concurrency:
+            return None
+        self.metrics.inc("mlbox_requests_total", (("route", route), ("status", "429")))
+        return Overloaded("the server is at capacity", hint="retry after a second")
+
+    def failed(self, route: str, exc: Exception, path: str) -> MlboxError:
+        """The error to answer `exc` with, counted; anything not an MlboxError is logged and becomes a 500."""
+        if not isinstance(exc, MlboxError):
+            log.error("unhandled error on %s", path, exc_info=exc)
+            exc = MlboxError("internal error; see the server log")
+        self.metrics.inc("mlbox_requests_total", (("route", route), ("status", str(exc.status))))
+        return exc
 
     def authenticate(self, header: str | None, action: str) -> Actor:
         """The actor behind `Authorization: Bearer <token>`, checked for `action` (cached for 5 s)."""

@@ -4,13 +4,12 @@ Measured on 2 cores (docs/serving.md), Starlette's router, middleware and Reques
 objects cost about as much as a 200-tree model; this endpoint reads and writes the ASGI
 messages itself. It keeps everything the other routes have: the error envelope, auth, the
 body and row limits, 429 at capacity and the metrics. The request path does only what
-the answer needs plus two list appends (prediction log, shadow queue); the rest happens
-on background threads.
+the answer needs plus one append of its log record; the prediction log and the shadow run
+in the worker's sidecar process (serve/offload.py).
 """
 
 from __future__ import annotations
 
-import logging
 import re
 import time
 from typing import Any
@@ -19,12 +18,11 @@ import orjson
 
 from mlbox.api.asgi import JSON_HEADERS, RETRY_AFTER, ClientGone, Receive, Scope, Send, error_body, read_body, send_bytes
 from mlbox.api.context import ServeContext
-from mlbox.errors import MlboxError, Overloaded, UsageError, ValidationError
+from mlbox.errors import Overloaded, UsageError, ValidationError
 from mlbox.serve.predlog import Record
 from mlbox.serve.runtime import LoadedModel
 from mlbox.serve.validation import encode_rows, parse_json, predict_request
 
-log = logging.getLogger("mlbox.serve")
 PREFIX, SUFFIX = "/v1/deployments/", "/predict"
 NUMPY = orjson.OPT_SERIALIZE_NUMPY
 REQUEST_ID = re.compile(r"[A-Za-z0-9._:\-]{1,128}")
@@ -62,13 +60,12 @@ class PredictEndpoint:
         await self.handle(scope["path_params"]["name"], scope, receive, send)
 
     async def handle(self, name: str, scope: Scope, receive: Receive, send: Send) -> None:
-        ctx = self.ref.ctx
-        if ctx is None or ctx.in_flight >= ctx.max_concurrency:
-            if ctx is None:
-                busy = Overloaded("the server is starting", hint="retry in a second")
-            else:
-                ctx.metrics.inc("mlbox_requests_total", (("route", "predict"), ("status", "429")))
-                busy = Overloaded("the server is at capacity", hint="retry after a second")
+        try:
+            ctx = self.ref.get()
+            busy = ctx.busy("predict")
+        except Overloaded as exc:
+            busy = exc
+        if busy is not None:
             return await send_bytes(send, 429, error_body(busy), (*JSON_HEADERS, *RETRY_AFTER))
         ctx.in_flight += 1
         try:
@@ -76,13 +73,9 @@ class PredictEndpoint:
             status = 200
         except ClientGone:
             return
-        except MlboxError as exc:
-            ctx.metrics.inc("mlbox_requests_total", (("route", "predict"), ("status", str(exc.status))))
-            status, body, request_id = exc.status, error_body(exc), ""
-        except Exception:
-            log.exception("unhandled error on %s", scope["path"])
-            ctx.metrics.inc("mlbox_requests_total", (("route", "predict"), ("status", "500")))
-            status, body, request_id = 500, error_body(MlboxError("internal error; see the server log")), ""
+        except Exception as exc:
+            error = ctx.failed("predict", exc, scope["path"])
+            status, body, request_id = error.status, error_body(error), ""
         finally:
             ctx.in_flight -= 1
         headers = JSON_HEADERS if not request_id else (*JSON_HEADERS, (b"x-request-id", request_id.encode()))
@@ -111,10 +104,11 @@ class PredictEndpoint:
         rows = items if kind == "rows" else entity_rows(ctx, model, items)
         X = encode_rows(model.signature, rows, kind, allow_null=kind == "entities")
         pred = model.predict(X)
-        outputs = model.outputs(pred)
+        outputs = orjson.dumps(model.outputs(pred))
         if request_id is None:
             request_id = next(ctx.request_ids)
-        answer = orjson.dumps({"predictions": outputs, "model": model.ref, "variant": variant, "request_id": request_id})
+        meta = orjson.dumps({"model": model.ref, "variant": variant, "request_id": request_id})
+        answer = b'{"predictions":' + outputs + b"," + meta[1:]
         latency = (time.perf_counter() - started) * 1000
         ctx.metrics.request("predict", name, variant, latency)
         if kind == "entities":
@@ -123,7 +117,7 @@ class PredictEndpoint:
             entity = None if key is None else orjson.dumps({split.sticky_key: key}, default=str, option=NUMPY).decode()
         inputs = orjson.dumps(rows, default=str, option=NUMPY).decode()
         record = Record(time.time(), request_id, name, model.ref, variant, False, latency, entity, inputs,
-                        orjson.dumps(outputs).decode(), None)  # fmt: skip
+                        outputs.decode(), None)  # fmt: skip
         ctx.offload.append(record, None if live.shadow is None else live.shadow.ref)
         return answer, request_id
 

@@ -18,6 +18,7 @@ from mlbox.serve.shadow import ShadowItem, ShadowWorker
 log = logging.getLogger("mlbox.serve")
 REPORT_SECONDS = 0.5
 LOG_EVERY_SECONDS = 10.0
+RETRY_LOAD_SECONDS = 10.0  # a shadow model that failed to load is tried again after this long
 
 
 class Sidecar:
@@ -63,7 +64,7 @@ class Sidecar:
             answer = orjson.loads(record.outputs or "[]")
         except Exception as exc:  # an unloadable shadow is counted, never fatal; tried again after a while
             if not blocked:
-                self._unloadable[ref] = now + LOG_EVERY_SECONDS
+                self._unloadable[ref] = now + RETRY_LOAD_SECONDS
             self._count(record.deployment, "errors")
             self._fail(f"shadow {ref} could not be loaded: {exc}")
             return
