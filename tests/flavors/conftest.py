@@ -15,7 +15,7 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 
-from mlbox.flavors.base import Flavor, FitRequest, Task
+from mlbox.flavors.base import FitRequest, FitResult, Flavor, Task
 
 KINDS = ("binary", "multiclass", "regression")
 FEATURES = ("x0", "x1", "x2", "colour")
@@ -70,6 +70,17 @@ def make_data(kind: str, seed: int = 0, n: int = 600, noise: float = 0.3) -> Dat
         return Data("classification", X, scores.argmax(axis=1).astype(np.int64), 3)
     target = 3 * x0 - 2 * x1 + 2 * (colour == 1) + 0.5 * clean[:, 2] + noise * rng.normal(size=n)
     return Data("regression", X, target.astype(np.float64), 0)
+
+
+Progress = list[tuple[int, dict[str, float]]]
+
+
+def fit_recording(flavor: Flavor, kind: str, params: dict[str, Any]) -> tuple[Data, FitResult, Progress]:
+    """Fit `flavor` on data of `kind`, recording every progress callback as (step, metrics)."""
+    data = make_data(kind)
+    calls: Progress = []
+    result = flavor.fit(data.request(params=params, on_progress=lambda step, m: calls.append((step, dict(m)))))
+    return data, result, calls
 
 
 def assert_beats_constant(data: Data, predicted: np.ndarray) -> None:

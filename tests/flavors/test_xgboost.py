@@ -11,18 +11,15 @@ from mlbox.errors import UsageError
 from mlbox.flavors import get_flavor
 from mlbox.flavors.base import FitResult
 
-from .conftest import KINDS, Data, assert_beats_constant, assert_onnx_matches, make_data, saved_and_loaded
+from .conftest import KINDS, Data, Progress, assert_beats_constant, assert_onnx_matches, fit_recording, make_data, saved_and_loaded
 
 flavor = get_flavor("xgboost")
 PARAMS = {"n_estimators": 60, "max_depth": 3, "learning_rate": 0.2}
 
 
 @pytest.fixture(scope="module", params=KINDS)
-def fitted(request: pytest.FixtureRequest) -> tuple[Data, FitResult, list[tuple[int, dict[str, float]]]]:
-    data = make_data(request.param)
-    calls: list[tuple[int, dict[str, float]]] = []
-    result = flavor.fit(data.request(params=PARAMS, on_progress=lambda step, m: calls.append((step, dict(m)))))
-    return data, result, calls
+def fitted(request: pytest.FixtureRequest) -> tuple[Data, FitResult, Progress]:
+    return fit_recording(flavor, request.param, PARAMS)
 
 
 def test_fit_predict_beats_a_constant(fitted: tuple[Data, FitResult, list]) -> None:

@@ -16,8 +16,7 @@ import os
 import signal
 import subprocess
 import sys
-import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import pytest
@@ -25,7 +24,7 @@ import pytest
 from mlbox.box import Box
 from mlbox.config import load_settings
 
-from ..conftest import MLBOX_SCRIPT, OS_USER
+from ..conftest import MLBOX_SCRIPT, OS_USER, wait_for
 
 PY = sys.executable
 
@@ -35,15 +34,6 @@ def py(code: str) -> list[str]:
     return [PY, "-c", code]
 
 
-def wait_for(predicate: Callable[[], object], timeout: float, what: str, interval: float = 0.1) -> object:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(interval)
 
 
 def pid_alive(pid: int) -> bool:

@@ -31,7 +31,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -49,7 +49,7 @@ from mlbox.project import init_project
 from mlbox.train.runner import train
 from mlbox.train.spec import TrainSpec, parse_spec
 
-from ..conftest import MLBOX_SCRIPT, OS_USER
+from ..conftest import MLBOX_SCRIPT, OS_USER, wait_for
 from ._cases import GOOD
 
 FAST_XGB = {"n_estimators": 10, "max_depth": 3, "learning_rate": 0.3}
@@ -339,18 +339,6 @@ def deploy(
 
 
 # helpers -------------------------------------------------------------------------------------
-
-
-def wait_for(condition: Callable[[], Any], timeout: float, what: str, interval: float = 0.05) -> Any:
-    """Poll `condition` until it returns something truthy; that value."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = condition()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(interval)
 
 
 METRIC_LINE = re.compile(r"^([a-zA-Z_:][a-zA-Z0-9_:]*)(\{.*\})?\s+(\S+)$")
