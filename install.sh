@@ -7,7 +7,10 @@
 #   ./install.sh --gpu      force the CUDA builds
 #
 # CPU or GPU is chosen by whether `nvidia-smi -L` lists a GPU. CPU installs never pull
-# CUDA payloads: they use `xgboost-cpu` and the CPU build of torch 2.13.0.
+# CUDA payloads: they use `xgboost-cpu`, `onnxruntime` and the CPU build of torch 2.13.0.
+# GPU installs use xgboost, `onnxruntime-gpu` (models are served on CUDA) and CUDA torch.
+# The two onnxruntime wheels write the same `onnxruntime` package: one is always removed
+# before the other is installed, so a venv never holds both.
 set -euo pipefail
 cd "$(dirname "$0")"
 
@@ -18,7 +21,7 @@ for arg in "$@"; do
     --dev) dev=1 ;;
     --cpu) mode=cpu ;;
     --gpu) mode=gpu ;;
-    -h|--help) sed -n '2,10p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,13p' "$0"; exit 0 ;;
     *) echo "install.sh: unknown option $arg (use --dev, --cpu, --gpu)" >&2; exit 2 ;;
   esac
 done
@@ -55,6 +58,19 @@ fi
 VPY=.venv/bin/python
 $VPY -m pip install --quiet --upgrade pip
 
+# replace_onnxruntime UNWANTED WANTED: remove the UNWANTED onnxruntime wheel before WANTED is
+# installed (both own site-packages/onnxruntime; removing one after installing the other would
+# delete files the other needs, so when both are there, both go and WANTED is installed afresh)
+replace_onnxruntime() {
+  if $VPY -m pip show "$1" >/dev/null 2>&1; then
+    say "replacing $1 with $2"
+    $VPY -m pip uninstall --quiet --yes "$1"
+    if $VPY -m pip show "$2" >/dev/null 2>&1; then
+      $VPY -m pip uninstall --quiet --yes "$2"
+    fi
+  fi
+}
+
 if [ "$mode" = cpu ]; then
   if $VPY -c 'import torch, sys; sys.exit("+cpu" not in torch.__version__)' 2>/dev/null; then
     say "torch $($VPY -c 'import torch; print(torch.__version__)') (CPU build) already installed"
@@ -69,12 +85,14 @@ if [ "$mode" = cpu ]; then
     say "replacing the CUDA xgboost build with xgboost-cpu"
     $VPY -m pip uninstall --quiet --yes xgboost
   fi
+  replace_onnxruntime onnxruntime-gpu onnxruntime
   extras=cpu
 else
   if $VPY -m pip show xgboost-cpu >/dev/null 2>&1; then
     say "replacing xgboost-cpu with the CUDA xgboost build"
     $VPY -m pip uninstall --quiet --yes xgboost-cpu
   fi
+  replace_onnxruntime onnxruntime onnxruntime-gpu
   $VPY -m pip install --quiet "torch==2.13.0"
   extras=gpu
 fi
@@ -83,8 +101,12 @@ fi
 say "installing mlbox[$extras]"
 $VPY -m pip install --quiet -e ".[$extras]"
 say "done: $($VPY -c 'import mlbox; print("mlbox", mlbox.__version__)'), torch $($VPY -c 'import importlib.metadata as m; print(m.version("torch"))'), $($VPY -c 'import importlib.metadata as m
-for n in ("xgboost-cpu", "xgboost"):
-    try:
-        print(n, m.version(n)); break
-    except m.PackageNotFoundError: pass')"
+for names in (("xgboost-cpu", "xgboost"), ("onnxruntime-gpu", "onnxruntime")):
+    for n in names:
+        try:
+            print(n, m.version(n), end=" "); break
+        except m.PackageNotFoundError: pass')"
+if [ "$mode" = gpu ]; then
+  say "onnxruntime providers: $($VPY -c 'import onnxruntime as o; print(", ".join(o.get_available_providers()))')"
+fi
 say "run: .venv/bin/mlbox quickstart"

@@ -6,6 +6,7 @@ The package root re-exports a small public surface. Heavy names load on first us
 
 from __future__ import annotations
 
+import os
 from typing import TYPE_CHECKING, Any
 
 from mlbox._version import __version__
@@ -25,6 +26,7 @@ __all__ = [
     "MlboxError",
     "Settings",
     "__version__",
+    "init",
     "load_settings",
     "open_box",
     "start_run",
@@ -36,6 +38,39 @@ _LAZY = {
     "Field": "mlbox.features.definitions",
     "FeatureView": "mlbox.features.definitions",
 }
+
+
+def init(path: str | os.PathLike[str] = ".", template: str = "tabular-classification", *, admin: str | None = None) -> Box:
+    """Create a project from `template` in `path` (new or empty) and its box; return the opened Box.
+
+    The same as `mlbox init PATH --template NAME`: the same checks and errors (an unknown
+    template is NotFound, a folder that already holds a project a Conflict), and the OS user
+    (or `admin`) becomes the box's admin. Close the box when done, or use it in a `with`:
+
+        with mlbox.init("churn", template="tabular-classification") as box:
+            box.features.apply(box.features.load())
+    """
+    import getpass
+    from pathlib import Path
+
+    from mlbox.box import Box
+    from mlbox.project import init_project
+
+    dest = Path(path).expanduser().resolve()
+    files = init_project(dest, template)
+    if admin is None:
+        try:
+            admin = getpass.getuser()
+        except (KeyError, OSError):
+            admin = str(os.getuid())
+    box = Box.create(load_settings(dest), admin)
+    try:
+        first = next(u.name for u in box.identity.users() if u.role == "admin")
+        box.audit.record(first, "box.init", str(dest), {"template": template, "files": len(files)})
+    except BaseException:
+        box.close()
+        raise
+    return box
 
 
 def open_box(home: str | None = None) -> Box:

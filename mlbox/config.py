@@ -55,6 +55,11 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("auth.token_ttl_days", 90, "Lifetime of a new API token when --expires is not given; 0 means no expiry."),
     Setting("doctor.min_free_disk_gb", 5.0, "`mlbox doctor` warns when the box's disk has less free space than this."),
     Setting(
+        "doctor.artifact_grace_s",
+        3600,
+        "Seconds an artifact file no run or model version names is left alone before `mlbox doctor` reports it (a writer may be about to name it).",
+    ),
+    Setting(
         "features.duplicate_policy",
         "reject",
         "What ingest does with several rows for the same (entity, event timestamp): reject the batch or keep the last.",
@@ -66,7 +71,17 @@ SETTINGS: tuple[Setting, ...] = (
         "How ingest treats timestamps without a timezone: read them as UTC, or reject the batch.",
         ("utc", "reject"),
     ),
-    Setting("features.online_chunk_rows", 50000, "Rows per SQLite transaction when materializing to the online store."),
+    Setting(
+        "features.online_chunk_rows",
+        50000,
+        "Rows read from DuckDB and written to SQLite at a time when materializing (one transaction per view version).",
+    ),
+    Setting("features.push_flush_rows", 10000, "A push flushes a view's staged rows to an offline batch once this many are staged."),
+    Setting(
+        "features.push_flush_seconds",
+        60.0,
+        "A push flushes a view's staged rows to an offline batch once the oldest was staged this many seconds ago.",
+    ),
     Setting("serve.host", "127.0.0.1", "Address `mlbox serve` listens on (loopback by default; put TLS in front for others)."),
     Setting("serve.port", 3000, "Port `mlbox serve` listens on."),
     Setting("serve.workers", 1, "Worker processes of `mlbox serve`."),
@@ -123,6 +138,15 @@ def resolve_home(cli_home: str | os.PathLike[str] | None, environ: Mapping[str, 
         return project.resolve(), f"nearest {CONFIG_FILE}"
     home = Path(environ.get("HOME") or Path.home())
     return (home / ".mlbox").resolve(), "default ~/.mlbox"
+
+
+def serve_home(bundled: Path, environ: Mapping[str, str] | None = None) -> Path | None:
+    """The box a serving process opens: the one bundled at `bundled` (inside a Bento), else MLBOX_HOME, else
+    None (resolve as usual). A Bento is self-contained, so its own box wins over any MLBOX_HOME around it."""
+    if (bundled / "meta.db").is_file():
+        return bundled
+    home = home_from_env(environ)
+    return Path(home) if home else None
 
 
 def _flatten(table: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -221,3 +245,40 @@ def load_settings(
             raise SettingsError(f"environment: unknown setting variable {var}", hint="`mlbox settings` lists them")
         values[setting.name] = coerce(setting, raw, f"environment variable {var}")
     return Settings(home=box, values=values, source=source, home_reason=reason)
+
+
+# The process environment ---------------------------------------------------------
+# Every read of os.environ in mlbox goes through these helpers (tests/test_environ.py
+# checks it), so what a process takes from its environment is listed in one place.
+
+
+def process_environ() -> Mapping[str, str]:
+    """The live process environment, read-only by contract: pass it down, never write it."""
+    return os.environ
+
+
+def token_from_env(environ: Mapping[str, str] | None = None) -> str | None:
+    """MLBOX_TOKEN, the API token the CLI acts with (None when unset or empty)."""
+    return (process_environ() if environ is None else environ).get("MLBOX_TOKEN") or None
+
+
+def home_from_env(environ: Mapping[str, str] | None = None) -> str | None:
+    """MLBOX_HOME, the box a server process or child job was started for (None when unset)."""
+    return (process_environ() if environ is None else environ).get("MLBOX_HOME") or None
+
+
+def env_value(name: str, default: str = "", environ: Mapping[str, str] | None = None) -> str:
+    """One non-mlbox variable (e.g. a benchmark's BENCH_ONNX_MODEL, PYTHONPATH), `default` when unset."""
+    return (process_environ() if environ is None else environ).get(name, default)
+
+
+def child_env(
+    environ: Mapping[str, str] | None = None, *, drop: tuple[str, ...] = (), **extra: str
+) -> dict[str, str]:
+    """The environment of a child process: this one's (or `environ`) minus `drop`, plus `extra`.
+
+    A copy: children get their settings without this process ever writing os.environ.
+    """
+    env = {k: v for k, v in (process_environ() if environ is None else environ).items() if k not in drop}
+    env.update(extra)
+    return env

@@ -1,4 +1,10 @@
-"""`mlbox doctor`: checks of the installation, the hardware and the box, each ok / warn / fail."""
+"""`mlbox doctor`: checks of the installation, the hardware and the box, each ok / warn / fail.
+
+It also finds what crashed writers leave behind (`find_leftovers`): runs still `running`
+whose process died, artifact files no run or model version names, temporary files of dead
+processes and leftover online-store tables. They are warnings; `repair` (`mlbox doctor
+--repair`) marks the runs `killed`, deletes the files, drops the tables and audits it.
+"""
 
 from __future__ import annotations
 
@@ -6,16 +12,21 @@ import os
 import platform
 import shutil
 import sys
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from importlib import metadata
+from pathlib import Path
 from typing import Any, Literal
 
 from mlbox import hardware
 from mlbox.config import Settings
+from mlbox.features import online
+from mlbox.registry.store import Registry
+from mlbox.store.artifacts import ArtifactStore, StoredFile
 from mlbox.store.audit import AuditLog
 from mlbox.store.layout import BoxPaths
 from mlbox.store.migrations import MIGRATIONS, applied
 from mlbox.store.sqlite import Database
+from mlbox.tracking.store import RunInfo, TrackingStore
 
 Status = Literal["ok", "warn", "fail"]
 # (distribution names to try, required?)
@@ -35,6 +46,8 @@ PACKAGES: tuple[tuple[tuple[str, ...], bool], ...] = (
 
 @dataclass(frozen=True)
 class Check:
+    """One line of the doctor's report."""
+
     name: str
     status: Status
     detail: str
@@ -86,6 +99,18 @@ def check_compute(inventory: hardware.Inventory) -> list[Check]:
     return checks
 
 
+def check_onnx(inventory: hardware.Inventory) -> Check:
+    """Which onnxruntime build is installed, its execution providers, and the one served models run on."""
+    try:
+        info = hardware.onnx_providers()
+    except ImportError as exc:
+        return Check("onnx providers", "fail", f"onnxruntime cannot be imported: {exc}")
+    detail = f"{info['package']}: models run on {info['default']} (available: {', '.join(info['available'])})"
+    if inventory.gpus and info["default"] != "CUDAExecutionProvider":
+        return Check("onnx providers", "warn", f"{detail}; a GPU is here: ./install.sh installs onnxruntime-gpu")
+    return Check("onnx providers", "ok", detail)
+
+
 def check_disk(settings: Settings) -> Check:
     path = settings.home if settings.home.exists() else settings.home.parent
     while not path.exists():
@@ -119,14 +144,142 @@ def check_box(paths: BoxPaths, db: Database | None, audit: AuditLog | None) -> l
     return checks
 
 
+@dataclass(frozen=True, kw_only=True)
+class Leftovers:
+    """What killed writers left in a box: stale runs, unreferenced artifacts, temporary files, online tables."""
+
+    stale_runs: list[RunInfo] = field(default_factory=list)
+    untracked_runs: list[RunInfo] = field(default_factory=list)  # running, recorded without a process: cannot tell
+    unreferenced: list[StoredFile] = field(default_factory=list)
+    temporary: list[Path] = field(default_factory=list)
+    online_tables: list[str] = field(default_factory=list)
+    grace_s: float = 0.0
+
+    @property
+    def clean(self) -> bool:
+        return not (self.stale_runs or self.unreferenced or self.temporary or self.online_tables)
+
+
+@dataclass(frozen=True, kw_only=True)
+class Repair:
+    """What `repair` did."""
+
+    killed_runs: list[str]
+    removed_artifacts: int
+    removed_bytes: int
+    removed_temporary: int
+    dropped_tables: list[str]
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _stores(paths: BoxPaths, db: Database, audit: AuditLog) -> tuple[ArtifactStore, TrackingStore, Registry]:
+    """The stores the leftovers live in, opened without their own sweeps (doctor reports before it repairs)."""
+    artifacts = ArtifactStore(paths.artifacts, sweep=False)
+    return artifacts, TrackingStore(db, artifacts, reap=False), Registry(db, artifacts, audit)
+
+
+def _online(paths: BoxPaths, settings: Settings) -> Database | None:
+    if not paths.online_db.is_file():  # never create online.db just to look at it
+        return None
+    return Database(paths.online_db, busy_timeout_ms=settings["store.busy_timeout_ms"], synchronous=settings["store.synchronous"])
+
+
+def find_leftovers(settings: Settings, paths: BoxPaths, db: Database, audit: AuditLog) -> Leftovers:
+    """Everything `repair` would fix, found without changing anything."""
+    artifacts, tracking, registry = _stores(paths, db, audit)
+    grace = float(settings["doctor.artifact_grace_s"])
+    with db.snapshot():  # one consistent view of what the catalog names
+        referenced = tracking.artifact_hashes() | registry.artifact_hashes()
+        unreferenced = artifacts.unreferenced(referenced, grace)
+    online_db = _online(paths, settings)
+    try:
+        tables = online.leftover_tables(online_db) if online_db else []
+    finally:
+        if online_db:
+            online_db.close()
+    return Leftovers(
+        stale_runs=tracking.stale_runs(),
+        untracked_runs=tracking.untracked_runs(),
+        unreferenced=unreferenced,
+        temporary=artifacts.temporary(),
+        online_tables=tables,
+        grace_s=grace,
+    )
+
+
+def check_leftovers(found: Leftovers) -> list[Check]:
+    """The report lines for `found`; every problem is a warning that `mlbox doctor --repair` fixes."""
+    fix = "; `mlbox doctor --repair` fixes it"
+    runs = [f"{r.id} (pid {r.pid} on {r.host}, started {r.started_at[:19]})" for r in found.stale_runs]
+    checks = [
+        Check("stale runs", "warn", f"{len(runs)} run(s) `running` whose process died: {', '.join(runs)}{fix}")
+        if runs
+        else Check("stale runs", "ok", "no run is left `running` by a dead process")
+    ]
+    if found.untracked_runs:
+        ids = ", ".join(r.id for r in found.untracked_runs)
+        why = "`running` without a recorded process (older mlbox): cannot tell if alive"
+        checks.append(Check("untracked runs", "warn", f"{ids} {why}"))
+    size = sum(f.size for f in found.unreferenced)
+    count = len(found.unreferenced)
+    checks.append(
+        Check("unreferenced artifacts", "warn", f"{count} file(s), {size / 1e6:.1f} MB, named by no run or model version{fix}")
+        if found.unreferenced
+        else Check("unreferenced artifacts", "ok", f"every artifact older than {found.grace_s:g} s is named by a run or model version")
+    )
+    names = ", ".join(p.name for p in found.temporary)
+    checks.append(
+        Check("temporary files", "warn", f"{len(found.temporary)} left by dead processes: {names}{fix}")
+        if found.temporary
+        else Check("temporary files", "ok", "none left by dead processes")
+    )
+    checks.append(
+        Check("online tables", "warn", f"leftover staging/rebuild tables {', '.join(found.online_tables)}{fix}")
+        if found.online_tables
+        else Check("online tables", "ok", "no leftover staging or rebuild tables")
+    )
+    return checks
+
+
+def repair(settings: Settings, paths: BoxPaths, db: Database, audit: AuditLog, actor: str) -> Repair:
+    """Fix every leftover: mark stale runs killed, delete unreferenced and temporary files, drop leftover tables."""
+    artifacts, tracking, registry = _stores(paths, db, audit)
+    killed = tracking.reap()
+    with db.atomic():  # the write lock: no row naming a new artifact commits while files are removed
+        referenced = tracking.artifact_hashes() | registry.artifact_hashes()
+        removed = artifacts.remove_unreferenced(referenced, float(settings["doctor.artifact_grace_s"]))
+    temporary = artifacts.sweep_temporary()
+    online_db = _online(paths, settings)
+    try:
+        dropped = online.sweep(online_db) if online_db else []
+    finally:
+        if online_db:
+            online_db.close()
+    result = Repair(
+        killed_runs=killed,
+        removed_artifacts=len(removed),
+        removed_bytes=sum(f.size for f in removed),
+        removed_temporary=len(temporary),
+        dropped_tables=dropped,
+    )
+    audit.record(actor, "box.repair", str(paths.home), result.as_dict())
+    return result
+
+
 def run_checks(
     settings: Settings, paths: BoxPaths, db: Database | None, audit: AuditLog | None, inventory: hardware.Inventory | None = None
 ) -> list[Check]:
     """Every check, in display order."""
     checks = [check_python(), *check_packages()]
-    checks += check_compute(inventory or hardware.detect())
+    inventory = inventory or hardware.detect()
+    checks += check_compute(inventory)
+    checks.append(check_onnx(inventory))
     checks.append(check_disk(settings))
     checks.append(Check("settings", "ok", str(settings.source) if settings.source else "defaults (no mlbox.toml)"))
     checks += check_box(paths, db, audit)
+    if db is not None and audit is not None:
+        checks += check_leftovers(find_leftovers(settings, paths, db, audit))
     checks.append(Check("cpu", "ok", f"{os.cpu_count()} cores, {platform.machine()}, {platform.system()} {platform.release()}"))
     return checks

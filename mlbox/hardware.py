@@ -1,4 +1,4 @@
-"""What compute this machine has: NVIDIA GPUs through `nvidia-smi`, and why there are none.
+"""What compute this machine has: NVIDIA GPUs through `nvidia-smi` (and why there are none), onnxruntime's providers.
 
 Detection never imports torch or xgboost (seconds of import time); it asks the driver's
 own tool, which is what the scheduler needs anyway (memory and utilisation per device).
@@ -6,13 +6,21 @@ own tool, which is what the scheduler needs anyway (memory and utilisation per d
 
 from __future__ import annotations
 
-import os
 import shutil
 import subprocess
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from importlib import metadata
 from pathlib import Path
+from typing import Any
+
+from mlbox.config import process_environ
 
 QUERY = "index,name,memory.total,memory.used,utilization.gpu,uuid"
+# onnxruntime execution providers mlbox serves on, best first: CUDA when the onnxruntime-gpu
+# build and a GPU are there, else CPU. (TensorRT is left out: it builds an engine per input
+# shape at first use, seconds that a request would wait for.)
+PROVIDER_PREFERENCE = ("CUDAExecutionProvider", "CPUExecutionProvider")
 
 
 @dataclass(frozen=True)
@@ -61,9 +69,9 @@ def parse_nvidia_smi(output: str) -> tuple[Gpu, ...]:
     return tuple(gpus)
 
 
-def detect(environ: dict[str, str] | None = None, timeout: float = 10.0) -> Inventory:
+def detect(environ: Mapping[str, str] | None = None, timeout: float = 10.0) -> Inventory:
     """The NVIDIA GPUs visible to this process (honouring CUDA_VISIBLE_DEVICES)."""
-    env = os.environ if environ is None else environ
+    env = process_environ() if environ is None else environ
     smi = shutil.which("nvidia-smi")
     if smi is None:
         driver = Path("/proc/driver/nvidia/version").exists()
@@ -93,3 +101,25 @@ def detect(environ: dict[str, str] | None = None, timeout: float = 10.0) -> Inve
     if not gpus:
         return Inventory((), "no NVIDIA GPU: nvidia-smi lists none")
     return Inventory(gpus, "")
+
+
+def choose_providers(available: Sequence[str]) -> list[str]:
+    """The providers to open a session with, best first, from those onnxruntime reports available."""
+    chosen = [p for p in PROVIDER_PREFERENCE if p in available]
+    return chosen or ["CPUExecutionProvider"]
+
+
+def onnx_providers() -> dict[str, Any]:
+    """onnxruntime's build and providers here: `available`, `chosen` (what sessions ask for), `default` (the first)."""
+    import onnxruntime as ort
+
+    available = list(ort.get_available_providers())
+    chosen = choose_providers(available)
+    build = "none"
+    for dist in ("onnxruntime-gpu", "onnxruntime"):
+        try:
+            build = f"{dist} {metadata.version(dist)}"
+            break
+        except metadata.PackageNotFoundError:
+            continue
+    return {"package": build, "available": available, "chosen": chosen, "default": chosen[0]}

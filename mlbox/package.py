@@ -9,7 +9,6 @@ online store and are not packaged: a packaged service answers `rows` requests.
 
 from __future__ import annotations
 
-import os
 import shutil
 import sqlite3
 import subprocess
@@ -20,22 +19,17 @@ from importlib import metadata
 from pathlib import Path
 
 from mlbox.box import Box
-from mlbox.config import load_settings
+from mlbox.config import child_env, load_settings
 from mlbox.errors import MlboxError, StoreError
 
 SERVING_PACKAGES = (
     "onnxruntime", "numpy", "pandas", "pyarrow", "duckdb", "starlette", "uvloop", "httptools", "orjson",
-    "sqlite-utils", "pyyaml", "typer", "rich",
+    "sqlite-utils", "pyyaml", "typer", "rich", "prometheus-client", "psutil",
 )  # fmt: skip
 
-SERVICE = '''"""Entry point of an mlbox Bento: serve the bundled box."""
-import os
-import pathlib
-
-os.environ.setdefault("MLBOX_HOME", str(pathlib.Path(__file__).resolve().parent / "box"))
-os.environ.setdefault("BENTOML_DO_NOT_TRACK", "True")
-
-from mlbox.api.service import MlboxService  # noqa: E402,F401
+# The service opens the box bundled next to the mlbox package (src/box); nothing here touches os.environ.
+SERVICE = '''"""Entry point of an mlbox Bento: serve the box bundled in src/box."""
+from mlbox.api.service import MlboxService  # noqa: F401
 '''
 
 
@@ -47,10 +41,20 @@ class PackageResult:
 
 
 def _pinned(name: str) -> str:
+    if name == "onnxruntime" and _installed("onnxruntime-gpu"):
+        name = "onnxruntime-gpu"  # a GPU box's Bento carries the CUDA build it was tested with, never both
     try:
         return f"{name}=={metadata.version(name)}"
     except metadata.PackageNotFoundError:
         return name
+
+
+def _installed(name: str) -> bool:
+    try:
+        metadata.version(name)
+    except metadata.PackageNotFoundError:
+        return False
+    return True
 
 
 def build_package(box: Box, name: str, actor: str) -> PackageResult:
@@ -95,9 +99,10 @@ def build_package(box: Box, name: str, actor: str) -> PackageResult:
             f"labels:\n  deployment: {name}\n  models: {'_'.join(r.replace(':', '-v') for r in refs)}\n"
             'include:\n  - "service.py"\n  - "mlbox/**"\n  - "box/**"\n'
             f"python:\n  lock_packages: false\n  packages:\n{packages}\n"
+            'envs:\n  - name: BENTOML_DO_NOT_TRACK\n    value: "True"\n'
         )
-        env = {**os.environ, "BENTOML_HOME": str(box.paths.bentoml), "BENTOML_DO_NOT_TRACK": "True", "MLBOX_HOME": str(home)}
-        env.pop("MLBOX_TOKEN", None)
+        env = child_env(drop=("MLBOX_TOKEN",), BENTOML_HOME=str(box.paths.bentoml), BENTOML_DO_NOT_TRACK="True",
+                        MLBOX_HOME=str(home))  # fmt: skip
         proc = subprocess.run(
             [sys.executable, "-m", "bentoml", "build", str(ctx), "--output", "tag"],
             cwd=ctx, env=env, capture_output=True, text=True, timeout=600,

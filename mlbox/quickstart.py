@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import sys
 import time
 import urllib.error
@@ -15,7 +14,7 @@ from pathlib import Path
 
 from mlbox import hardware
 from mlbox.box import Box
-from mlbox.config import load_settings
+from mlbox.config import child_env, load_settings
 from mlbox.doctor import run_checks
 from mlbox.errors import MlboxError, UsageError
 from mlbox.project import init_project
@@ -167,8 +166,7 @@ def _request_rows(path: Path, columns: list[str], n: int) -> list[dict[str, obje
 def _serve_and_send(home: Path, token: str, deployment: str, rows: list[dict[str, object]]) -> tuple[dict[str, int], int]:
     """Start `mlbox serve` on a free loopback port, send one request per row, stop it; (variant counts, rows logged)."""
     port = server.free_port()
-    env = {**os.environ, "MLBOX_HOME": str(home)}
-    env.pop("MLBOX_TOKEN", None)
+    env = child_env(drop=("MLBOX_TOKEN",), MLBOX_HOME=str(home))
     cmd = [sys.executable, "-m", "mlbox", "serve", "--host", "127.0.0.1", "--port", str(port)]
     proc = server.start(cmd, env, port, home / "logs" / "quickstart-serve.log")
     base = f"http://127.0.0.1:{port}"

@@ -21,10 +21,18 @@ def test_bench_features_quick() -> None:
 @pytest.mark.slow
 def test_bench_train_quick() -> None:
     rows = train.run(train.QUICK)
-    assert [r.unit for r in rows] == ["s", "s", "calls/s"]
+    assert [r.unit for r in rows][:3] == ["s", "s", "calls/s"]
     assert rows[0].floor and rows[0].ratio  # xgboost.train measured in the same run
     assert "max |diff|" in rows[1].name
     assert rows[2].mlbox > 1000 and rows[2].floor
+
+
+def test_median_takes_each_figure_from_the_middle_round() -> None:
+    runs = [{"rps": 900.0, "p50_ms": 1.0, "p99_ms": 9.0, "errors": 0, "requests": 1},
+            {"rps": 1000.0, "p50_ms": 2.0, "p99_ms": 3.0, "errors": 1, "requests": 1},
+            {"rps": 1100.0, "p50_ms": 3.0, "p99_ms": 4.0, "errors": 0, "requests": 1}]  # fmt: skip
+    # not the best req/s of one round next to the best p99 of another
+    assert serve.median(runs) == {"rps": 1000.0, "p50_ms": 2.0, "p99_ms": 4.0, "errors": 1, "rounds": 3}
 
 
 @pytest.mark.slow
@@ -36,7 +44,11 @@ def test_bench_serve_quick(monkeypatch: pytest.MonkeyPatch) -> None:
     assert [r.name.split(", c=")[0] for r in req] == [d for d in designs for _ in serve.CONCURRENCY]
     assert all(r.mlbox > 0 and r.floor and r.ratio and "0 errors" in r.name for r in req)
     targets = [r.target for r in rows if r.ok is not None]
-    assert targets == ["<= 5 ms", ">= 0.6x floor req/s", "> 1 worker's req/s", ">= 2 per request"]
+    assert targets == ["<= 5 ms", ">= 0.8x floor req/s", "> 1 worker's req/s", ">= 2 per request", "<= 5 us"]
+    # each figure says how it was made: the median of the rounds
+    assert all(f"median of {serve.QUICK.rounds} rounds" in r.name for r in rows if r.unit in ("req/s", "ms"))
     # every answer of the mlbox servers was logged, with its shadow prediction, before they stopped
-    log = rows[-1]
-    assert log.unit == "records" and log.ok, log
+    log = next(r for r in rows if r.unit == "records")
+    assert log.ok, log
+    hot = next(r for r in rows if r.unit == "us")
+    assert 0 < hot.mlbox < 100, hot  # measured; the <= 5 us target is the full run's to judge on a quiet machine

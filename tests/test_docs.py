@@ -12,7 +12,7 @@ from mlbox.cli.main import app
 from mlbox.config import SETTINGS
 
 DOCS = Path(__file__).resolve().parent.parent / "docs"
-GLOBAL_FLAGS = {"--json", "--debug"}
+GLOBAL_FLAGS = {"--json", "--debug", "--wide"}
 GLOBAL_OPTIONS_WITH_VALUE = {"--home"}
 
 

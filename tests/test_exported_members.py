@@ -52,3 +52,13 @@ def test_open_box(tmp_path) -> None:  # type: ignore[no-untyped-def]
     with mlbox.open_box(str(tmp_path / "b")) as box:
         assert isinstance(box, mlbox.Box)
         assert box.paths.home == (tmp_path / "b").resolve()
+
+
+def test_init(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from mlbox.errors import Conflict
+
+    with mlbox.init(tmp_path / "p") as box:
+        assert isinstance(box, mlbox.Box)
+        assert box.paths.home == (tmp_path / "p").resolve()
+    with pytest.raises(Conflict):
+        mlbox.init(tmp_path / "p")

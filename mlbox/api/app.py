@@ -1,9 +1,10 @@
-"""The HTTP API: inference, online features, deployment management, health.
+"""The HTTP API: inference, online features (read and push), deployment management, health, the documents.
 
-The predict route is a raw ASGI endpoint (api/predict.py); every other route is a plain
-Starlette route. Every error, from every route, is one JSON envelope: `{"error": {"status",
-"code", "message", "hint"}}`. The BentoML service mounts this app; tests drive it
-in-process through httpx.
+One dispatcher (`Api`) fronts every route: the predict route is a raw ASGI endpoint
+(api/predict.py) reached without the router, every other route is a plain Starlette route.
+Every error, from every route, is one JSON envelope: `{"error": {"status", "code",
+"message", "hint"}}`. The BentoML service serves this app; tests drive it in-process
+through httpx.
 """
 
 from __future__ import annotations
@@ -19,12 +20,15 @@ from starlette.routing import Route
 
 from mlbox.api.asgi import ClientGone, Receive, Scope, Send, error_body, read_body
 from mlbox.api.context import ServeContext
-from mlbox.api.openapi import openapi_document
+from mlbox.api.jsonrows import check_rows
+from mlbox.api.openapi import api_facts, openapi_document
+from mlbox.api.openapi import bentoml_schema as bentoml_service_schema
 from mlbox.api.predict import ContextRef, PredictEndpoint, predict_name
 from mlbox.errors import MlboxError, PayloadTooLarge, UsageError, ValidationError
 from mlbox.serve.validation import parse_json
 
 Handler = Callable[[Request], Awaitable[Response]]
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 
 def error_response(exc: MlboxError, headers: dict[str, str] | None = None) -> Response:
@@ -44,18 +48,26 @@ async def _body(request: Request, limit: int) -> bytes:
 
 
 class Api:
-    """The outermost app: POSTs to the predict route go straight to its endpoint, the rest through Starlette."""
+    """The one dispatcher in front of every route: predict POSTs straight to their endpoint (the measured hot
+    path), every other HTTP request to the Starlette router, and anything else (the lifespan) to `lifespan`,
+    which is BentoML's app under `mlbox serve` so its startup and shutdown hooks run."""
 
-    def __init__(self, predict: PredictEndpoint, starlette: Starlette) -> None:
+    def __init__(self, predict: PredictEndpoint, starlette: Starlette, lifespan: ASGIApp | None = None) -> None:
         self.predict = predict
         self.starlette = starlette
+        self.lifespan: ASGIApp = lifespan or starlette
         self.routes = starlette.routes
 
+    def around(self, lifespan: ASGIApp) -> Api:
+        """This dispatcher with `lifespan` (BentoML's own app) answering every scope that is not HTTP."""
+        return Api(self.predict, self.starlette, lifespan)
+
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http":
-            name = predict_name(scope)
-            if name is not None:
-                return await self.predict.handle(name, scope, receive, send)
+        if scope["type"] != "http":
+            return await self.lifespan(scope, receive, send)
+        name = predict_name(scope)
+        if name is not None:
+            return await self.predict.handle(name, scope, receive, send)
         await self.starlette(scope, receive, send)
 
 
@@ -64,6 +76,8 @@ def build_app(source: ServeContext | ContextRef) -> Api:
     ref = source if isinstance(source, ContextRef) else ContextRef(source)
 
     def guarded(fn: Handler, route: str, *, limited: bool = False) -> Handler:
+        """One admission and failure path, the same as predict's: 429 at capacity, errors counted by ctx.failed."""
+
         async def endpoint(request: Request) -> Response:
             try:
                 ctx = ref.get()
@@ -98,6 +112,27 @@ def build_app(source: ServeContext | ContextRef) -> Api:
         values = ctx.box.features.get_online_features(features, entities, with_timestamps=True)
         ctx.metrics.inc("mlbox_requests_total", (("route", "features"), ("status", "200")))
         return _json({"features": values})
+
+    async def push_features(request: Request) -> Response:
+        ctx = ref.get()
+        who = ctx.authenticate(request.headers.get("authorization"), "features.write")
+        body = parse_json(await _body(request, ctx.max_body))
+        if not isinstance(body, dict):
+            raise UsageError('send {"view": "name", "rows": [{field: value}, ...]}')
+        _keys(body, {"view", "rows"}, {"view", "rows"})
+        view, rows = body["view"], body["rows"]
+        if not isinstance(view, str):
+            raise ValidationError('"view" must be the name of a feature view')
+        if not isinstance(rows, list) or not rows or not all(isinstance(r, dict) for r in rows):
+            raise ValidationError('"rows" must be a non-empty list of objects')
+        if len(rows) > ctx.max_rows:
+            raise PayloadTooLarge(f"{len(rows)} rows in one request; at most {ctx.max_rows}", hint="serve.max_rows")
+        version = ctx.box.features.view(view)
+        fields = {f.name: f.dtype for f in version.view.fields}
+        check_rows(rows, version.entity.join_keys, version.view.timestamp, fields)
+        result = ctx.box.features.push(view, rows, actor=who.name)
+        ctx.metrics.inc("mlbox_requests_total", (("route", "push"), ("status", "200")))
+        return _json(result)
 
     async def list_deployments(request: Request) -> Response:
         ctx = ref.get()
@@ -149,20 +184,28 @@ def build_app(source: ServeContext | ContextRef) -> Api:
         return PlainTextResponse(ctx.metrics.render(), media_type="text/plain; version=0.0.4")
 
     async def openapi(request: Request) -> Response:
-        return _json(openapi_document())
+        ctx = ref.get()
+        ctx.authenticate(request.headers.get("authorization"), "read")  # it names every deployment's input fields
+        return _json(openapi_document(api_facts(ctx)))
+
+    async def bentoml_schema(request: Request) -> Response:
+        ctx = ref.get()
+        ctx.authenticate(request.headers.get("authorization"), "read")
+        return _json(bentoml_service_schema(api_facts(ctx)))
 
     async def not_found(request: Request, exc: Exception) -> Response:
         from mlbox.errors import NotFound
 
-        status = getattr(exc, "status_code", 404)
-        if status == 405:
-            return error_response(MethodNotAllowed(f"{request.method} is not allowed on {request.url.path}"))
+        if getattr(exc, "status_code", 404) == 405:
+            allow = dict(getattr(exc, "headers", None) or {}).get("Allow", "")
+            error = MethodNotAllowed(f"{request.method} is not allowed on {request.url.path}", hint=f"use {allow}")
+            return error_response(error, headers={"Allow": allow})
         return error_response(NotFound(f"no route {request.url.path}", hint="see /openapi.json"))
 
-    predict = PredictEndpoint(ref)
+    # POST /v1/deployments/{name}/predict is not a route here: Api sends it straight to `predict`.
     routes = [
-        Route("/v1/deployments/{name}/predict", predict, methods=["POST"]),
         Route("/v1/features/online", guarded(online_features, "features", limited=True), methods=["POST"]),
+        Route("/v1/features/push", guarded(push_features, "push", limited=True), methods=["POST"]),
         Route("/v1/deployments", guarded(list_deployments, "deployments"), methods=["GET"]),
         Route("/v1/deployments/{name}", guarded(get_deployment, "deployments"), methods=["GET"]),
         Route(
@@ -174,9 +217,12 @@ def build_app(source: ServeContext | ContextRef) -> Api:
         Route("/livez", healthz, methods=["GET"]),
         Route("/readyz", guarded(readyz, "readyz"), methods=["GET"]),
         Route("/metrics", guarded(metrics, "metrics"), methods=["GET"]),
-        Route("/openapi.json", openapi, methods=["GET"]),
+        Route("/openapi.json", guarded(openapi, "openapi"), methods=["GET"]),
+        Route("/schema.json", guarded(bentoml_schema, "openapi"), methods=["GET"]),
     ]
-    return Api(predict, Starlette(routes=routes, exception_handlers={404: not_found, 405: not_found}))
+    starlette = Starlette(routes=routes, exception_handlers={404: not_found, 405: not_found})
+    starlette.router.redirect_slashes = False  # a stray slash is a 404 in the envelope, not a redirect
+    return Api(PredictEndpoint(ref), starlette)
 
 
 class MethodNotAllowed(MlboxError):

@@ -17,11 +17,11 @@ from pathlib import Path
 from typing import Any
 
 from mlbox.box import Box
-from mlbox.config import Settings
+from mlbox.config import Settings, child_env, env_value
 from mlbox.errors import MlboxError, Overloaded
 from mlbox.security.roles import require
 from mlbox.serve.metrics import Labels, Metrics
-from mlbox.serve.offload import Offload
+from mlbox.serve.predlog.worker import Offload
 from mlbox.serve.runtime import ModelCache, Runtime
 from mlbox.types import Actor
 
@@ -32,11 +32,13 @@ AUTH_CACHE_SECONDS = 5.0
 def sidecar_env() -> dict[str, str]:
     """This environment, with the folder holding this mlbox first on the path (a Bento carries mlbox as source)."""
     root = str(Path(__file__).resolve().parents[2])
-    path = os.environ.get("PYTHONPATH")
-    return {**os.environ, "PYTHONPATH": root + (os.pathsep + path if path else ""), "BENTOML_DO_NOT_TRACK": "True"}
+    path = env_value("PYTHONPATH")
+    return child_env(PYTHONPATH=root + (os.pathsep + path if path else ""), BENTOML_DO_NOT_TRACK="True")
 
 
 class ServeContext:
+    """One worker's serving state: its box, live deployments, prediction-log sidecar, metrics, limits and auth cache."""
+
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.box = Box(settings, actor="mlbox-serve")
@@ -47,7 +49,7 @@ class ServeContext:
             reload_seconds=settings["serve.reload_seconds"],
         )
         self.offload = Offload(
-            [sys.executable, "-m", "mlbox.api.sidecar", str(settings.home), str(settings["serve.threads"]),
+            [sys.executable, "-m", "mlbox.serve.predlog.sidecar", str(settings.home), str(settings["serve.threads"]),
              str(settings["serve.log_flush_seconds"]), str(settings["serve.log_max_rows"])],
             env=sidecar_env(),
             max_rows=settings["serve.log_max_rows"],
@@ -65,10 +67,7 @@ class ServeContext:
         self._describe()
 
     def _describe(self) -> None:
-        m = self.metrics
-        m.describe("mlbox_requests_total", "Requests by route, deployment, variant and status.")
-        m.describe("mlbox_request_latency_seconds", "Request latency by deployment and variant.")
-        off = self.offload
+        m, off = self.metrics, self.offload
         m.gauge("mlbox_prediction_log_backlog", lambda: {(): float(off.backlog)}, "Records waiting to be written.")
         m.gauge(
             "mlbox_prediction_log_dropped", lambda: {(): off.dropped + off.counter("dropped")}, "Records dropped (buffer full)."
@@ -80,24 +79,37 @@ class ServeContext:
             ("disagreements", "mlbox_shadow_disagreements_total", "Shadow predictions that disagree with the answer returned."),
             ("errors", "mlbox_shadow_errors_total", "Shadow predictions that failed."),
         ):
-            m.gauge(name, functools.partial(self._shadow_series, key), text, "counter")
+            labels = ("deployment", "reason") if key == "errors" else ("deployment",)
+            m.gauge(name, functools.partial(self._shadow_series, key), text, "counter", labels)
         m.gauge("mlbox_sidecar_restarts_total", lambda: {(): float(off.restarts)}, "Times the sidecar was started again.", "counter")
         m.gauge("mlbox_requests_in_flight", lambda: {(): float(self.in_flight)}, "Requests being served now.")
         m.gauge(
             "mlbox_jobs",
             lambda: {(("status", s),): float(n) for s, n in self.box.jobs.counts().items()},
             "Jobs in the queue by status (queued = queue depth).",
-        )
+            labels=("status",), aggregate="box",
+        )  # fmt: skip
         m.gauge(
             "mlbox_gpu_allocated",
             lambda: {(("gpu", str(g)),): float(j) for g, j in self.box.jobs.gpu_allocation().items()},
             "GPUs held by running jobs (value: the job id).",
-        )
+            labels=("gpu",), aggregate="box",
+        )  # fmt: skip
         m.gauge(
             "mlbox_deployment_revision",
             lambda: {(("deployment", n),): float(d.deployment.revision) for n, d in self.runtime.live.items()},
-            "Revision of each deployment this worker serves.",
-        )
+            "Revision of each deployment served (with several workers: the oldest any of them still serves).",
+            labels=("deployment",), aggregate="min",
+        )  # fmt: skip
+        m.gauge(
+            "mlbox_model_info",
+            lambda: {
+                (("deployment", d), ("variant", v), ("model", got["model"]), ("provider", got["provider"])): 1.0
+                for d, variants in self.runtime.serving().items() for v, got in variants.items()
+            },
+            "Models served, by deployment and variant, with the onnxruntime execution provider each runs on.",
+            labels=("deployment", "variant", "model", "provider"), aggregate="max",
+        )  # fmt: skip
 
     def _shadow_series(self, key: str) -> dict[Labels, float]:
         series: dict[Labels, float] = {}
@@ -109,11 +121,13 @@ class ServeContext:
     def start(self) -> None:
         self.runtime.start()
         self.offload.start()
+        self.metrics.start()
         self.started = True
 
     def close(self) -> None:
         self.runtime.stop()
         self.offload.close()
+        self.metrics.close()
         self.box.close()
 
     def busy(self, route: str) -> Overloaded | None:
@@ -123,12 +137,16 @@ class ServeContext:
         self.metrics.inc("mlbox_requests_total", (("route", route), ("status", "429")))
         return Overloaded("the server is at capacity", hint="retry after a second")
 
-    def failed(self, route: str, exc: Exception, path: str) -> MlboxError:
-        """The error to answer `exc` with, counted; anything not an MlboxError is logged and becomes a 500."""
+    def failed(self, route: str, exc: Exception, path: str, deployment: str = "", variant: str = "") -> MlboxError:
+        """The error to answer `exc` with, counted (with the deployment and variant when known); anything
+        not an MlboxError is logged and becomes a 500."""
+        if deployment not in self.runtime.live:  # a name nobody deployed must not become a series of its own
+            deployment = variant = ""
+        labels = (("deployment", deployment), ("variant", variant))
         if not isinstance(exc, MlboxError):
             log.error("unhandled error on %s", path, exc_info=exc)
             exc = MlboxError("internal error; see the server log")
-        self.metrics.inc("mlbox_requests_total", (("route", route), ("status", str(exc.status))))
+        self.metrics.inc("mlbox_requests_total", (("route", route), ("status", str(exc.status)), *labels))
         return exc
 
     def authenticate(self, header: str | None, action: str) -> Actor:
@@ -157,4 +175,4 @@ class ServeContext:
         if self.started and not self.offload.alive:
             problems["sidecar"] = "the prediction log and shadow process is not running; it is being started again"
         ready = self.started and not problems
-        return ready, {"deployments": sorted(self.runtime.live), "problems": problems}
+        return ready, {"deployments": sorted(self.runtime.live), "models": self.runtime.serving(), "problems": problems}

@@ -1,60 +1,45 @@
-"""The BentoML service behind `mlbox serve`: mlbox's Starlette app mounted into a class-based service.
+"""The BentoML service behind `mlbox serve` and every packaged Bento: mlbox's app as a class-based service.
 
 Measured on 2 cores (see docs/serving.md), BentoML's per-request middleware — tracing,
 metrics, access log and a TimeoutMiddleware whose timers pile up until gen-2 GC pauses
-dominate p99 — costs more than the inference. So `/v1/*`, `/metrics`, `/openapi.json`,
-`/healthz`, `/livez` and `/readyz` go straight to mlbox's app, which keeps its own metrics,
-limits and error envelope; the lifespan (startup and shutdown hooks) goes through BentoML's app
-unchanged. (Every HTTP path is mlbox's, so unknown paths get mlbox's JSON error and
-BentoML's web UI, which loads a third-party script, is not served.) The fast path wraps one internal method, `Service.to_asgi`, so bentoml is
-pinned to 1.4.40; if the patch ever stops applying, the app is still mounted at `/` and
-every route keeps working, only slower (a test checks the patch applies).
+dominate p99 — costs more than the inference. So every HTTP request goes straight to
+mlbox's one dispatcher (`api.app.Api`), which keeps its own metrics, limits and error
+envelope; the lifespan (startup and shutdown hooks) goes through BentoML's app unchanged.
+(Unknown paths get mlbox's JSON error; BentoML's web UI, which loads a third-party script,
+is not served.) This wraps one internal method, `Service.to_asgi`, so bentoml is pinned to
+1.4.40; if the patch ever stops applying, the app is still mounted at `/` and every route
+keeps working, only slower (a test checks the patch applies). BentoML's own client finds
+the predict endpoints in mlbox's `/schema.json` (api/openapi.py), not in `@bentoml.api`
+methods: those would run through the middleware above.
 
-The box comes from MLBOX_HOME, which `mlbox serve` sets; each worker opens it in
-`__init__` (workers are separate processes; SQLite connections never cross a fork).
+The box is the one bundled in a Bento (`src/box`, next to this package), else MLBOX_HOME,
+which `mlbox serve` sets; each worker opens it in `__init__` (workers are separate
+processes; SQLite connections never cross a fork).
 """
 
 from __future__ import annotations
 
 import gc
 import logging
-import os
 import sys
-from collections.abc import Awaitable, Callable, MutableMapping
+from pathlib import Path
 from typing import Any
 
 import bentoml
 from _bentoml_sdk.service.factory import Service as _BentoService
 
 from mlbox.api.app import build_app
-from mlbox.api.predict import ContextRef
 from mlbox.api.context import ServeContext
-from mlbox.config import load_settings
+from mlbox.api.predict import ContextRef
+from mlbox.config import load_settings, serve_home
 
-os.environ.setdefault("BENTOML_DO_NOT_TRACK", "True")
 # uvicorn logs each request when "uvicorn.access" has a handler anywhere up the tree (BentoML
 # gives the root one), formatting and URL-quoting the path first: about 4% of a request.
 logging.getLogger("uvicorn.access").propagate = False
 
-Scope = MutableMapping[str, Any]
-ASGIApp = Callable[[Scope, Any, Any], Awaitable[None]]
-
+BUNDLED_BOX = Path(__file__).resolve().parents[2] / "box"  # where `mlbox package` puts the box in a Bento
 REF = ContextRef()
 APP = build_app(REF)
-
-
-class FastPathDispatcher:
-    """Outermost ASGI app: mlbox's routes go straight to mlbox's app, the rest to BentoML's."""
-
-    def __init__(self, bento_app: ASGIApp, fast_app: ASGIApp) -> None:
-        self.bento_app = bento_app
-        self.fast_app = fast_app
-
-    async def __call__(self, scope: Scope, receive: Any, send: Any) -> None:
-        if scope["type"] == "http":  # every HTTP route is mlbox's; BentoML keeps the lifespan
-            return await self.fast_app(scope, receive, send)
-        return await self.bento_app(scope, receive, send)
-
 
 _original_to_asgi = _BentoService.to_asgi
 
@@ -62,12 +47,12 @@ _original_to_asgi = _BentoService.to_asgi
 def _to_asgi(self: Any, is_main: bool = True) -> Any:
     app = _original_to_asgi(self, is_main=is_main)
     fast = getattr(self.inner, "__mlbox_fast_app__", None)
-    return FastPathDispatcher(app, fast) if fast is not None else app
+    return fast.around(app) if fast is not None else app
 
 
 _BentoService.to_asgi = _to_asgi
 
-_settings = load_settings(os.environ.get("MLBOX_HOME"))
+_settings = load_settings(serve_home(BUNDLED_BOX))
 
 
 @bentoml.service(
@@ -77,6 +62,7 @@ _settings = load_settings(os.environ.get("MLBOX_HOME"))
     metrics={"enabled": False},
     tracing={"sample_rate": 0.0, "excluded_urls": ["/v1/"]},
     traffic={"timeout": 60},
+    envs=[{"name": "BENTOML_DO_NOT_TRACK", "value": "True"}],  # every worker BentoML starts, in a Bento too
 )
 @bentoml.asgi_app(APP, path="/")
 class MlboxService:
@@ -85,7 +71,7 @@ class MlboxService:
     __mlbox_fast_app__ = APP
 
     def __init__(self) -> None:
-        self.ctx = ServeContext(load_settings(os.environ.get("MLBOX_HOME")))
+        self.ctx = ServeContext(load_settings(serve_home(BUNDLED_BOX)))
 
     @bentoml.on_startup  # type: ignore[untyped-decorator]
     def start(self) -> None:

@@ -1,31 +1,34 @@
 """The floors `mlbox bench serve` measures against: plain Starlette under uvicorn, and a default BentoML service.
 
-Both load the same ONNX file (BENCH_ONNX_MODEL) with one intra-op thread and answer
-one-row requests with class probabilities, as mlbox does.
+Both load the same ONNX file (BENCH_ONNX_MODEL) with the box's `serve.threads` intra-op
+threads (BENCH_ONNX_THREADS) and the providers mlbox would choose, parse and write JSON
+with orjson as mlbox does, and answer one-row requests with class probabilities.
 """
 
 from __future__ import annotations
 
-import json
-import os
 from typing import Any
 
 import numpy as np
+import orjson
 
-MODEL = os.environ.get("BENCH_ONNX_MODEL", "")
-FEATURES = int(os.environ.get("BENCH_ONNX_FEATURES", "20"))
+from mlbox.config import env_value
+from mlbox.hardware import choose_providers
 
 
 class Predictor:
+    """The floor's model: one onnxruntime session over the benchmark's ONNX file."""
+
     def __init__(self) -> None:
         import onnxruntime as ort
 
         opts = ort.SessionOptions()
-        opts.intra_op_num_threads = 1
+        opts.intra_op_num_threads = int(env_value("BENCH_ONNX_THREADS", "1"))
         opts.inter_op_num_threads = 1
-        self.session = ort.InferenceSession(MODEL, sess_options=opts, providers=["CPUExecutionProvider"])
+        providers = choose_providers(ort.get_available_providers())
+        self.session = ort.InferenceSession(env_value("BENCH_ONNX_MODEL"), sess_options=opts, providers=providers)
         self.input = self.session.get_inputs()[0].name
-        self.names = [f"x{i}" for i in range(FEATURES)]
+        self.names = [f"x{i}" for i in range(int(env_value("BENCH_ONNX_FEATURES", "20")))]
 
     def predict(self, rows: list[dict[str, Any]]) -> dict[str, Any]:
         X = np.array([[float(r[n]) for n in self.names] for r in rows], dtype=np.float32)
@@ -42,8 +45,8 @@ def starlette_app() -> Any:
     predictor = Predictor()
 
     async def predict(request: Request) -> Response:
-        body = json.loads(await request.body())
-        return Response(json.dumps(predictor.predict(body["rows"])), media_type="application/json")
+        body = orjson.loads(await request.body())
+        return Response(orjson.dumps(predictor.predict(body["rows"])), media_type="application/json")
 
     async def readyz(request: Request) -> Response:
         return Response("ok")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import getpass
 import json
+import math
 import os
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
@@ -18,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 from rich.console import Console
 from rich.markup import escape
 
-from mlbox.config import Settings, load_settings
+from mlbox.config import Settings, load_settings, token_from_env
 from mlbox.types import Actor
 
 if TYPE_CHECKING:
@@ -33,6 +34,7 @@ class State:
     home: str | None = None
     json: bool = False
     debug: bool = False
+    wide: bool = False
 
 
 state = State()
@@ -64,7 +66,7 @@ def actor(box: Box, action: str | None = None) -> Actor:
     """The acting user (MLBOX_TOKEN's user, else the OS user's box user), checked for `action`."""
     from mlbox.security.roles import require
 
-    token = os.environ.get("MLBOX_TOKEN")
+    token = token_from_env()
     who = box.identity.authenticate(token) if token else box.identity.actor_for_os_user(os_user())
     if action:
         require(who, action)
@@ -75,22 +77,55 @@ def emit_json(value: Any) -> None:
     print(json.dumps(value, indent=2, default=str, ensure_ascii=False))
 
 
-def table(rows: Sequence[dict[str, Any]], columns: Iterable[str], title: str | None = None) -> None:
-    """Print rows as a rich table, or as a JSON list with --json."""
+def table(
+    rows: Sequence[dict[str, Any]],
+    columns: Iterable[str],
+    title: str | None = None,
+    *,
+    default: Sequence[str] | None = None,
+) -> None:
+    """Print rows as a table that fits the terminal, or as a JSON list with --json.
+
+    `default` names the columns worth showing when space is short (all when None); the rest
+    appear with --wide. Identifiers stay whole; other values wrap (see `_tables.layout`).
+    """
     if state.json:
         emit_json(list(rows))
         return
     from rich.table import Table
+    from rich.text import Text
+
+    from mlbox.cli._tables import layout
 
     cols = list(columns)
+    cells = {c: [_cell(row.get(c)) for row in rows] for c in cols}
+    plan = layout(cols, cells, console.width, default=default, wide=state.wide)
     out = Table(title=title, title_justify="left", header_style="bold")
-    for col in cols:
-        out.add_column(col)
-    for row in rows:
-        out.add_row(*("" if row.get(c) is None else str(row.get(c)) for c in cols))
-    console.print(out)
+    for col, width, wraps in zip(plan.columns, plan.widths, plan.wraps, strict=True):
+        out.add_column(col, width=width, no_wrap=not wraps, overflow="fold")
+    for i in range(len(rows)):
+        out.add_row(*(Text(cells[c][i]) for c in plan.columns))  # values are data, never rich markup
+    target = Console(highlight=False, width=plan.total) if plan.total > console.width else console
+    target.print(out)
     if not rows:
         console.print("[dim](none)[/dim]")
+    if plan.hidden:
+        console.print(f"[dim]{len(plan.hidden)} more column(s): {escape(', '.join(plan.hidden))} (--wide shows them)[/dim]")
+
+
+def _cell(value: Any) -> str:
+    """A value as a table shows it: floats to 6 decimals (metrics), never in exponent form for big ones."""
+    if value is None:
+        return ""
+    if isinstance(value, float) and math.isfinite(value) and abs(value) < 1e15:
+        return str(round(value, 6))
+    return str(value)
+
+
+def set_wide(_ctx: Any, _param: Any, value: bool) -> None:
+    """Callback of every table command's --wide flag (the global `mlbox --wide` sets the same state)."""
+    if value:
+        state.wide = True
 
 
 def record(value: dict[str, Any], title: str | None = None) -> None:

@@ -89,7 +89,7 @@ def token_list(user: Annotated[str | None, typer.Option("--user", "-u", help="On
     with open_box() as box:
         actor(box, "auth.manage")
         tokens = box.identity.tokens(user)
-    table([t.as_dict() for t in tokens], TOKEN_COLUMNS)
+    table([t.as_dict() for t in tokens], TOKEN_COLUMNS, default=TOKEN_COLUMNS[:5])
 
 
 @token_app.command("revoke")

@@ -27,7 +27,7 @@ def _render(title: str, runner: Callable[..., list[Any]]) -> None:
 
     out = Table(title=title, title_justify="left")
     for col in ("benchmark", "mlbox", "floor", "unit", "ratio", "floor is", "target", "ok"):
-        out.add_column(col, justify="right" if col in ("mlbox", "floor", "ratio") else "left")
+        out.add_column(col, justify="right" if col in ("mlbox", "floor", "ratio") else "left", overflow="fold")  # wrap, never cut
 
     def add(row: Any) -> None:
         mark = {True: "[green]yes[/green]", False: "[red]no[/red]", None: ""}[row.ok]
@@ -62,8 +62,16 @@ def train(quick: Annotated[bool, typer.Option("--quick", help="Small sizes (CI s
 
 @app.command("serve")
 def serve(quick: Annotated[bool, typer.Option("--quick", help="Short runs and a small model (CI smoke run).")] = False) -> None:
-    """One-row predictions through `mlbox serve` (canary, shadow, logging on) vs Starlette and default BentoML."""
+    """`mlbox serve` (canary, shadow, logging on) vs Starlette and BentoML; `mlbox predict` vs raw onnxruntime."""
+    from mlbox.bench.batch import batch_row, run_batch_bench
     from mlbox.bench.serve import FULL, QUICK, run
 
     scale = QUICK if quick else FULL
-    _render(f"mlbox bench serve ({'quick' if quick else 'full'})", lambda **kw: run(scale, **kw))
+
+    def serve_and_batch(on_row: Callable[[Any], None], on_stage: Callable[[str], None]) -> list[Any]:
+        rows = run(scale, on_row=on_row, on_stage=on_stage)
+        batch = batch_row(run_batch_bench(quick, on_stage=on_stage))  # `mlbox predict`: rows/s vs raw onnxruntime
+        on_row(batch)
+        return [*rows, batch]
+
+    _render(f"mlbox bench serve ({'quick' if quick else 'full'})", serve_and_batch)

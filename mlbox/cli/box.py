@@ -36,14 +36,28 @@ def init(
     console.print(f"  next: cd {directory} && mlbox doctor")
 
 
-def doctor() -> None:
-    """Check Python, packages, GPU or CPU mode, disk, metadata integrity and the audit chain."""
+def doctor(
+    repair: Annotated[
+        bool,
+        typer.Option(
+            "--repair",
+            help="Fix what killed writers left: mark stale runs killed, delete unreferenced and temporary files, drop leftover tables.",
+        ),
+    ] = False,
+) -> None:
+    """Check Python, packages, GPU or CPU mode, disk, metadata integrity, the audit chain and crash leftovers."""
+    from mlbox.doctor import repair as repair_box
     from mlbox.doctor import run_checks
     from mlbox.store.audit import AuditLog, load_or_create_key
     from mlbox.store.layout import BoxPaths, open_meta
 
     conf = settings()
     paths = BoxPaths(conf.home)
+    fixed = None
+    if repair:
+        with open_box() as box:  # repairing writes: an admin's act, audited
+            who = actor(box, "box.admin")
+            fixed = repair_box(conf, box.paths, box.db, box.audit, who.name)
     db = audit = None
     if paths.exists():
         db = open_meta(paths, busy_timeout_ms=conf["store.busy_timeout_ms"], synchronous=conf["store.synchronous"])
@@ -54,8 +68,15 @@ def doctor() -> None:
         if db is not None:
             db.close()
     if state.json:
-        emit_json([c.as_dict() for c in checks])
+        report = [c.as_dict() for c in checks]
+        emit_json({"repaired": fixed.as_dict(), "checks": report} if fixed else report)
     else:
+        if fixed:
+            ok(
+                f"repaired: {len(fixed.killed_runs)} run(s) marked killed, {fixed.removed_artifacts} unreferenced artifact(s) "
+                f"({fixed.removed_bytes / 1e6:.1f} MB) and {fixed.removed_temporary} temporary file(s) deleted, "
+                f"{len(fixed.dropped_tables)} leftover table(s) dropped"
+            )
         style = {"ok": "green", "warn": "yellow", "fail": "red"}
         for c in checks:
             console.print(f"[{style[c.status]}]{c.status:>4}[/]  {c.name:<22} {c.detail}", soft_wrap=True)

@@ -9,6 +9,7 @@ import typer
 from mlbox.cli._common import actor, done, open_box, table
 
 app = typer.Typer(help="Deployments: primary, canary (weighted, sticky), shadow; promote, rollback.", no_args_is_help=True)
+STICKY_HELP = "Request field naming each row's entity: pins it to one variant and labels it in the log (need not be a model input)."
 COLUMNS = ["name", "primary_model", "canary_model", "canary_weight", "sticky_key", "shadow_model", "previous_primary", "revision", "updated_at"]
 
 
@@ -16,10 +17,11 @@ COLUMNS = ["name", "primary_model", "canary_model", "canary_weight", "sticky_key
 def create(
     name: Annotated[str, typer.Argument(help="Deployment name (lowercase, digits, _).")],
     model: Annotated[str, typer.Option("--model", "-m", help="NAME:VERSION (or NAME:production) to serve as primary.")],
+    sticky_key: Annotated[str | None, typer.Option("--sticky-key", help=STICKY_HELP)] = None,
 ) -> None:
     """Create a deployment serving one model version."""
     with open_box() as box:
-        d = box.deployments.create(name, model, actor(box, "deploy.manage").name)
+        d = box.deployments.create(name, model, actor(box, "deploy.manage").name, sticky_key)
     done(d.as_dict(), f"deployment {d.name} serves {d.primary_model}")
 
 
@@ -28,14 +30,28 @@ def canary(
     name: Annotated[str, typer.Argument(help="Deployment name.")],
     model: Annotated[str, typer.Option("--model", "-m", help="NAME:VERSION to send canary traffic to.")],
     weight: Annotated[float, typer.Option("--weight", "-w", help="Percent of traffic for the canary (0-100).")] = 10.0,
-    sticky_key: Annotated[
-        str | None, typer.Option("--sticky-key", help="Request field whose value pins each entity to one variant.")
-    ] = None,
+    sticky_key: Annotated[str | None, typer.Option("--sticky-key", help=STICKY_HELP + " Default: keep the current one.")] = None,
 ) -> None:
     """Send a share of traffic to a canary model (set the weight again to change it)."""
     with open_box() as box:
         d = box.deployments.canary(name, model, weight, actor(box, "deploy.manage").name, sticky_key)
     done(d.as_dict(), f"{d.name}: {d.canary_weight:g}% to {d.canary_model}" + (f", sticky by {d.sticky_key}" if d.sticky_key else ""))
+
+
+@app.command("sticky")
+def sticky(
+    name: Annotated[str, typer.Argument(help="Deployment name.")],
+    key: Annotated[str | None, typer.Argument(help="Request field (need not be a model input).")] = None,
+    remove: Annotated[bool, typer.Option("--remove", help="Remove the sticky key.")] = False,
+) -> None:
+    """Set the sticky key: every request routed by its first row's value, every row's value logged."""
+    from mlbox.errors import UsageError
+
+    if bool(key) == remove:
+        raise UsageError("give a KEY, or --remove")
+    with open_box() as box:
+        d = box.deployments.sticky(name, None if remove else key, actor(box, "deploy.manage").name)
+    done(d.as_dict(), f"{d.name}: sticky key {d.sticky_key or 'removed'}")
 
 
 @app.command("shadow")

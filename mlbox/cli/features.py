@@ -184,12 +184,61 @@ def get_cmd(
     features: Annotated[list[str], typer.Argument(help="view:field or view:* references.")],
     entity: Annotated[list[str], typer.Option("--entity", "-e", help="key=value[,key2=value2]; repeatable.")],
 ) -> None:
-    """Read online feature values for one or more entities."""
+    """Read online feature values for one or more entities, with each view's event time and status."""
     rows = _parse_entities(entity)
     with open_box() as box:
         actor(box, "features.read_online")
-        result = box.features.get_online_features(features, rows, with_timestamps=True)
+        result = box.features.get_online_features(features, rows, with_timestamps=True, native=True)
+    for name in [n for n in result if n.endswith(":__status")]:
+        expired = [i for i, s in enumerate(result[name]) if s == "expired"]
+        if expired and not state.json:
+            view = name.removesuffix(":__status")
+            console.print(f"[yellow]note:[/yellow] {view}: {len(expired)} entit{'y' if len(expired) == 1 else 'ies'} "
+                          "older than the view's TTL; their values are null (status expired)")  # fmt: skip
     table([dict(zip(result, values, strict=True)) for values in zip(*result.values(), strict=True)], list(result))
+
+
+def _read_rows(path: Path) -> Any:
+    """A JSON file's rows (a list of objects, or {"rows": [...]}); CSV and Parquet paths pass through."""
+    if not path.is_file():
+        raise UsageError(f"file {path} not found")
+    if path.suffix.lower() != ".json":
+        return str(path)
+    try:
+        data = json.loads(path.read_text())
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise UsageError(f"{path}: not valid JSON ({exc})") from None
+    rows = data.get("rows") if isinstance(data, dict) else data
+    if not isinstance(rows, list):
+        raise UsageError(f"{path}: expected a list of row objects, or {{\"rows\": [...]}}")
+    return rows
+
+
+@app.command("push")
+def push_cmd(
+    view: Annotated[str, typer.Argument(help="View name, or NAME@VERSION.")],
+    file: Annotated[Path, typer.Argument(help="Rows to push: a .csv, .parquet or .json file (a list of objects).")],
+) -> None:
+    """Write rows to the online store now; they reach the offline store at the next flush."""
+    with open_box() as box:
+        who = actor(box, "features.write")
+        result = box.features.push(view, _read_rows(file), actor=who.name)
+    if state.json:
+        emit_json(result)
+        return
+    for note in result["notes"]:
+        console.print(f"[yellow]note:[/yellow] {note}")
+    flushed = f", flushed as batch {result['flushed_batch']}" if result["flushed_batch"] else ""
+    ok(f"{result['view']}: {result['rows']:,} rows online; {result['staged']:,} staged for the next offline batch{flushed}")
+
+
+@app.command("flush")
+def flush_cmd(view: Annotated[str | None, typer.Argument(help="View name or NAME@VERSION (default: all).")] = None) -> None:
+    """Commit pushed rows still staged as offline batches (one per view version)."""
+    with open_box() as box:
+        who = actor(box, "features.write")
+        results = box.features.flush(view, who.name)
+    table(results, ["view", "rows", "batch"])
 
 
 @app.command("lineage")

@@ -6,9 +6,10 @@ import json
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
@@ -18,8 +19,12 @@ from mlbox.jobs.queue import Job
 from mlbox.jobs.worker import die_with_parent
 from mlbox.types import parse_duration
 
-app = typer.Typer(help="The job queue: train, materialize and command jobs on GPUs or CPU.", no_args_is_help=True)
+if TYPE_CHECKING:
+    from mlbox.box import Box
+
+app = typer.Typer(help="The job queue: train, materialize, predict and command jobs on GPUs or CPU.", no_args_is_help=True)
 COLUMNS = ["id", "type", "project", "priority", "status", "gpus", "devices", "attempts", "submitted", "worker", "error"]
+DEFAULT_COLUMNS = ["id", "type", "status", "priority", "devices", "submitted", "error"]  # the rest: --wide
 
 
 def _row(j: Job) -> dict[str, object]:
@@ -41,10 +46,29 @@ def _memory(text: str | None) -> int:
     raise UsageError(f"invalid memory size {text!r}", hint="use e.g. 512M, 8G (MiB without a unit)")
 
 
+def _predict_payload(box: Box, args: list[str], force: bool) -> dict[str, object]:
+    """A predict job's payload, checked now (model, files, output place) rather than in the worker."""
+    from mlbox.serve.batch import check_output, file_format
+
+    if len(args) != 3:
+        raise UsageError("predict jobs take three arguments: MODEL INPUT OUTPUT")
+    version = box.registry.get(args[0])
+    source = Path(args[1]).expanduser().resolve()
+    if not source.is_file():
+        raise NotFound(f"input file {source} does not exist")
+    file_format(source, "input")
+    roots = [str(Path.cwd()), str(box.paths.home)]
+    target = check_output(Path(args[2]), input=source, roots=[Path(r) for r in roots], box=box.paths.home, force=force)
+    return {"model": version.ref, "input": str(source), "output": str(target), "roots": roots, "force": force}
+
+
 @app.command("submit")
 def submit(
-    type: Annotated[str, typer.Argument(help="train, materialize or command.")],
-    args: Annotated[list[str] | None, typer.Argument(help="train: SPEC; materialize: [VIEW]; command: the command line after --.")] = None,
+    type: Annotated[str, typer.Argument(help="train, materialize, predict or command.")],
+    args: Annotated[
+        list[str] | None,
+        typer.Argument(help="train: SPEC; materialize: [VIEW]; predict: MODEL INPUT OUTPUT; command: the command line after --."),
+    ] = None,
     priority: Annotated[int, typer.Option("--priority", "-p", help="Higher runs first.")] = 0,
     project: Annotated[str, typer.Option("--project", help="Quota group.")] = "default",
     gpus: Annotated[int, typer.Option("--gpus", min=0, help="GPUs the job needs.")] = 0,
@@ -57,6 +81,7 @@ def submit(
     retries: Annotated[int, typer.Option("--retries", min=0, help="Extra attempts if its worker dies.")] = 0,
     register: Annotated[bool, typer.Option("--register", help="train: register the model.")] = False,
     full: Annotated[bool, typer.Option("--full", help="materialize: rebuild from every batch.")] = False,
+    force: Annotated[bool, typer.Option("--force", help="predict: replace the output file if it exists.")] = False,
 ) -> None:
     """Queue a job."""
     args = args or []
@@ -74,6 +99,9 @@ def submit(
         elif type == "materialize":
             actor(box, "features.write")
             payload = {"view": args[0] if args else None, "full": full}
+        elif type == "predict":
+            actor(box, "predict")
+            payload = _predict_payload(box, args, force)
         elif type == "command":
             actor(box, "jobs.command")
             if not args:
@@ -99,7 +127,7 @@ def list_jobs(
         actor(box, "read")
         jobs = box.jobs.list_jobs(status, limit)
         allocation = box.jobs.gpu_allocation()
-    table([_row(j) for j in jobs], COLUMNS)
+    table([_row(j) for j in jobs], COLUMNS, default=DEFAULT_COLUMNS)
     if allocation and not state.json:
         console.print("GPUs: " + ", ".join(f"{g} → job {j}" for g, j in sorted(allocation.items())))
 
@@ -193,8 +221,28 @@ def exec_job(job_id: Annotated[int, typer.Argument(help="Job id.")]) -> None:
         elif job.type == "materialize":
             for r in box.features.materialize(job.payload.get("view"), full=True if job.payload.get("full") else None):
                 console.print(f"{r.view}: {r.mode}, {r.rows} rows")
+        elif job.type == "predict":
+            from mlbox.serve.batch import predict_file
+
+            p = job.payload
+            scored = predict_file(box.registry, p["model"], Path(p["input"]), Path(p["output"]), box=box.paths.home,
+                                  roots=[Path(r) for r in p["roots"]], force=bool(p["force"]), threads=max(1, int(job.cpus)),
+                                  progress=_log_progress())  # fmt: skip
+            console.print(f"scored {scored.rows} rows with {scored.model} into {scored.output} ({scored.rows_per_s:,.0f} rows/s)")
         elif job.type == "command":
             sys.exit(subprocess.call(list(job.payload["argv"]), preexec_fn=die_with_parent))
+
+
+def _log_progress() -> Callable[[int, int | None], None]:
+    """Progress lines for a job's log, at most one every 5 s (a log file is no terminal)."""
+    last = [time.monotonic()]
+
+    def report(rows: int, total: int | None) -> None:
+        if time.monotonic() - last[0] >= 5:
+            last[0] = time.monotonic()
+            console.print(f"scored {rows} of {total if total is not None else '?'} rows")
+
+    return report
 
 
 def worker(

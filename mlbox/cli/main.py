@@ -4,17 +4,28 @@ from __future__ import annotations
 
 import sqlite3
 import sys
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
+from typer.core import TyperGroup
 from rich.markup import escape
 
 from mlbox.cli import _common
 from mlbox.cli._common import err_console, state
+from mlbox.cli._tables import WIDE_HELP, add_wide_options
 from mlbox.errors import MlboxError
+
+class MlboxGroup(TyperGroup):
+    """The root command group: gives every table command its --wide flag once the tree is built."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        add_wide_options(self, next(p for p in self.params if p.name == "wide"), _common.set_wide)
+
 
 app = typer.Typer(
     name="mlbox",
+    cls=MlboxGroup,
     help="A single-node MLOps appliance: feature store, tracking, registry, training, serving, monitoring.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
@@ -32,12 +43,13 @@ def main(
     ] = None,
     json_output: Annotated[bool, typer.Option("--json", help="Print machine-readable JSON instead of tables.")] = False,
     debug: Annotated[bool, typer.Option("--debug", help="Show full tracebacks on errors.")] = False,
+    wide: Annotated[bool, typer.Option("--wide", help=WIDE_HELP)] = False,
 ) -> None:
-    state.home, state.json, state.debug = home, json_output, debug
+    state.home, state.json, state.debug, state.wide = home, json_output, debug, wide
 
 
 def _register() -> None:
-    from mlbox.cli import audit, auth, bench, box, deploy, features, jobs, labels, models, package, quickstart, serve, train
+    from mlbox.cli import audit, auth, bench, box, deploy, features, jobs, labels, models, package, predict, quickstart, serve, train
 
     box.register(app)
     quickstart.register(app)
@@ -45,6 +57,7 @@ def _register() -> None:
     app.add_typer(models.app, name="models")
     app.add_typer(deploy.app, name="deploy")
     serve.register(app)
+    predict.register(app)
     package.register(app)
     jobs.register(app)
     app.add_typer(labels.app, name="labels")

@@ -24,7 +24,8 @@ def models_list(
         versions = box.registry.versions(name, include_archived=archived)
     rows = [v.summary() for v in versions]
     metric_cols = list(dict.fromkeys(k for v in versions for k, m in v.metrics.items() if isinstance(m, float)))[:4]
-    table(rows, ["model", "flavor", "task", "aliases", "archived", *metric_cols, "created_at"])
+    columns = ["model", "flavor", "task", "aliases", "archived", *metric_cols, "created_at"]
+    table(rows, columns, default=["model", "task", "aliases", *metric_cols[:2]])  # the rest with --wide
 
 
 @app.command("show")

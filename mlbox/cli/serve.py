@@ -9,6 +9,7 @@ from typing import Annotated
 import typer
 
 from mlbox.cli._common import actor, console, open_box
+from mlbox.config import child_env
 
 
 def serve(
@@ -21,8 +22,9 @@ def serve(
         actor(box, "deploy.manage")
         settings, home = box.settings, box.paths.home
         deployments = [d.name for d in box.deployments.all()]
-    env = dict(os.environ)
-    env.update(
+    # BentoML gives the workers PROMETHEUS_MULTIPROC_DIR=$BENTOML_HOME/prometheus_multiproc_dir, wiped
+    # at each start: prometheus_client keeps each worker's metrics there and /metrics sums them
+    env = child_env(
         MLBOX_HOME=str(home),
         BENTOML_HOME=str(home / "bentoml"),
         BENTOML_DO_NOT_TRACK="True",

@@ -90,7 +90,7 @@ def train(
 @runs_app.command("list")
 def runs_list(
     experiment: Annotated[str | None, typer.Option("--experiment", "-e", help="Only this experiment.")] = None,
-    status: Annotated[str | None, typer.Option("--status", help="running, finished, failed or interrupted.")] = None,
+    status: Annotated[str | None, typer.Option("--status", help="running, finished, failed, interrupted or killed.")] = None,
     limit: Annotated[int, typer.Option("--limit", "-n", min=1, help="Newest N runs.")] = 20,
 ) -> None:
     """List runs, newest first, with their latest metrics."""

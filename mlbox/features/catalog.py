@@ -262,3 +262,14 @@ class Catalog:
                 row["features"], row["batches"] = json.loads(row["features"]), sorted(used)
                 out.append(row)
         return out
+
+    def versions_in_use(self) -> set[tuple[str, int]]:
+        """(view, version) of every version ever materialized or read by a recorded training set."""
+        used = {(r["view"], int(r["version"])) for r in self.db.query("SELECT DISTINCT view, version FROM materializations")}
+        for row in self.db.query("SELECT features FROM training_sets"):
+            for ref in json.loads(row["features"]):  # "view@version:field"
+                name, _, rest = str(ref).partition("@")
+                version = rest.partition(":")[0]
+                if version.isdigit():
+                    used.add((name, int(version)))
+        return used

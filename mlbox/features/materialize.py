@@ -3,7 +3,11 @@
 Full mode reads every committed batch of the view version and rebuilds its online table;
 incremental mode reads only batches committed since the last materialization and upserts,
 never replacing a newer value with an older one. Within the batches read, ties on the
-event timestamp go to the later-committed batch, as in training sets.
+event timestamp go to the later-committed batch, as in training sets. Either mode writes
+the online table in one SQLite transaction (online.py), so readers see the previous
+materialization or this one, and a run killed mid-way changes nothing online; its
+catalog record is written after that commit, so a run killed between the two is simply
+redone by the next one (re-applying rows is idempotent under the newer-wins rule).
 """
 
 from __future__ import annotations
@@ -62,29 +66,40 @@ def materialize(
     full: bool | None = None,
     chunk_rows: int = 50000,
     progress: Callable[[int], None] | None = None,
+    flush: Callable[[ViewVersion], Any] | None = None,
 ) -> MaterializeResult:
-    """Bring the online table of `version` up to the current snapshot."""
+    """Bring the online table of `version` up to the current snapshot.
+
+    `flush` (staged pushes into a batch) runs first, inside the online write transaction:
+    a push waits for that lock before writing online, so no pushed row can land in the old
+    table between the flush and a full rebuild's swap and then vanish with it.
+    """
     started = time.perf_counter()
-    snapshot = catalog.snapshot()
-    last = catalog.last_materialization(version)
-    mode_full = full if full is not None else last is None
-    since = -1 if mode_full or last is None else int(last["through_seq"])
-    files = [(b, p) for b, p in offline.files(version, snapshot) if b.commit_seq > since]
-    rows = 0
-    if files or mode_full:
-        con = offline.connect()
-        try:
-            reader = con.sql(latest_query(version, [str(p) for _, p in files])).to_arrow_reader(chunk_rows) if files else iter(())
+    with online.writer.atomic():  # one online transaction: readers see the last run or this one
+        if flush is not None:
+            flush(version)
+        snapshot = catalog.snapshot()
+        last = catalog.last_materialization(version)
+        mode_full = full if full is not None else last is None
+        since = -1 if mode_full or last is None else int(last["through_seq"])
+        files = [(b, p) for b, p in offline.files(version, snapshot) if b.commit_seq > since]
+        rows = 0
+        if files or mode_full:
+            con = offline.connect()
+            try:
+                sql = latest_query(version, [str(p) for _, p in files])
+                reader = con.sql(sql).to_arrow_reader(chunk_rows) if files else iter(())
 
-            def counted() -> Iterator[Any]:
-                for batch in reader:
-                    yield batch
-                    if progress:
-                        progress(batch.num_rows)
+                def counted() -> Iterator[Any]:
+                    for batch in reader:
+                        yield batch
+                        if progress:
+                            progress(batch.num_rows)
 
-            rows = online.write(version, counted(), full=mode_full)
-        finally:
-            con.close()
+                rows = online.write(version, counted(), full=mode_full)
+            finally:
+                con.close()
+    # recorded after the online commit: a run killed in between is redone by the next one
     mode = "full" if mode_full else "incremental"
     with catalog.db.atomic():
         catalog.add_materialization(version, snapshot, rows, mode)

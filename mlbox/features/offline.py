@@ -15,6 +15,7 @@ import re
 import time
 import uuid
 from collections.abc import Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,14 +27,19 @@ from mlbox.features.catalog import Batch, Catalog, ViewVersion
 from mlbox.features.definitions import DTYPES
 from mlbox.features.pit import lit
 from mlbox.features.pit import q as _q
-from mlbox.features.stats import column_stats
+from mlbox.features.stats import batch_stats
 from mlbox.store.artifacts import file_sha256
 from mlbox.store.audit import AuditLog
 
 TMP_PREFIX = ".tmp-"
 NAIVE_TYPES = ("TIMESTAMP", "TIMESTAMP_NS", "TIMESTAMP_MS", "TIMESTAMP_S", "DATE", "TIMESTAMP WITHOUT TIME ZONE")
+NANO_TYPES = ("TIMESTAMP_NS", "TIMESTAMPTZ_NS")
 TZ_SUFFIX = r"([zZ]|[+-][0-9]{2}(:?[0-9]{2})?)$"
+SUB_MICRO_TEXT = r"[0-9]:[0-9]{2}[.,][0-9]{6}[0-9]*[1-9]"  # a seventh or later fractional digit that is not 0
 Progress = Callable[[str], None]
+# How batches are written (snappy decodes about 20% faster than zstd in the point-in-time join);
+# `mlbox bench features` writes its DuckDB COPY floor with exactly these options.
+BATCH_FORMAT = "FORMAT parquet, COMPRESSION snappy"
 
 
 def connect(threads: int | None = None, temp_dir: Path | None = None) -> duckdb.DuckDBPyConnection:
@@ -62,6 +68,12 @@ def _pid_alive(pid: int) -> bool:
     except PermissionError:
         return True
     return True
+
+
+def _fsync_and_hash(path: Path) -> str:
+    with path.open("rb+") as fh:
+        os.fsync(fh.fileno())
+    return file_sha256(path)
 
 
 def _fsync_dir(path: Path) -> None:
@@ -129,7 +141,7 @@ class OfflineStore:
         notes: list[str] = []
         try:
             step("reading source")
-            label = register_source(con, source, base_dir or Path.cwd())
+            label = register_source(con, source, base_dir or Path.cwd(), sub_micros="ceil")
             if view.transformation:
                 check_select(con, view.transformation, f"transformation of {view.name}")
                 try:
@@ -145,7 +157,14 @@ class OfflineStore:
             expected = {**keys, view.timestamp: "timestamp", **{f.name: f.dtype for f in view.fields}}
             _check_columns(columns, expected, label, bool(view.transformation))
             select, naive = _validate(con, relation, columns, keys, view, label)
-            naive += _naive_in_csv_text(con, label, view.timestamp)
+            naive_csv, fine = _csv_text_checks(con, label, view.timestamp)
+            naive += naive_csv
+            if fine:
+                raise ValidationError(
+                    f"{label}: {fine} timestamp(s) in {view.timestamp!r} are finer than the store's microseconds",
+                    hint="the CSV reader would truncate them, so a row could be seen before its time: "
+                    "round them up to whole microseconds, or ingest Parquet (rounded up exactly)",
+                )
             if naive:
                 if naive_timestamps == "reject":
                     raise ValidationError(
@@ -180,15 +199,16 @@ class OfflineStore:
             tmp = folder / f"{TMP_PREFIX}{os.getpid()}-{name}.parquet"
             target = folder / f"{name}.parquet"
             try:
-                con.execute(f"COPY ({final}) TO {lit(tmp)} (FORMAT parquet, COMPRESSION snappy)")
-                step("computing statistics")
-                con.execute(f"CREATE TEMP VIEW __batch AS SELECT * FROM read_parquet({lit(tmp)})")
-                stats = column_stats(con, "__batch", view)
-                if stats["rows"] == 0:
+                written = first(con.execute(f"COPY ({final}) TO {lit(tmp)} ({BATCH_FORMAT}, RETURN_STATS)")) or ()
+                rows = int(written[1]) if written else 0
+                if rows == 0:
                     raise ValidationError(f"{label} has no rows")
-                with tmp.open("rb+") as fh:
-                    os.fsync(fh.fileno())
-                digest = file_sha256(tmp)
+                step("computing statistics")
+                # fsync and hashing (both release the GIL) overlap the statistics query in DuckDB
+                with ThreadPoolExecutor(1) as pool:
+                    digest_job = pool.submit(_fsync_and_hash, tmp)
+                    stats = batch_stats(con, str(tmp), view, rows, written[4] or {})
+                    digest = digest_job.result()
                 os.chmod(tmp, 0o444)
                 step("committing")
                 with self.catalog.db.atomic():
@@ -198,7 +218,7 @@ class OfflineStore:
                         version,
                         path=str(target.relative_to(self.home)),
                         source=label,
-                        row_count=int(stats["rows"]),
+                        row_count=rows,
                         min_ts=stats["ts_min"],
                         max_ts=stats["ts_max"],
                         sha256=digest,
@@ -216,6 +236,29 @@ class OfflineStore:
         finally:
             con.close()
         return IngestResult(batch, time.perf_counter() - started, notes)
+
+
+def micros_sql(column: str, src_type: str, rounding: str) -> str:
+    """A TIMESTAMPTZ expression for `column` at the store's microsecond precision.
+
+    Nanosecond values are rounded explicitly — `rounding="ceil"` for feature rows, so a row
+    never becomes earlier than it was (a row at T+900 ns is stored at T+1 us and is not
+    visible to a label at T); `"floor"` for labels. DuckDB's own cast would round to the
+    nearest microsecond, which can move a row earlier. Text is parsed at nanoseconds where
+    it fits (years 1677-2262) and at microseconds otherwise.
+    """
+    if src_type in NANO_TYPES:
+        ns = f"epoch_ns({column})"
+    elif src_type == "VARCHAR":
+        ns = f"epoch_ns(TRY_CAST({column} AS TIMESTAMPTZ_NS))"
+    else:
+        return f"CAST({column} AS TIMESTAMPTZ)"
+    # DuckDB's integer `//` truncates toward zero: subtract the non-negative remainder first
+    micros = f"(({ns}) - (({ns}) % 1000 + 1000) % 1000) // 1000"
+    if rounding == "ceil":
+        micros += f" + CAST(({ns}) % 1000 <> 0 AS BIGINT)"
+    expr = f"CAST(make_timestamp({micros}) AS TIMESTAMPTZ)"
+    return f"COALESCE({expr}, TRY_CAST({column} AS TIMESTAMPTZ))" if src_type == "VARCHAR" else expr
 
 
 def first(cursor: duckdb.DuckDBPyConnection) -> tuple[Any, ...] | None:
@@ -238,8 +281,28 @@ def check_select(con: duckdb.DuckDBPyConnection, sql: str, what: str) -> None:
         raise UsageError(f"{what} must be a single SELECT statement")
 
 
-def register_source(con: duckdb.DuckDBPyConnection, source: Any, base_dir: Path) -> str:
-    """Expose `source` (CSV/Parquet path, pandas DataFrame, Arrow table) as the view `source`; return its label."""
+def _round_pandas(frame: Any, rounding: str) -> Any:
+    """Round timezone-aware nanosecond columns of a pandas frame to microseconds (`ceil` or `floor`).
+
+    DuckDB reads them as microsecond TIMESTAMPTZ, truncating toward zero; naive ones it
+    reads as TIMESTAMP_NS, which `micros_sql` rounds in SQL.
+    """
+    import pandas as pd
+
+    out = None
+    for name in frame.columns:
+        col = frame[name]
+        if isinstance(col.dtype, pd.DatetimeTZDtype) and col.dtype.unit == "ns" and (col.array.asi8 % 1000).any():
+            out = frame.copy(deep=False) if out is None else out
+            out[name] = col.dt.ceil("us") if rounding == "ceil" else col.dt.floor("us")
+    return frame if out is None else out
+
+
+def register_source(con: duckdb.DuckDBPyConnection, source: Any, base_dir: Path, *, sub_micros: str | None = None) -> str:
+    """Expose `source` (CSV/Parquet path, pandas DataFrame, Arrow table) as the view `source`; return its label.
+
+    `sub_micros` ("ceil" or "floor") rounds a pandas frame's timezone-aware nanosecond columns.
+    """
     if isinstance(source, (str, os.PathLike)):
         path = (base_dir / Path(source).expanduser()).resolve()
         if not path.is_file():
@@ -258,25 +321,33 @@ def register_source(con: duckdb.DuckDBPyConnection, source: Any, base_dir: Path)
         return str(path)
     module = type(source).__module__
     if module.startswith(("pandas", "pyarrow", "polars")):
+        if sub_micros and module.startswith("pandas") and hasattr(source, "columns"):
+            source = _round_pandas(source, sub_micros)
         con.register("source", source)
         return f"{type(source).__name__} ({len(source)} rows)"
     raise UsageError(f"cannot ingest a {type(source).__name__}: pass a file path, a pandas DataFrame or an Arrow table")
 
 
-def _naive_in_csv_text(con: duckdb.DuckDBPyConnection, label: str, column: str) -> int:
-    """Timestamps without an offset in a CSV column that DuckDB's sniffer typed as TIMESTAMPTZ.
+def _csv_text_checks(con: duckdb.DuckDBPyConnection, label: str, column: str) -> tuple[int, int]:
+    """(naive, sub-microsecond) timestamps in a CSV column that DuckDB's sniffer typed as a timestamp.
 
     The sniffer reads a column mixing `...Z` and naive values as TIMESTAMPTZ, taking naive
-    ones in the session zone (UTC); only the text says which values had no offset.
+    ones in the session zone (UTC), and truncates digits past the microsecond; only the
+    text says which values had no offset or finer digits.
     """
     raw = dict(con.execute("SELECT column_name, column_type FROM (DESCRIBE source)").fetchall())
-    if raw.get(column) != "TIMESTAMP WITH TIME ZONE" or not label.lower().endswith((".csv", ".tsv", ".csv.gz", ".tsv.gz")):
-        return 0
+    typed = raw.get(column, "VARCHAR") != "VARCHAR" and raw.get(column) != "DATE"
+    if not typed or not label.lower().endswith((".csv", ".tsv", ".csv.gz", ".tsv.gz")):
+        return 0, 0
     con.read_csv(label, header=True, all_varchar=True).select(_q(column)).create_view("__csv_text")
+    c = _q(column)
+    naive = f"count(*) FILTER (WHERE {c} IS NOT NULL AND NOT regexp_matches(trim({c}), '{TZ_SUFFIX}'))"
+    if raw.get(column) != "TIMESTAMP WITH TIME ZONE":
+        naive = "0"  # a naive-typed column is counted from its type
     row = first(con.execute(
-        f"SELECT count(*) FROM __csv_text WHERE {_q(column)} IS NOT NULL AND NOT regexp_matches(trim({_q(column)}), '{TZ_SUFFIX}')"
+        f"SELECT {naive}, count(*) FILTER (WHERE regexp_matches({c}, '{SUB_MICRO_TEXT}')) FROM __csv_text"
     ))
-    return int(row[0]) if row else 0
+    return (int(row[0]), int(row[1])) if row else (0, 0)
 
 
 def _check_columns(columns: dict[str, str], expected: dict[str, str], label: str, transformed: bool) -> None:
@@ -322,13 +393,16 @@ def _validate(
         select.append(f"{cast} AS {c}")
     ts, src = _q(view.timestamp), columns[view.timestamp]
     naive_expr = "0"
+    # event timestamps are rounded UP to the store's microseconds: a row is never seen early
     if src == "TIMESTAMP WITH TIME ZONE":
         select.insert(len(keys), ts)
+    elif src == "TIMESTAMPTZ_NS":
+        select.insert(len(keys), f"{micros_sql(ts, src, 'ceil')} AS {ts}")
     elif src in NAIVE_TYPES:
-        select.insert(len(keys), f"CAST({ts} AS TIMESTAMPTZ) AS {ts}")
+        select.insert(len(keys), f"{micros_sql(ts, src, 'ceil')} AS {ts}")
         naive_expr = f"count({ts})"
     elif src == "VARCHAR":
-        select.insert(len(keys), f"TRY_CAST({ts} AS TIMESTAMPTZ) AS {ts}")
+        select.insert(len(keys), f"{micros_sql(ts, src, 'ceil')} AS {ts}")
         checks.append(f"count(*) FILTER (WHERE {ts} IS NOT NULL AND TRY_CAST({ts} AS TIMESTAMPTZ) IS NULL)")
         names.append((view.timestamp, "a value that is not a timestamp"))
         naive_expr = f"count(*) FILTER (WHERE {ts} IS NOT NULL AND NOT regexp_matches(trim({ts}), '{TZ_SUFFIX}'))"

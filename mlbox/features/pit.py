@@ -38,14 +38,24 @@ class ViewJoin:
     columns: tuple[tuple[str, str, str], ...]  # (field, output column name, DuckDB type)
     ttl_seconds: int | None
     tie_break: bool
+    since: str | None = None  # rows older than this (first label - TTL) can only give expired values
+    until: str | None = None  # rows newer than this (last label) can match no label
 
 
 @dataclass(frozen=True)
 class JoinSpec:
-    labels: str  # relation holding the label rows
+    labels: str  # relation holding the label rows and their row number `__row`
     label_timestamp: str
     label_columns: tuple[str, ...]
     views: tuple[ViewJoin, ...]
+
+
+def _window(v: ViewJoin) -> str:
+    """The row filter that the time bounds allow (pushed into the Parquet scan, pruning row groups)."""
+    ts = q(v.timestamp)
+    parts = [f"{ts} >= TIMESTAMPTZ {lit(v.since)}"] if v.since else []
+    parts += [f"{ts} <= TIMESTAMPTZ {lit(v.until)}"] if v.until else []
+    return f" WHERE {' AND '.join(parts)}" if parts else ""
 
 
 def _view_cte(v: ViewJoin) -> str:
@@ -58,21 +68,25 @@ def _view_cte(v: ViewJoin) -> str:
         return f"{q(v.alias)} AS (SELECT {', '.join(typed)} WHERE false)"
     if not v.tie_break:
         files = ", ".join(lit(f) for f in v.files)
-        return f"{q(v.alias)} AS (SELECT {', '.join(cols)} FROM read_parquet([{files}]))"
+        return f"{q(v.alias)} AS (SELECT {', '.join(cols)} FROM read_parquet([{files}]){_window(v)})"
     order = f"epoch_us({q(v.timestamp)})::HUGEINT * {1 << RANK_BITS} + {{rank}} AS {q('__o_' + v.alias)}"
     parts = [
-        f"SELECT {', '.join(cols)}, {order.format(rank=rank)} FROM read_parquet({lit(f)})"
+        f"SELECT {', '.join(cols)}, {order.format(rank=rank)} FROM read_parquet({lit(f)}){_window(v)}"
         for rank, f in enumerate(v.files)
     ]
     return f"{q(v.alias)} AS ({' UNION ALL '.join(parts)})"
 
 
-def build_query(spec: JoinSpec) -> str:
-    """SQL returning the label columns then every requested feature, in label row order."""
+def build_query(spec: JoinSpec, ordered: bool = True) -> str:
+    """SQL returning the label columns then every requested feature, in label row order.
+
+    With `ordered=False` the rows come in the join's order, led by the label row number
+    `__row`, for a caller that restores the order itself (cheaper than a SQL sort).
+    """
     lts = q(spec.label_timestamp)
-    ctes = [f"__l AS (SELECT *, row_number() OVER () AS __row FROM {spec.labels})"]
+    ctes = [f"__l AS (SELECT * FROM {spec.labels})"]
     ctes += [_view_cte(v) for v in spec.views]
-    select = [f"__l.{q(c)}" for c in spec.label_columns]
+    select = ([] if ordered else ["__l.__row"]) + [f"__l.{q(c)}" for c in spec.label_columns]
     joins = []
     for v in spec.views:
         a = q(v.alias)
@@ -91,9 +105,8 @@ def build_query(spec: JoinSpec) -> str:
         for field, out, _ in v.columns:
             value = f"{a}.{q(field)}"
             select.append(f"CASE WHEN {fresh} THEN {value} END AS {q(out)}" if fresh else f"{value} AS {q(out)}")
-    return (
-        f"WITH {', '.join(ctes)} SELECT {', '.join(select)} FROM __l {' '.join(joins)} ORDER BY __l.__row"
-    )
+    order = " ORDER BY __l.__row" if ordered else ""
+    return f"WITH {', '.join(ctes)} SELECT {', '.join(select)} FROM __l {' '.join(joins)}{order}"
 
 
 def output_names(label_columns: list[str], requested: list[tuple[str, str]]) -> list[str]:

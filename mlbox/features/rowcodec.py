@@ -10,6 +10,7 @@ float32, int32, bool), fields in declaration order within each block. Text-like 
 
 from __future__ import annotations
 
+import struct
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -18,6 +19,7 @@ import numpy as np
 
 BLOCK_ORDER = ("float64", "int64", "float32", "int32", "bool")
 NUMPY = {"float64": "<f8", "int64": "<i8", "float32": "<f4", "int32": "<i4", "bool": "?"}
+STRUCT = {"float64": "d", "int64": "q", "float32": "f", "int32": "i", "bool": "?"}
 
 
 @dataclass(frozen=True)
@@ -47,8 +49,8 @@ class RowCodec:
                 offset += block.width
         self.blocks = tuple(blocks)
         self.itemsize = offset
-        order = [n for b in self.blocks for n in b.names]
-        self.null_pos = {n: i for i, n in enumerate(order)}  # null byte index by field
+        self.order = tuple(n for b in self.blocks for n in b.names)
+        self.null_pos = {n: i for i, n in enumerate(self.order)}  # null byte index by field
 
     def encode(self, columns: dict[str, tuple[np.ndarray, np.ndarray]], rows: int) -> list[bytes]:
         """Blobs for `rows` rows from {field: (values, null mask)} numpy arrays."""
@@ -65,6 +67,14 @@ class RowCodec:
         raw, size = out.tobytes(), self.itemsize
         return [raw[i * size : (i + 1) * size] for i in range(rows)]
 
+    def null_record(self) -> bytes:
+        """The record of a row whose every numeric value is null (unknown or expired entities)."""
+        return bytes([1] * len(self.numeric)) + bytes(self.itemsize - len(self.numeric))
+
+    def values_packer(self) -> struct.Struct:
+        """The blocks alone (unpack_from at offset len(numeric)), in `order`."""
+        return struct.Struct("<" + "".join(STRUCT[b.dtype] * len(b.names) for b in self.blocks))
+
     def decode(self, blobs: Sequence[bytes]) -> dict[str, list[Any]]:
         """{field: [value per blob]}; nulls come back as None."""
         rows = len(blobs)
@@ -78,9 +88,7 @@ class RowCodec:
                 result[name] = column
         nulls = raw[:, : len(self.numeric)]
         if nulls.any():
-            order = [n for b in self.blocks for n in b.names]
-            for j in np.flatnonzero(nulls.any(axis=0)):
-                column = result[order[j]]
-                for i in np.flatnonzero(nulls[:, j]):
-                    column[i] = None
+            order = self.order
+            for j, i in zip(*np.nonzero(nulls.T), strict=True):  # one numpy call, then one step per null
+                result[order[j]][i] = None
         return result

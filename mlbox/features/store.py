@@ -11,9 +11,10 @@ from typing import Any
 
 import duckdb
 
+from mlbox import clock
 from mlbox.config import Settings
 from mlbox.errors import UsageError, ValidationError
-from mlbox.features import training
+from mlbox.features import push, training
 from mlbox.features.catalog import Catalog, ViewVersion
 from mlbox.features.definitions import (
     DTYPES,
@@ -25,7 +26,8 @@ from mlbox.features.definitions import (
 )
 from mlbox.features.materialize import MaterializeResult, materialize
 from mlbox.features.offline import IngestResult, OfflineStore, check_select
-from mlbox.features.online import Lookup, OnlineStore, coerce_key, micros_to_datetime
+from mlbox.features.online import Lookup, OnlineStore, coerce_key, micros_to_datetime, now_us
+from mlbox.features.online import sweep as sweep_online
 from mlbox.features.pit import lit
 from mlbox.features.plan import Change, plan
 from mlbox.store.audit import AuditLog
@@ -155,7 +157,12 @@ class FeatureStore:
         as_arrow: bool = False,
         actor: str | None = None,
     ) -> training.TrainingSet:
-        """Point-in-time correct features for each label row, plus a reproducible fingerprint."""
+        """Point-in-time correct features for each label row, plus a reproducible fingerprint.
+
+        At the current snapshot, staged pushes are flushed first, so the set sees every value served so far.
+        """
+        if snapshot is None and push.pending(self.catalog):
+            self.flush(actor=actor)
         result = training.build(
             self.catalog,
             self.offline,
@@ -182,7 +189,11 @@ class FeatureStore:
         actor: str | None = None,
         progress: Callable[[int], None] | None = None,
     ) -> list[MaterializeResult]:
-        versions = [self.view(view)] if view else self.catalog.latest_views()
+        """Refresh the online tables: NAME@V alone, else the latest version of each view (or of NAME)
+        plus every version ever materialized or read by a recorded training set, so a model
+        trained on `view@1` keeps getting fresh values after `view@2` appears."""
+        who = actor or self.actor
+        versions = self._versions_to_materialize(view)
         return [
             materialize(
                 self.catalog,
@@ -190,13 +201,90 @@ class FeatureStore:
                 self.online,
                 self.audit,
                 v,
-                actor or self.actor,
+                who,
                 full=full,
                 chunk_rows=self.settings["features.online_chunk_rows"],
                 progress=progress,
+                flush=lambda v: push.flush(self.catalog, self.offline, v, who),  # a rebuild reads batches only
             )
             for v in versions
         ]
+
+    def _versions_to_materialize(self, view: str | None) -> list[ViewVersion]:
+        if view and "@" in view:
+            return [self.view(view)]
+        if view:
+            self.view(view)  # NotFound with a hint
+        used = self.catalog.versions_in_use()
+        latest = {(v.name, v.version) for v in self.catalog.latest_views()}
+        return [
+            v
+            for v in self.catalog.versions(view)
+            if (v.name, v.version) in latest or (v.name, v.version) in used
+        ]
+
+    def push(self, view: str, rows: Any, *, actor: str) -> dict[str, Any]:
+        """Write rows (a list of dicts, a DataFrame, an Arrow table or a CSV/Parquet path) for a view now.
+
+        Validated as ingest validates a batch, staged durably in meta.db, then upserted into
+        the online store (newer event time wins; a tie goes to the later push). Staged rows
+        become one immutable offline batch at the next flush: when a push finds at least
+        `features.push_flush_rows` staged rows for the view version or the oldest staged
+        more than `features.push_flush_seconds` ago, at `flush()`, before `materialize`
+        and before a training set at the current snapshot.
+        """
+        version = self.view(view)
+        table, notes = push.validate(
+            version,
+            push.as_source(rows),
+            duplicate_policy=self.settings["features.duplicate_policy"],
+            naive_timestamps=self.settings["features.naive_timestamps"],
+            base_dir=Path.cwd(),
+        )
+        push.stage(self.catalog, self.audit, version, table, actor)
+        push.to_online(self.online, version, table)
+        waiting = push.pending(self.catalog, version)
+        flushed = None
+        if waiting:
+            age = (clock.now() - clock.parse_iso(waiting[0]["oldest"])).total_seconds()
+            if waiting[0]["rows"] >= self.settings["features.push_flush_rows"] or age >= self.settings["features.push_flush_seconds"]:
+                flushed = push.flush(self.catalog, self.offline, version, actor)
+        left = push.pending(self.catalog, version)
+        return {
+            "view": version.ref,
+            "rows": table.num_rows,
+            "online": True,
+            "staged": left[0]["rows"] if left else 0,
+            "flushed_batch": flushed,
+            "notes": notes,
+        }
+
+    def flush(self, view: str | None = None, actor: str | None = None) -> list[dict[str, Any]]:
+        """Commit staged pushes as offline batches (all views, or NAME / NAME@V); one entry per batch written."""
+        out = []
+        for entry in push.pending(self.catalog):
+            version = self.catalog.view(entry["view"], int(entry["version"]))
+            if view and view not in (version.name, version.ref):
+                continue
+            batch = push.flush(self.catalog, self.offline, version, actor or self.actor)
+            if batch is not None:
+                out.append({"view": version.ref, "rows": entry["rows"], "batch": batch})
+        return out
+
+    def pending_pushes(self) -> list[dict[str, Any]]:
+        """Staged rows not yet flushed, per view version: [{view, version, rows, oldest}]."""
+        return push.pending(self.catalog)
+
+    def online_leftovers(self) -> list[str]:
+        """Staging or rebuild tables in online.db left by a killed writer (for `mlbox doctor`)."""
+        return self.online.leftovers()
+
+    def sweep_online(self) -> list[str]:
+        """Drop those leftovers (`mlbox doctor --repair`); returns their names."""
+        names = self.online.leftovers()
+        if names:
+            sweep_online(self.online.writer)  # opening the writer may already have dropped them
+        return names
 
     def _online_plan(self, features: tuple[str, ...]) -> _OnlinePlan:
         cached = self._online_plans.get(features)
@@ -228,31 +316,54 @@ class FeatureStore:
         return done[-1] if done else self.catalog.view(name)
 
     def get_online_features(
-        self, features: Sequence[str], entity_rows: Sequence[Mapping[str, Any]], *, with_timestamps: bool = False
+        self,
+        features: Sequence[str],
+        entity_rows: Sequence[Mapping[str, Any]],
+        *,
+        with_timestamps: bool = False,
+        native: bool = False,
     ) -> dict[str, list[Any]]:
         """Latest materialized values, columnar: {column: [value per entity row]}; missing entities get None.
 
-        The entity rows' own columns come first; with `with_timestamps`, each view adds
-        `<view@version>:__ts`, the event time of the values returned.
+        Values come in the canonical form a model's signature encodes (timestamps and dates
+        as float seconds since the epoch; `native` gives datetime/date objects instead). A
+        value older than its view's TTL at `clock.now()` is None, as in a training set with
+        labels at that instant. The entity rows' own columns come first; with
+        `with_timestamps`, each view adds `<view@version>:__ts` (the event time of the stored
+        row, ISO-8601) and `<view@version>:__status` ("ok", "expired" past the TTL, or
+        "missing" for an unknown entity).
         """
-        result: dict[str, list[Any]] = {}
-        for row in entity_rows:
-            for key in row:
-                result.setdefault(key, [])
-        for key in result:
-            result[key] = [row.get(key) for row in entity_rows]
-        if not entity_rows:
-            return result
+        if len(entity_rows) == 1:
+            result: dict[str, list[Any]] = {k: [v] for k, v in entity_rows[0].items()}
+        else:
+            result = {}
+            for row in entity_rows:
+                for key in row:
+                    result.setdefault(key, [])
+            for key in result:
+                result[key] = [row.get(key) for row in entity_rows]
+            if not entity_rows:
+                return result
         online_plan = self._online_plan(tuple(features))
+        now = None
         for lookup, _names, key_types, ref in online_plan.lookups:
             try:
-                keys = [tuple([coerce_key(row[k], t, k) for k, t in key_types.items()]) for row in entity_rows]
+                if len(key_types) == 1:
+                    ((k, t),) = key_types.items()
+                    keys = [(coerce_key(row[k], t, k),) for row in entity_rows]
+                else:
+                    keys = [tuple([coerce_key(row[k], t, k) for k, t in key_types.items()]) for row in entity_rows]
             except KeyError as exc:
                 raise ValidationError(f"entity row lacks join key {exc.args[0]!r} needed by {ref}") from None
-            stamps, values = self.online.read(lookup, keys)
-            result.update(values)
+            if now is None and lookup.ttl_us is not None:
+                now = now_us()  # one instant for every view of the request
+            got = self.online.read(lookup, keys, now=now, native=native, out=result)
             if with_timestamps:
-                result[f"{ref}:__ts"] = [None if t is None else micros_to_datetime(t).isoformat() for t in stamps]
+                result[f"{ref}:__ts"] = [None if t is None else micros_to_datetime(t).isoformat() for t in got.stamps]
+                expired = got.expired or [False] * len(keys)
+                result[f"{ref}:__status"] = [
+                    "missing" if t is None else "expired" if e else "ok" for t, e in zip(got.stamps, expired, strict=True)
+                ]
         return result
 
     # discovery ----------------------------------------------------------------

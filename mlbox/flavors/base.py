@@ -54,9 +54,26 @@ class FitResult:
 
 
 class Flavor(Protocol):
-    """A model family. Implementations are stateless; models are the values they return."""
+    """A model family. Implementations are stateless; models are the values they return.
+
+    The training workflow asks the flavor, never its name, about what differs between
+    families: which params are valid, how many progress steps a fit reports, and whether
+    validation rows are held out for early stopping.
+    """
 
     name: str
+
+    def check_params(self, params: Mapping[str, Any], *, task: Task, estimator: str | None, seed: int) -> None:
+        """Raise UsageError for params this flavor would refuse, before any data is loaded."""
+        ...
+
+    def total_steps(self, params: Mapping[str, Any]) -> int | None:
+        """How many progress steps (rounds, epochs) a fit with `params` reports at most; None if unknown."""
+        ...
+
+    def uses_validation(self, early_stopping_rounds: int | None) -> bool:
+        """Whether a fit watches the validation rows; if not, the workflow trains on them too."""
+        ...
 
     def fit(self, request: FitRequest) -> FitResult: ...
 

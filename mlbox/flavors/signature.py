@@ -1,13 +1,17 @@
 """A model's input signature, and the one encoding of inputs used at training and at serving.
 
-Numeric columns pass through as float32 (missing → NaN). Categorical columns (strings,
-booleans) become the index of their level among the levels seen in training; unseen or
+Numeric columns pass through as float32 (missing → NaN). Timestamps and dates are numeric:
+float seconds since 1970-01-01 UTC (a date is its midnight UTC; a timestamp without a
+zone is read as UTC), the same canonical number the online store returns and a "rows"
+request sends. Categorical columns (strings, booleans) become the index of their level
+among the levels seen in training (a boolean's levels are "False" and "True"); unseen or
 missing levels become NaN, which every flavor treats as missing. The signature is stored
 with each model version, so serving encodes requests exactly as training encoded rows.
 """
 
 from __future__ import annotations
 
+import datetime as dt
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
@@ -28,7 +32,7 @@ BINS = 10
 class Column:
     name: str
     kind: Kind
-    dtype: str  # as seen in training: int64, float64, string, bool
+    dtype: str  # as seen in training: int64, float64, timestamp (dates too), string, bool
     levels: tuple[str, ...] = ()
     required: bool = True  # a request must carry it (it may still be null when nullable)
     nullable: bool = False  # nulls were seen in training
@@ -84,15 +88,17 @@ class Signature:
         for name in features:
             s = frame[name]
             nullable = bool(s.isna().any())
-            if pd.api.types.is_bool_dtype(s) or not pd.api.types.is_numeric_dtype(s):
+            kind = _kind_of(s)
+            if kind == "timestamp":
+                cols.append(Column(name, "numeric", "timestamp", (), True, nullable))
+            elif kind in ("bool", "string"):
                 levels = sorted({str(v) for v in s.dropna().unique()})
                 if len(levels) > MAX_LEVELS:
                     raise ValidationError(
                         f"feature {name!r} has {len(levels)} distinct values; at most {MAX_LEVELS} categorical levels",
                         hint="drop it, bucket it, or make it numeric",
                     )
-                dtype = "bool" if pd.api.types.is_bool_dtype(s) else "string"
-                cols.append(Column(name, "categorical", dtype, tuple(levels), True, nullable))
+                cols.append(Column(name, "categorical", kind, tuple(levels), True, nullable))
             else:
                 dtype = "int64" if pd.api.types.is_integer_dtype(s) else "float64"
                 cols.append(Column(name, "numeric", dtype, (), True, nullable))
@@ -113,14 +119,19 @@ class Signature:
         out = np.empty((len(frame), len(self.columns)), dtype=np.float32)
         for j, col in enumerate(self.columns):
             s = frame[col.name]
-            if col.kind == "numeric":
+            if col.dtype == "timestamp":
+                try:
+                    out[:, j] = epoch_seconds(s)
+                except (TypeError, ValueError, OverflowError):
+                    raise ValidationError(f"feature {col.name!r} must be a timestamp or a date") from None
+            elif col.kind == "numeric":
                 try:
                     out[:, j] = pd.to_numeric(s, errors="raise").astype("float64").to_numpy(na_value=np.nan)
                 except (TypeError, ValueError):
                     raise ValidationError(f"feature {col.name!r} must be numeric") from None
             else:
                 lookup = self.index[col.name]
-                out[:, j] = [lookup.get(str(v), math.nan) if v is not None and v == v else math.nan for v in s.tolist()]
+                out[:, j] = [math.nan if _missing(v) else lookup.get(str(v), math.nan) for v in s.tolist()]
         return out
 
     def encode_target(self, values: pd.Series) -> np.ndarray:
@@ -133,6 +144,39 @@ class Signature:
             return np.array([lookup[v] for v in values.tolist()], dtype=np.int64)
         except KeyError as exc:
             raise ValidationError(f"target value {exc.args[0]!r} was not seen in training") from None
+
+
+def _missing(value: Any) -> bool:
+    return value is None or value is pd.NA or value is pd.NaT or (isinstance(value, float) and value != value)
+
+
+def _kind_of(s: pd.Series) -> str:
+    """timestamp (dates too), bool, string or number: what a training column holds."""
+    if pd.api.types.is_datetime64_any_dtype(s):
+        return "timestamp"
+    if pd.api.types.is_bool_dtype(s):
+        return "bool"
+    if pd.api.types.is_numeric_dtype(s):
+        return "number"
+    present = s.dropna()
+    if len(present) and all(isinstance(v, (dt.date, pd.Timestamp)) for v in present.head(100).tolist()):
+        return "timestamp"  # object columns of datetime/date values (a plain file read by pandas)
+    if len(present) and all(isinstance(v, (bool, np.bool_)) for v in present.tolist()):
+        return "bool"  # booleans with nulls in an object column
+    return "string"
+
+
+def epoch_seconds(values: pd.Series) -> np.ndarray:
+    """Float seconds since 1970-01-01 UTC (NaN when missing): the canonical number of a timestamp or date.
+
+    Whole microseconds divided by 1e6 in float64, exactly what the online store computes
+    (mlbox.features.online.epoch_seconds), so both round to the same float32.
+    """
+    moments = pd.to_datetime(values, utc=True).astype("datetime64[us, UTC]")
+    us = moments.dt.tz_convert(None).to_numpy(dtype="datetime64[us]").astype(np.int64)
+    out: np.ndarray = us.astype(np.float64) / 1e6
+    out[moments.isna().to_numpy()] = np.nan
+    return out
 
 
 def reference_stats(X: np.ndarray, signature: Signature) -> dict[str, Any]:

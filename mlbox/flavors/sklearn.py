@@ -33,6 +33,18 @@ class SklearnFlavor:
 
     name = "sklearn"
 
+    def check_params(self, params: Mapping[str, Any], *, task: Task, estimator: str | None, seed: int) -> None:
+        """Build the estimator once: refuses paths outside `sklearn.`, wrong task and unknown params."""
+        build_estimator(estimator or DEFAULT_ESTIMATORS[task], task, params)
+
+    def total_steps(self, params: Mapping[str, Any]) -> int | None:
+        """Unknown: an estimator reports one step, when its fit ends."""
+        return None
+
+    def uses_validation(self, early_stopping_rounds: int | None) -> bool:
+        """Only when early stopping is asked for; otherwise the validation rows are trained on."""
+        return early_stopping_rounds is not None
+
     def fit(self, request: FitRequest) -> FitResult:
         path = request.estimator or DEFAULT_ESTIMATORS[request.task]
         estimator = build_estimator(path, request.task, request.params)

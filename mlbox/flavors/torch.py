@@ -113,6 +113,18 @@ class TorchFlavor:
 
     name = "torch"
 
+    def check_params(self, params: Mapping[str, Any], *, task: Task, estimator: str | None, seed: int) -> None:
+        """Refuse unknown params and values of the wrong type or range (see CHECKS)."""
+        _checked(params)
+
+    def total_steps(self, params: Mapping[str, Any]) -> int | None:
+        """Epochs: `epochs` (default 50)."""
+        return int(params.get("epochs", DEFAULTS["epochs"]))
+
+    def uses_validation(self, early_stopping_rounds: int | None) -> bool:
+        """Always: the validation loss picks the best epoch and stops after DEFAULT_PATIENCE without progress."""
+        return True
+
     def fit(self, request: FitRequest) -> FitResult:
         params = {**DEFAULTS, **_checked(request.params)}
         if request.device == "cuda":

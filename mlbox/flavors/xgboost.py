@@ -27,6 +27,19 @@ class XGBoostFlavor:
 
     name = "xgboost"
 
+    def check_params(self, params: Mapping[str, Any], *, task: Task, estimator: str | None, seed: int) -> None:
+        """Refuse derived, non-scalar or malformed params (what `booster_params` would refuse)."""
+        empty = np.zeros((0, 1), dtype=np.float32)
+        booster_params(FitRequest(task, empty, empty, None, None, (), {}, 2, params, seed, "cpu"))
+
+    def total_steps(self, params: Mapping[str, Any]) -> int | None:
+        """Boosting rounds: `n_estimators` (default 200)."""
+        return int(params.get("n_estimators", DEFAULT_ROUNDS))
+
+    def uses_validation(self, early_stopping_rounds: int | None) -> bool:
+        """Always: the validation rows drive early stopping (DEFAULT_PATIENCE rounds when not given)."""
+        return True
+
     def fit(self, request: FitRequest) -> FitResult:
         params, rounds = booster_params(request)
         if request.device == "cuda":

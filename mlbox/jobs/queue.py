@@ -21,8 +21,8 @@ from mlbox.store.audit import AuditLog
 from mlbox.store.sqlite import Database
 from mlbox.types import NAME_PATTERN, check_name
 
-TYPES = ("train", "materialize", "monitor", "retention", "command")
-AVAILABLE = ("train", "materialize", "command")
+TYPES = ("train", "materialize", "monitor", "retention", "command", "predict")
+AVAILABLE = ("train", "materialize", "command", "predict")
 ACTIVE = ("queued", "running")
 FINAL = ("succeeded", "failed", "cancelled", "timed_out")
 

@@ -21,6 +21,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from mlbox.config import child_env
 from mlbox.hardware import Gpu, Inventory, detect
 from mlbox.jobs.placement import GpuState
 from mlbox.jobs.queue import Job, JobQueue
@@ -98,8 +99,8 @@ class Worker:
         workdir.mkdir(parents=True, exist_ok=True)
         log_path = self.home / "logs" / "jobs" / f"{job.id}.log"
         log_path.parent.mkdir(parents=True, exist_ok=True)
-        env = {k: v for k, v in os.environ.items() if k != "MLBOX_TOKEN"}
-        env.update(
+        env = child_env(
+            drop=("MLBOX_TOKEN",),
             MLBOX_HOME=str(self.home),
             CUDA_DEVICE_ORDER="PCI_BUS_ID",  # CUDA numbers GPUs as nvidia-smi does, not fastest first
             CUDA_VISIBLE_DEVICES=",".join(str(d) for d in devices),

@@ -132,6 +132,13 @@ class Registry:
         return self.get(f"{name}:{version}")
 
     # reading ----------------------------------------------------------------
+    def artifact_hashes(self) -> set[str]:
+        """The sha256 of every artifact a model version names (archived ones included)."""
+        rows = self.db.query(
+            "SELECT DISTINCT json_extract(a.value, '$.sha256') AS sha256 FROM model_versions v, json_each(v.artifacts) a"
+        )
+        return {r["sha256"] for r in rows if r["sha256"]}
+
     def _aliases(self, name: str) -> dict[int, list[str]]:
         out: dict[int, list[str]] = {}
         for r in self.db.query("SELECT alias, version FROM model_aliases WHERE name = ? ORDER BY alias", (name,)):

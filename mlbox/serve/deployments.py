@@ -1,4 +1,4 @@
-"""Deployments as rows in meta.db: primary, canary (weight, sticky key), shadow; promote and roll back.
+"""Deployments as rows in meta.db: primary, canary (weight), sticky key, shadow; promote and roll back.
 
 Every change bumps the row's `revision` and is audited; running servers poll revisions and
 swap in the new split without a restart.
@@ -20,6 +20,8 @@ from mlbox.types import check_name
 
 @dataclass(frozen=True)
 class Deployment:
+    """One deployment row: which models serve it, the canary's weight, the sticky key, and its revision."""
+
     name: str
     primary_model: str
     canary_model: str | None
@@ -43,6 +45,8 @@ class Deployment:
 
 
 class Deployments:
+    """The deployments of a box: reads, and every audited change (create, canary, sticky key, shadow, promote, rollback)."""
+
     def __init__(self, db: Database, registry: Registry, audit: AuditLog) -> None:
         self.db = db
         self.registry = registry
@@ -85,22 +89,26 @@ class Deployments:
         self.audit.record(actor, f"deploy.{action}", name, details)
         return self.get(name)
 
-    def create(self, name: str, model: str, actor: str) -> Deployment:
+    def create(self, name: str, model: str, actor: str, sticky_key: str | None = None) -> Deployment:
+        """A deployment serving `model`; `sticky_key` names the request field that identifies each row's entity."""
         check_name(name, "deployment name")
+        if sticky_key is not None:
+            check_name(sticky_key, "sticky key")
         version = self._servable(model)
         with self.db.atomic():
             if self.db.one("SELECT 1 FROM deployments WHERE name = ?", (name,)):
                 raise Conflict(f"deployment {name!r} already exists", hint="use `mlbox deploy canary` to roll out a new model")
             now = clock.iso()
             self.db.execute(
-                "INSERT INTO deployments (name, primary_model, revision, created_at, created_by, updated_at, updated_by) "
-                "VALUES (?, ?, 1, ?, ?, ?, ?)",
-                (name, version.ref, now, actor, now, actor),
+                "INSERT INTO deployments (name, primary_model, sticky_key, revision, created_at, created_by, updated_at, "
+                "updated_by) VALUES (?, ?, ?, 1, ?, ?, ?, ?)",
+                (name, version.ref, sticky_key, now, actor, now, actor),
             )
-            self.audit.record(actor, "deploy.create", name, {"primary": version.ref})
+            self.audit.record(actor, "deploy.create", name, {"primary": version.ref, "sticky_key": sticky_key})
         return self.get(name)
 
     def canary(self, name: str, model: str, weight: float, actor: str, sticky_key: str | None = None) -> Deployment:
+        """`weight` percent of requests to `model`; `sticky_key` sets the deployment's sticky key (None keeps it)."""
         if not 0 <= weight <= 100:
             raise UsageError(f"canary weight must be between 0 and 100 (percent), got {weight}")
         if sticky_key is not None:
@@ -110,10 +118,19 @@ class Deployments:
             version = self._servable(model, self.registry.get(current.primary_model))
             if version.ref == current.primary_model:
                 raise UsageError(f"{version.ref} is already the primary of {name!r}")
+            key = current.sticky_key if sticky_key is None else sticky_key
             return self._write(
-                name, actor, "canary", {"model": version.ref, "weight": weight, "sticky_key": sticky_key},
-                canary_model=version.ref, canary_weight=float(weight), sticky_key=sticky_key,
+                name, actor, "canary", {"model": version.ref, "weight": weight, "sticky_key": key},
+                canary_model=version.ref, canary_weight=float(weight), sticky_key=key,
             )  # fmt: skip
+
+    def sticky(self, name: str, key: str | None, actor: str) -> Deployment:
+        """Set (or, with None, remove) the request field that pins each entity to one variant and names it in the log."""
+        if key is not None:
+            check_name(key, "sticky key")
+        with self.db.atomic():
+            self.get(name)
+            return self._write(name, actor, "sticky", {"sticky_key": key}, sticky_key=key)
 
     def shadow(self, name: str, model: str | None, actor: str) -> Deployment:
         with self.db.atomic():

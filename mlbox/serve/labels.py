@@ -1,10 +1,12 @@
 """Ground truth for logged predictions: `mlbox labels ingest DEPLOYMENT FILE`.
 
-A labels file (CSV or Parquet) has a label column and either `request_id`, or the entity
-key column(s) and a timestamp: each such label attaches to the latest prediction for that
-entity at or before its timestamp. Matched labels are stored as an immutable Parquet
-batch `predictions/<deployment>/labels/<uuid>.parquet` with the request ids resolved,
-ready to be joined with the prediction log for quality metrics.
+A labels file (CSV or Parquet) has a label column and either `request_id` (and optionally
+`row`, the row's position in its request), or the entity key column(s) and a timestamp: each
+such label attaches to the latest predicted row for that entity at or before its timestamp.
+The log records the entity of every row of a request (a JSON array, one object per row), so a
+label finds its row inside a multi-row request. Matched labels are stored as an immutable
+Parquet batch `predictions/<deployment>/labels/<uuid>.parquet` — `request_id`, `row` (null:
+the whole request), `label`, `predicted_at` — ready to be joined with the prediction log.
 """
 
 from __future__ import annotations
@@ -24,6 +26,8 @@ from mlbox.store.sqlite import Database
 
 @dataclass(frozen=True)
 class LabelResult:
+    """What one `labels ingest` stored: rows read, rows matched to a prediction, the batch's path, the match mode."""
+
     deployment: str
     rows: int
     matched: int
@@ -32,6 +36,7 @@ class LabelResult:
 
 
 def prediction_files(db: Database, root: Path, deployment: str) -> list[Path]:
+    """The deployment's cataloged prediction-log files, oldest first."""
     return [root.parent / r["path"] for r in db.query("SELECT path FROM prediction_batches WHERE deployment = ? ORDER BY id", (deployment,))]
 
 
@@ -52,8 +57,9 @@ def ingest_labels(
         con.execute(f"CREATE TEMP VIEW p AS SELECT * FROM read_parquet([{preds}]) WHERE NOT shadow")
         if "request_id" in cols:
             mode = "request_id"
+            row = 'CAST(s."row" AS INTEGER)' if "row" in cols else "CAST(NULL AS INTEGER)"
             sql = (
-                f"SELECT s.request_id, s.{q(label)} AS label, p.ts AS predicted_at FROM source s "
+                f'SELECT s.request_id, {row} AS "row", s.{q(label)} AS label, p.ts AS predicted_at FROM source s '
                 "LEFT JOIN (SELECT DISTINCT ON (request_id) request_id, ts FROM p) p USING (request_id)"
             )
         else:
@@ -66,12 +72,18 @@ def ingest_labels(
                 )
             mode = "entity"
             key_expr = " || '|' || ".join(f"coalesce(CAST(s.{q(k)} AS VARCHAR), '')" for k in keys)
-            pkey_expr = " || '|' || ".join(f"coalesce(json_extract_string(entity, {lit('$.' + k)}), '')" for k in keys)
+            pkey_expr = " || '|' || ".join(f"coalesce(json_extract_string(obj, {lit('$.' + k)}), '')" for k in keys)
+            # one row per logged request row; logs written before entities were per row hold one object
+            rows = (
+                'SELECT request_id, ts, unnest(range(len(arr))) AS "row", unnest(arr) AS obj FROM (SELECT request_id, ts, '
+                "CASE WHEN json_type(entity) = 'ARRAY' THEN json_extract(entity, '$[*]') ELSE [entity::JSON] END AS arr "
+                "FROM p WHERE entity IS NOT NULL)"
+            )
             sql = (
-                f"SELECT p.request_id, s.{q(label)} AS label, p.ts AS predicted_at FROM "
+                f'SELECT p.request_id, CAST(p."row" AS INTEGER) AS "row", s.{q(label)} AS label, p.ts AS predicted_at FROM '
                 f"(SELECT *, {key_expr} AS __k, CAST({q(timestamp)} AS TIMESTAMPTZ) AS __t FROM source s) s "
-                f"ASOF LEFT JOIN (SELECT request_id, ts, {pkey_expr} AS __k, CAST(ts AS TIMESTAMPTZ) AS __t FROM p "
-                "WHERE entity IS NOT NULL) p ON s.__k = p.__k AND s.__t >= p.__t"
+                f'ASOF LEFT JOIN (SELECT request_id, "row", ts, {pkey_expr} AS __k, CAST(ts AS TIMESTAMPTZ) AS __t '
+                f"FROM ({rows})) p ON s.__k = p.__k AND s.__t >= p.__t"
             )
         try:
             con.execute(f"CREATE TEMP TABLE matched AS {sql}")

@@ -2,7 +2,8 @@
 
 Sticky assignment hashes `deployment:key=value` (BLAKE2b) into 10,000 buckets, so an entity
 stays on the same variant for a given weight, and raising the weight only moves entities
-from primary to canary, never back.
+from primary to canary, never back. A request is routed as a whole: every row of it goes to
+one variant, the one the first row's sticky key value picks (the caller passes that value).
 """
 
 from __future__ import annotations
@@ -18,6 +19,8 @@ BUCKETS = 10_000
 
 @dataclass(frozen=True)
 class TrafficSplit:
+    """Which variant answers a request: the models of one deployment revision, the canary's weight, the sticky key."""
+
     deployment: str
     primary: str  # model reference, e.g. "churn:3"
     canary: str | None = None

@@ -19,6 +19,7 @@ import numpy as np
 
 from mlbox.errors import NotFound
 from mlbox.flavors import onnx as onnx_files
+from mlbox.hardware import onnx_providers
 from mlbox.flavors.signature import Signature
 from mlbox.registry.store import Registry
 from mlbox.serve.deployments import Deployment, Deployments
@@ -32,6 +33,7 @@ class LoadedModel:
     signature: Signature
     session: Any
     feature_refs: Mapping[str, str]  # input column -> "view@version:field" (entity lookups)
+    provider: str = "CPUExecutionProvider"  # the execution provider the session actually runs on
 
     def predict(self, X: np.ndarray) -> np.ndarray:
         return onnx_files.run(self.session, X)
@@ -50,11 +52,16 @@ class LoadedModel:
 
 
 class ModelCache:
-    """Loads each model version once per process; versions are immutable, so entries never go stale."""
+    """Loads each model version once per process; versions are immutable, so entries never go stale.
 
-    def __init__(self, registry: Registry, threads: int) -> None:
+    Sessions run on the first available provider of `providers` (default: CUDA when this
+    onnxruntime build and machine have it, else CPU); each model records the one it got.
+    """
+
+    def __init__(self, registry: Registry, threads: int, providers: list[str] | None = None) -> None:
         self.registry = registry
         self.threads = threads
+        self.providers = providers
         self._models: dict[str, LoadedModel] = {}
         self._lock = threading.Lock()
 
@@ -69,12 +76,17 @@ class ModelCache:
                 if meta is None:
                     raise NotFound(f"{version.ref} has no ONNX export")
                 path = self.registry.artifacts.open_verified(meta["sha256"])
+                if self.providers is None:
+                    self.providers = onnx_providers()["chosen"]
+                session = onnx_files.session(path, self.threads, self.providers)
                 self._models[ref] = LoadedModel(
                     ref=version.ref,
                     task=version.task,
                     signature=Signature.from_dict(version.signature),
-                    session=onnx_files.session(path, self.threads),
+                    session=session,
                     feature_refs=dict(version.lineage.get("feature_refs") or {}),
+                    # what onnxruntime actually gave: a CUDA provider that fails to start falls back to CPU
+                    provider=session_provider(session),
                 )
             return self._models[ref]
 
@@ -133,6 +145,14 @@ class Runtime:
                 self.on_reload(",".join(sorted(fresh)))
         return changed
 
+    def serving(self) -> dict[str, dict[str, dict[str, str]]]:
+        """deployment -> variant (primary, canary, shadow) -> {"model", "provider"}, as loaded now."""
+        out: dict[str, dict[str, dict[str, str]]] = {}
+        for name, d in sorted(self.live.items()):
+            variants = (("primary", d.primary), ("canary", d.canary), ("shadow", d.shadow))
+            out[name] = {v: {"model": m.ref, "provider": m.provider} for v, m in variants if m is not None}
+        return out
+
     def get(self, name: str) -> LiveDeployment:
         live = self.live.get(name)
         if live is None:
@@ -157,6 +177,12 @@ class Runtime:
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout=5)
+
+
+def session_provider(session: Any) -> str:
+    """The execution provider an onnxruntime session runs on (the first it reports)."""
+    providers = session.get_providers()
+    return str(providers[0]) if providers else "CPUExecutionProvider"
 
 
 def monotonic_ms() -> float:

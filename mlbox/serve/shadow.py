@@ -1,4 +1,4 @@
-"""Shadow inference in batches, in the serving sidecar (see offload.py).
+"""Shadow inference in batches, in the serving sidecar (serve/predlog/sidecar.py).
 
 Each logged answer of a deployment with a shadow becomes a `ShadowItem`: the input rows and
 the answer exactly as logged. One thread wakes every `interval` seconds and runs each shadow
@@ -25,18 +25,22 @@ from mlbox.serve.validation import encode_rows
 
 @dataclass(slots=True)
 class ShadowItem:
+    """One logged answer waiting for its shadow model: the inputs and the answer exactly as logged."""
+
     deployment: str
     model: LoadedModel
     request_id: str
     rows: str  # JSON of the input rows, as logged for the answer
     answer: list[Any]  # the answer's predictions, as logged: {class: probability} per row, or numbers
-    entity: str | None
+    entity: str | None  # the answer's entities, one per row (JSON)
 
 
 Result = Callable[[ShadowItem, list[Any] | None, bool, float, str | None], None]
 
 
 class ShadowWorker:
+    """The shadow queue and its thread: each shadow model run once per interval over what is queued for it."""
+
     def __init__(self, on_result: Result, *, interval: float = 0.05, max_items: int = 10_000) -> None:
         self.on_result = on_result  # (item, its JSON-ready outputs or None, agrees, latency ms, error)
         self.interval = interval

@@ -62,31 +62,50 @@ def predict_request(body: Any, max_rows: int) -> tuple[str, list[Mapping[str, An
 
 
 def encode_rows(
-    signature: Signature, rows: Sequence[Mapping[str, Any]], where: str = "rows", allow_null: bool = False
-) -> np.ndarray:
+    signature: Signature, rows: Sequence[Mapping[str, Any]], where: str = "rows", allow_null: bool = False,
+    *, extra: str | None = None, levels: bool = False,
+) -> np.ndarray:  # fmt: skip
     """Float32 matrix for `rows`, validating every field against the signature.
 
     `allow_null` accepts nulls in any field (online features of an unknown entity are null;
-    every flavor reads NaN as missing).
+    every flavor reads NaN as missing). `extra` names the one field a row may carry that is
+    not a model input (the deployment's sticky key): a string, an integer or null, never encoded.
     """
-    plain = encode_plain(signature, rows)
-    return plain if plain is not None else encode_checked(signature, rows, where, allow_null)
+    plain = encode_plain(signature, rows, extra=extra)
+    return plain if plain is not None else encode_checked(signature, rows, where, allow_null, extra=extra, levels=levels)
+
+
+def sticky_extra(signature: Signature, sticky_key: str | None) -> str | None:
+    """The sticky key when it is not one of the model's inputs (a request row may then carry it), else None."""
+    return None if sticky_key is None or sticky_key in signature.layout[0] else sticky_key
+
+
+def without(rows: Sequence[Mapping[str, Any]], extra: str) -> list[Mapping[str, Any]]:
+    """`rows` without the field `extra`: the model's inputs exactly (a row without it is kept as it is)."""
+    return [{k: v for k, v in row.items() if k != extra} if extra in row else row for row in rows]
 
 
 def encode_checked(
-    signature: Signature, rows: Sequence[Mapping[str, Any]], where: str = "rows", allow_null: bool = False
-) -> np.ndarray:
+    signature: Signature, rows: Sequence[Mapping[str, Any]], where: str = "rows", allow_null: bool = False,
+    *, extra: str | None = None, levels: bool = False,
+) -> np.ndarray:  # fmt: skip
     """`encode_rows` field by field: the first problem raises a ValidationError naming the row and the field."""
     columns = signature.columns
     known = {c.name for c in columns}
+    allowed = known if extra is None else known | {extra}
     out = np.empty((len(rows), len(columns)), dtype=np.float32)
     for i, row in enumerate(rows):
         if len(row) > len(columns) or not known.issuperset(row):
-            unknown = sorted(set(row) - known)
+            unknown = sorted(set(row) - allowed)
             if unknown:
-                raise ValidationError(
-                    f"{where}[{i}]: unknown field {unknown[0]!r}", hint=f"the model takes {', '.join(sorted(known))}"
-                )
+                takes = ", ".join(sorted(known)) + ("" if extra is None else f" (and the sticky key {extra!r})")
+                raise ValidationError(f"{where}[{i}]: unknown field {unknown[0]!r}", hint=f"the model takes {takes}")
+            if extra is not None and extra in row:
+                key = row[extra]
+                if isinstance(key, bool) or not (key is None or isinstance(key, (str, int))):
+                    raise ValidationError(
+                        f"{where}[{i}]: sticky key {extra!r} must be a string or an integer, got {type(key).__name__}"
+                    )
         for j, col in enumerate(columns):
             if col.name not in row:
                 raise ValidationError(f"{where}[{i}]: missing field {col.name!r}")
@@ -110,23 +129,32 @@ def encode_checked(
                     value = str(value)
                 elif not isinstance(value, str):
                     raise ValidationError(f"{where}[{i}]: field {col.name!r} must be a string, got {type(value).__name__}")
-                out[i, j] = signature.index[col.name].get(value, math.nan)
+                code = signature.index[col.name].get(value)
+                if code is None and levels:
+                    raise ValidationError(
+                        f"{where}[{i}]: field {col.name!r} must be one of {', '.join(map(repr, col.levels))}, got {value!r}",
+                        hint="the levels seen in training",
+                    )
+                out[i, j] = math.nan if code is None else code
     return out
 
 
-def encode_plain(signature: Signature, rows: Sequence[Mapping[str, Any]]) -> np.ndarray | None:
+def encode_plain(signature: Signature, rows: Sequence[Mapping[str, Any]], *, extra: str | None = None) -> np.ndarray | None:
     """The matrix when every row is plainly valid (exactly the fields, finite float32 numbers, strings), else None.
 
     The common case, checked in one pass; anything else goes through the field-by-field
-    checks of `encode_checked`, which name the problem.
+    checks of `encode_checked`, which name the problem. A row may also carry `extra` (the
+    sticky key, when it is not a model input) holding a string or an integer.
     """
     names, numeric, categorical = signature.layout
     index = signature.index
+    width = len(names)
     matrix = []
     try:
         for row in rows:
-            if len(row) != len(names):
-                return None
+            if len(row) != width:
+                if extra is None or len(row) != width + 1 or type(row[extra]) not in (str, int):
+                    return None
             values = [row[name] for name in names]
             for j in numeric:
                 value = values[j]
@@ -137,7 +165,10 @@ def encode_plain(signature: Signature, rows: Sequence[Mapping[str, Any]]) -> np.
                 value = values[j]
                 if type(value) is not str:
                     return None
-                values[j] = index[names[j]].get(value, math.nan)
+                code = index[names[j]].get(value)
+                if code is None:
+                    return None  # an unseen level: encode_checked refuses it (levels=True) or reads it as missing
+                values[j] = code
             matrix.append(values)
     except KeyError:
         return None

@@ -2,27 +2,61 @@
 
 A file is copied under a temporary name, fsynced and renamed to its hash; writing the
 same content twice stores it once. Nothing refers to an artifact until a catalog row that
-names its hash commits, so a crash leaves at most an unreferenced file.
+names its hash commits, so a crash leaves at most an unreferenced file, and temporary
+names (`.tmp-<pid>-...`, files or scratch folders) of dead processes are swept on open.
+
+Removing unreferenced files races with a writer that has stored a file and not yet
+committed the row naming it. `put` therefore always renames a freshly written copy onto
+the hash (even when it exists), and `remove_unreferenced` moves a candidate aside first and
+puts it back when the moved file turns out younger than the grace period.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
+import re
 import shutil
+import time
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 from mlbox.errors import NotFound, StoreError
 
 TMP_PREFIX = ".tmp-"
+_TMP_PID = re.compile(rf"{re.escape(TMP_PREFIX)}(\d+)-")
+_HASH = re.compile(r"[0-9a-f]{64}")
 
 
 @dataclass(frozen=True)
 class Artifact:
+    """One stored file: its content hash and size."""
+
     sha256: str
     size: int
+
+
+@dataclass(frozen=True)
+class StoredFile:
+    """A content-addressed file found on disk, with its age (for the unreferenced-file grace period)."""
+
+    sha256: str
+    size: int
+    age_s: float
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether a process with this id exists on this machine (a permission error means it does)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def file_sha256(path: Path) -> str:
@@ -34,8 +68,85 @@ def file_sha256(path: Path) -> str:
 
 
 class ArtifactStore:
-    def __init__(self, root: Path) -> None:
+    """The `artifacts/` folder: content-addressed files, scratch folders, and their crash leftovers."""
+
+    def __init__(self, root: Path, *, sweep: bool = True) -> None:
         self.root = root
+        if sweep:
+            self.sweep_temporary()
+
+    # crash leftovers ---------------------------------------------------------
+    def temporary(self) -> list[Path]:
+        """Temporary files and scratch folders whose writing process is gone."""
+        if not self.root.is_dir():
+            return []
+        out = []
+        for entry in os.scandir(self.root):
+            match = _TMP_PID.match(entry.name)
+            if entry.name.startswith(TMP_PREFIX) and not (match and pid_alive(int(match.group(1)))):
+                out.append(Path(entry.path))
+        return sorted(out)
+
+    def sweep_temporary(self) -> list[Path]:
+        """Delete the temporary files and scratch folders of dead processes; what was removed."""
+        removed = []
+        for path in self.temporary():
+            if path.is_dir() and not path.is_symlink():
+                shutil.rmtree(path, ignore_errors=True)
+            else:
+                path.unlink(missing_ok=True)
+            removed.append(path)
+        return removed
+
+    @contextlib.contextmanager
+    def scratch(self) -> Iterator[Path]:
+        """A private folder inside the box for files on their way in; removed on exit, swept if the process dies."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        path = self.root / f"{TMP_PREFIX}{os.getpid()}-{uuid.uuid4().hex}"
+        path.mkdir()
+        try:
+            yield path
+        finally:
+            shutil.rmtree(path, ignore_errors=True)
+
+    def stored(self) -> Iterator[StoredFile]:
+        """Every content-addressed file under the root."""
+        if not self.root.is_dir():
+            return
+        now = time.time()
+        for folder in os.scandir(self.root):
+            if len(folder.name) != 2 or not folder.is_dir(follow_symlinks=False):
+                continue
+            for entry in os.scandir(folder.path):
+                if _HASH.fullmatch(entry.name) and entry.name.startswith(folder.name):
+                    st = entry.stat(follow_symlinks=False)
+                    yield StoredFile(entry.name, st.st_size, max(0.0, now - st.st_mtime))
+
+    def unreferenced(self, referenced: set[str], grace_s: float) -> list[StoredFile]:
+        """Stored files no catalog row names, older than `grace_s` (younger ones may be about to be named)."""
+        return [f for f in self.stored() if f.sha256 not in referenced and f.age_s >= grace_s]
+
+    def remove_unreferenced(self, referenced: set[str], grace_s: float) -> list[StoredFile]:
+        """Delete unreferenced files older than `grace_s`; call it holding the catalog's write lock.
+
+        Holding the lock, no row naming a new hash can commit meanwhile. Each candidate is
+        renamed aside before its age is read from the moved file itself, so a `put` that
+        rewrote it in between (fresh mtime) is seen and the file is put back.
+        """
+        removed = []
+        for candidate in self.unreferenced(referenced, grace_s):
+            path = self.path(candidate.sha256)
+            aside = self.root / f"{TMP_PREFIX}{os.getpid()}-{uuid.uuid4().hex}"
+            try:
+                os.rename(path, aside)
+            except FileNotFoundError:
+                continue
+            if time.time() - aside.stat().st_mtime < grace_s:
+                os.replace(aside, path)
+                continue
+            aside.unlink()
+            removed.append(candidate)
+        return removed
 
     def path(self, sha256: str) -> Path:
         if len(sha256) != 64 or any(c not in "0123456789abcdef" for c in sha256):
@@ -58,11 +169,10 @@ class ArtifactStore:
         digest = h.hexdigest()
         target = self.path(digest)
         target.parent.mkdir(exist_ok=True)
-        if target.exists():
-            tmp.unlink()
-        else:
-            os.chmod(tmp, 0o444)
-            os.replace(tmp, target)
+        # Replace even when the hash exists (same bytes): the fresh mtime keeps a concurrent
+        # `remove_unreferenced` off it until this writer's catalog row commits.
+        os.chmod(tmp, 0o444)
+        os.replace(tmp, target)
         return Artifact(digest, size)
 
     def open_verified(self, sha256: str) -> Path:

@@ -287,12 +287,109 @@ CREATE TABLE job_quotas (
 )
 """
 
+# A run records the process that runs it (pid, its start time, host) so a run whose process
+# died can be marked `killed`; the status CHECK gains 'killed'. SQLite cannot alter a CHECK,
+# so the table is rebuilt: with foreign keys deferred, dropping `runs` counts its children's
+# rows as violations and inserting the same ids again counts them back before the commit.
+RUN_PROCESS = """
+PRAGMA defer_foreign_keys = ON;
+CREATE TABLE _runs_0007 AS SELECT * FROM runs;
+DROP TABLE runs;
+CREATE TABLE runs (
+    id TEXT PRIMARY KEY,
+    experiment_id INTEGER NOT NULL REFERENCES experiments(id),
+    name TEXT NOT NULL,
+    status TEXT NOT NULL CHECK (status IN ('running', 'finished', 'failed', 'interrupted', 'killed')),
+    user TEXT NOT NULL,
+    started_at TEXT NOT NULL,
+    ended_at TEXT,
+    duration_s REAL,
+    device TEXT,
+    params TEXT NOT NULL DEFAULT '{}',
+    tags TEXT NOT NULL DEFAULT '{}',
+    environment TEXT NOT NULL DEFAULT '{}',
+    env_hash TEXT,
+    code_rev TEXT,
+    code_dirty INTEGER,
+    dataset_fingerprint TEXT,
+    feature_views TEXT NOT NULL DEFAULT '[]',
+    error TEXT,
+    pid INTEGER,
+    pid_started REAL,
+    host TEXT,
+    heartbeat_at TEXT
+);
+INSERT INTO runs (id, experiment_id, name, status, user, started_at, ended_at, duration_s, device, params, tags,
+    environment, env_hash, code_rev, code_dirty, dataset_fingerprint, feature_views, error)
+SELECT id, experiment_id, name, status, user, started_at, ended_at, duration_s, device, params, tags,
+    environment, env_hash, code_rev, code_dirty, dataset_fingerprint, feature_views, error FROM _runs_0007;
+DROP TABLE _runs_0007;
+CREATE INDEX runs_experiment ON runs(experiment_id, started_at);
+CREATE INDEX runs_status ON runs(status)
+"""
+
+# Jobs gain the `predict` kind (batch scoring). SQLite cannot alter a CHECK, so the table is
+# rebuilt with the same columns; nothing references jobs by foreign key.
+# Rows pushed to a view (FeatureStore.push), durable until the next flush commits them as one offline batch.
+FEATURE_PUSH = """
+CREATE TABLE feature_push_rows (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    view TEXT NOT NULL,
+    version INTEGER NOT NULL,
+    row TEXT NOT NULL,
+    pushed_at TEXT NOT NULL,
+    pushed_by TEXT NOT NULL
+);
+CREATE INDEX feature_push_rows_view ON feature_push_rows(view, version, id)
+"""
+
+JOBS_PREDICT = """
+CREATE TABLE _jobs_0010 (
+    id INTEGER PRIMARY KEY,
+    type TEXT NOT NULL CHECK (type IN ('train', 'materialize', 'monitor', 'retention', 'command', 'predict')),
+    payload TEXT NOT NULL,
+    project TEXT NOT NULL,
+    priority INTEGER NOT NULL DEFAULT 0,
+    gpus INTEGER NOT NULL DEFAULT 0,
+    gpu_memory_mb INTEGER NOT NULL DEFAULT 0,
+    cpus REAL NOT NULL DEFAULT 1,
+    memory_mb INTEGER NOT NULL DEFAULT 0,
+    timeout_s INTEGER NOT NULL DEFAULT 3600,
+    cpu_fallback INTEGER NOT NULL DEFAULT 1,
+    wait_gpu_s INTEGER NOT NULL DEFAULT 600,
+    status TEXT NOT NULL CHECK (status IN ('queued', 'running', 'succeeded', 'failed', 'cancelled', 'timed_out')),
+    attempts INTEGER NOT NULL DEFAULT 0,
+    max_attempts INTEGER NOT NULL DEFAULT 1,
+    submitted_at REAL NOT NULL,
+    submitted_by TEXT NOT NULL,
+    started_at REAL,
+    ended_at REAL,
+    worker TEXT,
+    lease_until REAL,
+    pid INTEGER,
+    devices TEXT,
+    exit_code INTEGER,
+    error TEXT,
+    log_path TEXT,
+    cancel_requested INTEGER NOT NULL DEFAULT 0
+);
+INSERT INTO _jobs_0010 SELECT id, type, payload, project, priority, gpus, gpu_memory_mb, cpus, memory_mb, timeout_s,
+    cpu_fallback, wait_gpu_s, status, attempts, max_attempts, submitted_at, submitted_by, started_at, ended_at, worker,
+    lease_until, pid, devices, exit_code, error, log_path, cancel_requested FROM jobs;
+DROP TABLE jobs;
+ALTER TABLE _jobs_0010 RENAME TO jobs;
+CREATE INDEX jobs_status ON jobs(status, priority, submitted_at)
+"""
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration("0001_core", _sql(CORE)),
     Migration("0002_features", _sql(FEATURES)),
     Migration("0003_tracking_registry", _sql(TRACKING)),
     Migration("0004_serving", _sql(SERVING)),
     Migration("0005_jobs", _sql(JOBS)),
+    Migration("0007_run_process", _sql(RUN_PROCESS)),
+    Migration("0008_feature_push", _sql(FEATURE_PUSH)),
+    Migration("0010_jobs_predict", _sql(JOBS_PREDICT)),
 )
 
 

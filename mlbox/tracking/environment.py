@@ -12,7 +12,7 @@ from typing import Any
 
 PACKAGES = (
     "mlbox", "numpy", "pandas", "pyarrow", "duckdb", "scikit-learn", "xgboost", "xgboost-cpu",
-    "torch", "onnx", "onnxruntime", "skl2onnx", "onnxmltools",
+    "torch", "onnx", "onnxruntime", "onnxruntime-gpu", "skl2onnx", "onnxmltools",
 )  # fmt: skip
 
 

@@ -2,6 +2,10 @@
 
 All tracking SQL lives here. Metrics arrive in batches (`ActiveRun` buffers them) and are
 written with one `executemany` per flush, so logging never dominates a training loop.
+
+A run records the process running it (pid, start time, host) and a heartbeat at every
+metric flush. A `running` run whose process is gone was killed (kill -9, OOM, power): opening
+the store marks such runs `killed`; a live process's run is never touched.
 """
 
 from __future__ import annotations
@@ -18,9 +22,10 @@ from mlbox import clock
 from mlbox.errors import NotFound, UsageError
 from mlbox.store.artifacts import ArtifactStore
 from mlbox.store.sqlite import Database
+from mlbox.tracking import process
 from mlbox.types import check_name
 
-RUN_STATUSES = ("running", "finished", "failed", "interrupted")
+RUN_STATUSES = ("running", "finished", "failed", "interrupted", "killed")
 MetricRow = tuple[str, str, int, float | None, float]  # run_id, key, step, value, ts
 
 
@@ -28,8 +33,10 @@ def _json(value: Any) -> str:
     return json.dumps(value, sort_keys=True, default=str)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class RunInfo:
+    """One run as recorded: identity, status, timing, params, tags, environment, lineage."""
+
     id: str
     experiment: str
     name: str
@@ -48,15 +55,22 @@ class RunInfo:
     dataset_fingerprint: str | None
     feature_views: list[str]
     error: str | None
+    pid: int | None = None
+    host: str | None = None
+    heartbeat_at: str | None = None
 
     def as_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
 
 
 class TrackingStore:
-    def __init__(self, db: Database, artifacts: ArtifactStore) -> None:
+    """Experiments, runs, metrics and run artifacts in meta.db; marks runs of dead processes killed on open."""
+
+    def __init__(self, db: Database, artifacts: ArtifactStore, *, reap: bool = True) -> None:
         self.db = db
         self.artifacts = artifacts
+        if reap:
+            self.reap()
 
     # experiments ----------------------------------------------------------
     def experiment_id(self, name: str, actor: str) -> int:
@@ -80,19 +94,22 @@ class TrackingStore:
 
     # runs -----------------------------------------------------------------
     def create_run(self, experiment: str, name: str | None, actor: str, **fields: Any) -> str:
+        """A new `running` run of this process (or of `fields["process"]`, a ProcessIdentity)."""
         exp = self.experiment_id(experiment, actor)
         run_id = uuid.uuid4().hex[:16]
+        owner: process.ProcessIdentity = fields.get("process") or process.current()
+        now = clock.iso()
         with self.db.atomic():
             self.db.execute(
                 "INSERT INTO runs (id, experiment_id, name, status, user, started_at, params, tags, environment, env_hash, "
-                "code_rev, code_dirty, dataset_fingerprint, feature_views, device) "
-                "VALUES (?, ?, ?, 'running', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                "code_rev, code_dirty, dataset_fingerprint, feature_views, device, pid, pid_started, host, heartbeat_at) "
+                "VALUES (?, ?, ?, 'running', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (
                     run_id,
                     exp,
                     name or run_id[:8],
                     actor,
-                    clock.iso(),
+                    now,
                     _json(fields.get("params", {})),
                     _json(fields.get("tags", {})),
                     _json(fields.get("environment", {})),
@@ -102,6 +119,10 @@ class TrackingStore:
                     fields.get("dataset_fingerprint"),
                     _json(fields.get("feature_views", [])),
                     fields.get("device"),
+                    owner.pid,
+                    owner.started,
+                    owner.host,
+                    now,
                 ),
             )
         return run_id
@@ -142,9 +163,51 @@ class TrackingStore:
             )
 
     def write_metrics(self, rows: Sequence[MetricRow]) -> None:
+        """Insert metric rows; the same transaction moves each run's heartbeat to now."""
         if rows:
+            now = clock.iso()
             with self.db.atomic():
                 self.db.executemany("INSERT INTO metrics (run_id, key, step, value, ts) VALUES (?, ?, ?, ?, ?)", rows)
+                self.db.executemany("UPDATE runs SET heartbeat_at = ? WHERE id = ?", [(now, r) for r in {r[0] for r in rows}])
+
+    # runs whose process died -------------------------------------------------
+    def stale_runs(self) -> list[RunInfo]:
+        """`running` runs whose recorded process is gone (never one whose process lives or cannot be judged)."""
+        rows = self.db.query(
+            "SELECT r.*, e.name AS experiment FROM runs r JOIN experiments e ON e.id = r.experiment_id "
+            "WHERE r.status = 'running' AND r.pid IS NOT NULL ORDER BY r.started_at"
+        )
+        dead = [r for r in rows if process.is_alive(process.ProcessIdentity(r["pid"], r["pid_started"], r["host"])) is False]
+        return [self._info(r) for r in dead]
+
+    def untracked_runs(self) -> list[RunInfo]:
+        """`running` runs recorded without a process (by an older mlbox): nothing can tell whether they live."""
+        rows = self.db.query(
+            "SELECT r.*, e.name AS experiment FROM runs r JOIN experiments e ON e.id = r.experiment_id "
+            "WHERE r.status = 'running' AND r.pid IS NULL ORDER BY r.started_at"
+        )
+        return [self._info(r) for r in rows]
+
+    def mark_killed(self, runs: Iterable[RunInfo]) -> list[str]:
+        """Mark these runs `killed` (those still `running`); the ids marked."""
+        marked = []
+        for run in runs:
+            error = f"process {run.pid} on {run.host} ended without ending the run (last heartbeat {run.heartbeat_at})"
+            with self.db.atomic():
+                row = self.db.one("SELECT status FROM runs WHERE id = ?", (run.id,))
+                if row is None or row["status"] != "running":
+                    continue
+                self.finish(run.id, "killed", error)
+            marked.append(run.id)
+        return marked
+
+    def reap(self) -> list[str]:
+        """Mark every run whose process died `killed`; the ids marked."""
+        return self.mark_killed(self.stale_runs())
+
+    def artifact_hashes(self) -> set[str]:
+        """The sha256 of every artifact a run names."""
+        return {r["sha256"] for r in self.db.query("SELECT DISTINCT sha256 FROM run_artifacts")}
 
     def log_artifact(self, run_id: str, path: Path, name: str | None = None) -> dict[str, Any]:
         if not path.is_file():
@@ -190,6 +253,9 @@ class TrackingStore:
             dataset_fingerprint=r["dataset_fingerprint"],
             feature_views=json.loads(r["feature_views"]),
             error=r["error"],
+            pid=r["pid"],
+            host=r["host"],
+            heartbeat_at=r["heartbeat_at"],
         )
 
     def runs(self, experiment: str | None = None, status: str | None = None, limit: int = 50) -> list[RunInfo]:

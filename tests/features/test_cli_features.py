@@ -74,11 +74,30 @@ def test_cli_features_end_to_end(tmp_path: Path) -> None:
     latest = customers.assign(updated_at=pd.to_datetime(customers["updated_at"], utc=True))
     latest = latest[latest["customer_id"] == 1001].sort_values("updated_at").iloc[-1]
     first = got[0]
-    assert (first["age"], first["plan"], first["region"], first["email"]) == (int(latest["age"]), latest["plan"], latest["region"], latest["email"])
-    assert first["monthly_charges"] == float(latest["monthly_charges"])
     assert pd.Timestamp(first["customer_profile@1:__ts"]) == latest["updated_at"]
-    assert isinstance(first["calls"], int)
-    assert got[1]["age"] is None and got[1]["calls"] is None
+    # the template's data are from 2025: past the view's TTL (400 days) today, the values are null and said so
+    assert pd.Timestamp.now(tz="UTC") - latest["updated_at"] > pd.Timedelta(days=400)
+    assert first["customer_profile@1:__status"] == "expired" and first["age"] is None and first["plan"] is None
+    assert got[1]["age"] is None and got[1]["calls"] is None and got[1]["customer_profile@1:__status"] == "missing"
+    text = _ok([*home, "features", "get", "customer_profile:age", "--entity", "customer_id=1001"], tmp_path)
+    assert "expired" in text and "TTL" in text
+
+    # a fresh value pushed through the CLI is served at once, then flushed into an offline batch
+    now = pd.Timestamp.now(tz="UTC").floor("s")
+    pushed = {**{k: (v.item() if hasattr(v, "item") else v) for k, v in latest.items()}, "updated_at": now.isoformat(), "age": 50}
+    (tmp_path / "push.json").write_text(json.dumps([pushed]))
+    result = json.loads(_ok([*home, "--json", "features", "push", "customer_profile", str(tmp_path / "push.json")], tmp_path))
+    assert (result["view"], result["rows"], result["staged"]) == ("customer_profile@1", 1, 1)
+    (got,) = json.loads(_ok([*home, "--json", "features", "get", "customer_profile:*", "--entity", "customer_id=1001"], tmp_path))
+    assert (got["age"], got["plan"], got["customer_profile@1:__status"]) == (50, latest["plan"], "ok")
+    assert got["monthly_charges"] == float(latest["monthly_charges"]) and pd.Timestamp(got["customer_profile@1:__ts"]) == now
+    flushed = json.loads(_ok([*home, "--json", "features", "flush"], tmp_path))
+    assert [(f["view"], f["rows"]) for f in flushed] == [("customer_profile@1", 1)]
+    rows = json.loads(_ok([*home, "--json", "features", "sql", "SELECT age FROM customer_profile WHERE customer_id = 1001 ORDER BY updated_at DESC LIMIT 1"], tmp_path))
+    assert rows == [{"age": 50}]
+    (tmp_path / "bad.json").write_text(json.dumps([{**pushed, "age": "old"}]))
+    proc = run_mlbox([*home, "features", "push", "customer_profile", str(tmp_path / "bad.json")], cwd=tmp_path)
+    assert proc.returncode == 2 and "'age'" in _one_error_line(proc) and "int64" in _one_error_line(proc)
 
     lineage = json.loads(_ok([*home, "--json", "features", "lineage", "usage"], tmp_path))
     assert [b["id"] for b in lineage["versions"][0]["batches"]] == [usage["id"]]
@@ -86,7 +105,7 @@ def test_cli_features_end_to_end(tmp_path: Path) -> None:
     assert [s["fingerprint"] for s in lineage["training_sets"]] == [ts["fingerprint"]]
 
     rows = json.loads(_ok([*home, "--json", "features", "sql", "SELECT count(*) AS n, count(DISTINCT customer_id) AS c FROM customer_profile"], tmp_path))
-    assert rows == [{"n": len(customers), "c": customers["customer_id"].nunique()}]
+    assert rows == [{"n": len(customers) + 1, "c": customers["customer_id"].nunique()}]  # + the pushed row
     assert "tickets_per_call" in _ok([*home, "features", "show", "usage"], tmp_path)
 
     # bad input: one red line on stderr, a non-zero exit code, nothing committed
@@ -101,4 +120,4 @@ def test_cli_features_end_to_end(tmp_path: Path) -> None:
     proc = run_mlbox([*home, "features", "ingest", "nope"], cwd=tmp_path)
     assert proc.returncode == 3 and "nope" in _one_error_line(proc)
     lineage = json.loads(_ok([*home, "--json", "features", "lineage", "customer_profile"], tmp_path))
-    assert [b["id"] for b in lineage["versions"][0]["batches"]] == [profile["id"]]
+    assert [b["id"] for b in lineage["versions"][0]["batches"]][0] == profile["id"]  # then the flushed push

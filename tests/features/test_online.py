@@ -32,9 +32,18 @@ def _entity_rows(view: str) -> list[dict[str, Any]]:
     return [{"customer_id": c} for c in [*D.CUSTOMERS, 0, 13, 14]]
 
 
+NOW = D.BASE + D.GRID * D.STEP  # the clock of these tests: some rows are within each TTL, some older
+
+
+@pytest.fixture(autouse=True)
+def frozen_clock(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("mlbox.clock.now", lambda: NOW.to_pydatetime())
+
+
 def _check_online(fs: FeatureStore, world: D.World) -> None:
     for v in D.VIEWS:
         want = D.latest_per_entity(world, v.name)
+        ttl = D.TTL[v.name]
         rows = _entity_rows(v.name)
         got = online_rows(fs, [f"{v.name}:*"], rows, with_timestamps=True)
         assert len(got) == len(rows)
@@ -44,19 +53,24 @@ def _check_online(fs: FeatureStore, world: D.World) -> None:
             assert {k: out[k] for k in req} == req  # the request's keys come back unchanged
             if exp is None:
                 assert all(out[f] is None for f in D.FIELDS[v.name]), (v.name, key, out)
-                assert out[f"{v.name}@1:__ts"] is None
+                assert out[f"{v.name}@1:__ts"] is None and out[f"{v.name}@1:__status"] == "missing"
                 continue
+            assert pd.Timestamp(out[f"{v.name}@1:__ts"]) == exp[v.timestamp]
+            if ttl is not None and exp[v.timestamp] < NOW - ttl:  # older than the TTL: null, and said so
+                assert all(out[f] is None for f in D.FIELDS[v.name]), (v.name, key, out)
+                assert out[f"{v.name}@1:__status"] == "expired"
+                continue
+            assert out[f"{v.name}@1:__status"] == "ok"
             values = {f: out[f] for f in D.FIELDS[v.name]}
             assert values == {f: exp[f] for f in D.FIELDS[v.name]}, (v.name, key)
             for f in D.FIELDS[v.name]:
                 if exp[f] is not None:
                     assert type(values[f]) is type(exp[f]), (v.name, f, values[f])  # bool stays bool, int stays int
-            assert pd.Timestamp(out[f"{v.name}@1:__ts"]) == exp[v.timestamp]
         # single-entity lookups (a different SQL path) agree
-        for req in rows[:3]:
+        for req in rows:
             one = online_rows(fs, [f"{v.name}:*"], [req])[0]
-            exp = want.get(tuple(req[k] for k in D.KEYS[v.name]))
-            assert {f: one[f] for f in D.FIELDS[v.name]} == {f: (exp or {}).get(f) for f in D.FIELDS[v.name]}
+            many = online_rows(fs, [f"{v.name}:*"], rows)[rows.index(req)]
+            assert one == many
 
 
 @pytest.mark.parametrize("seed", [11, 12])
@@ -190,5 +204,77 @@ def test_every_dtype_offline_and_online(fs: FeatureStore) -> None:
     a, b = online_rows(fs, ["things:*"], [{"tid": "a"}, {"tid": "b"}])
     assert (a["i32"], a["f32"], a["b"], a["s"], a["i64"], a["f64"]) == (-7, 1.25, False, "x", 2**60, 0.1)
     assert type(a["b"]) is bool and type(a["i64"]) is int
-    assert str(a["d"]).startswith("2025-01-02") and pd.Timestamp(a["t"]) == pd.Timestamp("2025-01-03T00:00:00Z")
+    # timestamps and dates come back as the canonical number a model encodes: seconds since the epoch (a date: its midnight UTC)
+    assert (a["d"], a["t"]) == (pd.Timestamp("2025-01-02T00:00:00Z").timestamp(), pd.Timestamp("2025-01-03T00:00:00Z").timestamp())
+    assert type(a["d"]) is float and type(a["t"]) is float
+    (native,) = online_rows(fs, ["things:d", "things:t"], [{"tid": "a"}], native=True)
+    assert native["d"] == dt.date(2025, 1, 2) and native["t"] == dt.datetime(2025, 1, 3, tzinfo=dt.UTC)
     assert all(b[f.name] is None for f in fields)
+
+
+def test_ttl_online_equals_the_training_set_at_the_same_instant(fs: FeatureStore, monkeypatch: pytest.MonkeyPatch) -> None:
+    """At a fixed clock, online values equal a training set with every label at that instant, TTL edges included."""
+    now = pd.Timestamp("2026-06-01T12:00:00Z")
+    monkeypatch.setattr("mlbox.clock.now", lambda: now.to_pydatetime())
+    fs.apply([Entity("customer", {"customer_id": "int64"}), FeatureView("p", "customer", "ts", (Field("x", "int64"), Field("s", "string")), ttl="1h")])
+    hour, us = pd.Timedelta(hours=1), pd.Timedelta(microseconds=1)
+    stamps = [now - hour, now - hour - us, now, now - pd.Timedelta(days=30), now - hour + us]
+    fs.ingest("p", pd.DataFrame({"customer_id": [1, 2, 3, 4, 5], "ts": stamps, "x": [10, 20, 30, 40, 50], "s": list("abcde")}))
+    fs.materialize("p")
+    ids = [1, 2, 3, 4, 5, 6]
+    got = fs.get_online_features(["p:x", "p:s"], [{"customer_id": i} for i in ids], with_timestamps=True)
+    assert got["x"] == [10, None, 30, None, 50, None] and got["s"] == ["a", None, "c", None, "e", None]
+    assert got["p@1:__status"] == ["ok", "expired", "ok", "expired", "ok", "missing"]
+    assert [None if t is None else pd.Timestamp(t) for t in got["p@1:__ts"]] == [*stamps, None]
+    frame = fs.training_set(pd.DataFrame({"customer_id": ids, "ts": [now] * len(ids)}), ["p:x", "p:s"], timestamp="ts").frame
+    assert [None if pd.isna(v) else int(v) for v in frame["x"]] == got["x"]
+    assert [None if pd.isna(v) else v for v in frame["s"]] == got["s"]
+    # one entity at a time (the single-row path) agrees
+    for i, x in zip(ids, got["x"], strict=True):
+        assert fs.get_online_features(["p:x"], [{"customer_id": i}])["x"] == [x]
+    # the clock moves on: the exact-TTL row expires one microsecond later
+    monkeypatch.setattr("mlbox.clock.now", lambda: (now + us).to_pydatetime())
+    assert fs.get_online_features(["p:x"], [{"customer_id": 1}], with_timestamps=True)["p@1:__status"] == ["expired"]
+
+
+def test_materialize_keeps_every_version_a_training_set_used_fresh(fs: FeatureStore) -> None:
+    customer = Entity("customer", {"customer_id": "int64"})
+    fs.apply([customer, FeatureView("p", "customer", "ts", (Field("x", "int64"),))])
+    fs.ingest("p", pd.DataFrame({"customer_id": [1, 2], "ts": [T0, T0], "x": [1, 2]}))
+    labels = pd.DataFrame({"customer_id": [1, 2], "ts": [T0 + pd.Timedelta(days=1)] * 2})
+    fs.training_set(labels, ["p:x"], timestamp="ts")  # a model trained on p@1, never materialized
+    fs.apply([customer, FeatureView("p", "customer", "ts", (Field("x", "int64"), Field("y", "int64")))])
+    assert {r.view for r in fs.materialize()} == {"p@1", "p@2"}
+    fs.ingest("p", pd.DataFrame({"customer_id": [1], "ts": [T0 + pd.Timedelta(hours=1)], "x": [11], "y": [5]}))
+    fs.ingest("p@1", pd.DataFrame({"customer_id": [2], "ts": [T0 + pd.Timedelta(hours=1)], "x": [22]}))
+    results = {r.view: (r.mode, r.batches) for r in fs.materialize()}
+    assert results == {"p@1": ("incremental", 1), "p@2": ("incremental", 1)}
+    assert fs.get_online_features(["p@1:x"], [{"customer_id": 1}, {"customer_id": 2}])["x"] == [1, 22]
+    assert fs.get_online_features(["p@2:x", "p@2:y"], [{"customer_id": 1}]) == {"customer_id": [1], "x": [11], "y": [5]}
+    # naming the view refreshes its versions in use too; NAME@N only that one
+    assert {r.view for r in fs.materialize("p")} == {"p@1", "p@2"}
+    assert [r.view for r in fs.materialize("p@1")] == ["p@1"]
+    # a view nobody used keeps only its latest version refreshed
+    fs.apply([customer, FeatureView("q", "customer", "ts", (Field("a", "int64"),))])
+    fs.apply([customer, FeatureView("q", "customer", "ts", (Field("a", "int64"), Field("b", "int64")))])
+    assert {r.view for r in fs.materialize("q")} == {"q@2"}
+
+
+def test_answer_columns_come_in_the_order_asked(fs: FeatureStore) -> None:
+    fs.apply([Entity("customer", {"customer_id": "int64"}), FeatureView("p", "customer", "ts", (Field("i", "int64"), Field("s", "string"), Field("f", "float64"), Field("b", "bool")))])
+    fs.ingest("p", pd.DataFrame({"customer_id": [1, 2], "ts": [T0, T0], "i": [1, 2], "s": ["a", "b"], "f": [0.5, 1.5], "b": [True, False]}))
+    fs.materialize("p")
+    for refs in (["p:b", "p:f", "p:i"], ["p:s", "p:b", "p:i", "p:f"], ["p:*"]):
+        for rows in ([{"customer_id": 1}], [{"customer_id": 1}, {"customer_id": 2}]):
+            got = fs.get_online_features(refs, rows)
+            names = ["i", "s", "f", "b"] if refs == ["p:*"] else [r.split(":")[1] for r in refs]
+            assert list(got) == ["customer_id", *names]
+            assert got["i" if "i" in got else "b"][0] == (1 if "i" in got else True)
+            if "f" in got:
+                assert got["f"][:1] == [0.5]
+    # numbers only: single reads take the struct path, whose blob is in dtype-block order (float64, int64, ..., bool)
+    fs.apply([Entity("customer", {"customer_id": "int64"}), FeatureView("n", "customer", "ts", (Field("i", "int64"), Field("b", "bool"), Field("f", "float64")))])
+    fs.ingest("n", pd.DataFrame({"customer_id": [1], "ts": [T0], "i": [7], "b": [True], "f": [0.25]}))
+    fs.materialize("n")
+    assert fs.get_online_features(["n:*"], [{"customer_id": 1}]) == {"customer_id": [1], "i": [7], "b": [True], "f": [0.25]}
+    assert list(fs.get_online_features(["n:*"], [{"customer_id": 1}])) == ["customer_id", "i", "b", "f"]

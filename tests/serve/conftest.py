@@ -341,18 +341,38 @@ def deploy(
 # helpers -------------------------------------------------------------------------------------
 
 
-METRIC_LINE = re.compile(r"^([a-zA-Z_:][a-zA-Z0-9_:]*)(\{.*\})?\s+(\S+)$")
+LABEL = re.compile(r'([a-zA-Z_][a-zA-Z0-9_]*)="((?:[^"\\]|\\.)*)"')
 
 
-def parse_metrics(text: str) -> dict[str, float]:
-    """Prometheus text exposition as {'name{labels}': value}, labels exactly as rendered."""
-    out: dict[str, float] = {}
-    for line in text.splitlines():
-        if not line or line.startswith("#"):
-            continue
-        match = METRIC_LINE.match(line)
-        assert match, f"not a Prometheus sample line: {line!r}"
-        out[f"{match[1]}{match[2] or ''}"] = float(match[3])
+def sample_key(key: str) -> str:
+    """'name{labels}' with the labels in one order (sorted, `le` last), however `key` orders them."""
+    name, _, rest = key.partition("{")
+    labels = sorted(LABEL.findall(rest), key=lambda kv: (kv[0] == "le", kv[0]))
+    return name + ("{" + ",".join(f'{k}="{v}"' for k, v in labels) + "}" if labels else "")
+
+
+class Samples(dict[str, float]):
+    """Samples by 'name{labels}'; a key may list its labels in any order (Prometheus gives them no order)."""
+
+    def __getitem__(self, key: str) -> float:
+        return super().__getitem__(sample_key(key))
+
+    def __contains__(self, key: object) -> bool:
+        return isinstance(key, str) and super().__contains__(sample_key(key))
+
+    def get(self, key: str, default: Any = None) -> Any:  # type: ignore[override]
+        return super().get(sample_key(key), default)
+
+
+def parse_metrics(text: str) -> Samples:
+    """Prometheus text exposition, parsed by prometheus_client, as {'name{labels}': value} (see `sample_key`)."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    out = Samples()
+    for family in text_string_to_metric_families(text):
+        for s in family.samples:
+            labels = ",".join(f'{k}="{v}"' for k, v in s.labels.items())
+            dict.__setitem__(out, sample_key(s.name + ("{" + labels + "}" if labels else "")), float(s.value))
     return out
 
 
@@ -415,7 +435,7 @@ PROBE_BODY: dict[str, Any] = {
 def check_documented_operations(client: Any, tokens: dict[str, str]) -> None:
     """Every operation in /openapi.json exists: public ones answer 200; the others 401 without a token and
     404 for an unknown deployment, both documented and both in the envelope."""
-    doc = client.get("/openapi.json").json()
+    doc = client.get("/openapi.json", headers={"Authorization": f"Bearer {tokens['viewer']}"}).json()
     for template, ops in doc["paths"].items():
         for method, op in ops.items():
             path = template.replace("{name}", "bad")

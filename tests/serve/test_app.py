@@ -1,5 +1,6 @@
-"""mlbox's Starlette app in-process through httpx.ASGITransport: the error envelope for every bad request,
-the OpenAPI document against the routes, auth switched off, body limits, and BentoML's fast path.
+"""mlbox's app in-process through httpx.ASGITransport: the error envelope for every bad request, the generated
+OpenAPI document against the routes and the models' signatures, 405 with Allow, the push route's checks, auth
+switched off, body limits, and the one dispatcher under BentoML.
 """
 
 from __future__ import annotations
@@ -16,13 +17,14 @@ import pandas as pd
 import pytest
 from starlette.routing import Route
 
-from mlbox.api.app import build_app
+from mlbox.api.app import Api, build_app
 from mlbox.api.predict import ContextRef
 from mlbox.api.context import ServeContext
-from mlbox.api.openapi import openapi_document
+from mlbox.api.openapi import api_facts, openapi_document
 from mlbox.config import load_settings
 from mlbox.flavors import onnx as onnx_files
 from mlbox.flavors.signature import Signature
+from mlbox.types import NAME_PATTERN
 
 from ..conftest import OS_USER
 from ._cases import CASES, GOOD, IDS, MAX_ROWS, Case
@@ -31,6 +33,8 @@ from .conftest import (
 )  # fmt: skip
 
 MANAGE_ACTIONS = ("canary", "shadow", "promote", "rollback")
+PROFILE = {"customer_id": 7, "updated_at": "2026-01-01T00:00:00Z", "age": 30, "plan": "basic", "region": None,
+           "monthly_charges": 12.5, "email": None}  # a customer_profile row (the template's view without a transformation)
 
 
 @pytest.fixture(scope="module")
@@ -197,7 +201,8 @@ def test_health_readiness_and_metrics(api: AsgiClient) -> None:
     assert api.get("/healthz").json() == {"status": "ok"}
     ready = api.get("/readyz")
     assert ready.status_code == 200
-    assert ready.json() == {"status": "ready", "deployments": ["bad", "fs"], "problems": {}}
+    body = ready.json()
+    assert {k: body[k] for k in ("status", "deployments", "problems")} == {"status": "ready", "deployments": ["bad", "fs"], "problems": {}}
     metrics = api.get("/metrics")
     assert metrics.headers["content-type"].startswith("text/plain")
     assert "# TYPE mlbox_prediction_log_backlog gauge" in metrics.text
@@ -206,9 +211,10 @@ def test_health_readiness_and_metrics(api: AsgiClient) -> None:
 # OpenAPI ----------------------------------------------------------------------------------------
 
 
-def app_operations() -> set[tuple[str, str]]:
-    """(path, method) of every route of the app, with `{action}` expanded to the management actions."""
-    out: set[tuple[str, str]] = set()
+def app_operations(deployments: list[str]) -> set[tuple[str, str]]:
+    """(path, method) of every route of the app, with `{action}` expanded to the management actions and the
+    predict route (the dispatcher's, not the router's) once per deployment."""
+    out = {(f"/v1/deployments/{d}/predict", "post") for d in deployments}
     for route in build_app(ContextRef()).routes:
         assert isinstance(route, Route)
         paths = [route.path.replace("{action:str}", a) for a in MANAGE_ACTIONS] if "{action" in route.path else [route.path]
@@ -216,11 +222,68 @@ def app_operations() -> set[tuple[str, str]]:
     return out
 
 
-def test_openapi_documents_exactly_the_routes(api: AsgiClient) -> None:
-    doc = api.get("/openapi.json").json()
-    assert doc == openapi_document()
+def test_predict_is_registered_once_in_the_one_dispatcher() -> None:
+    app = build_app(ContextRef())
+    assert isinstance(app, Api) and app.lifespan is app.starlette
+    assert not [r for r in app.routes if isinstance(r, Route) and r.path.endswith("/predict")]
+
+
+def test_openapi_documents_exactly_the_routes(api: AsgiClient, ctx: ServeContext, tokens: dict[str, str]) -> None:
+    doc = api.get("/openapi.json", headers=bearer(tokens, "viewer")).json()
+    assert doc == openapi_document(api_facts(ctx))
     documented = {(path, method) for path, ops in doc["paths"].items() for method in ops}
-    assert documented == app_operations()
+    assert documented == app_operations(["bad", "fs"])
+
+
+def test_openapi_needs_a_token_that_may_read(api: AsgiClient, tokens: dict[str, str]) -> None:
+    for path in ("/openapi.json", "/schema.json"):
+        assert_error(api.get(path), 401, "unauthenticated")
+        assert api.get(path, headers=bearer(tokens, "service")).status_code == 200
+
+
+def test_openapi_predict_schema_is_the_models_signature(api: AsgiClient, tokens: dict[str, str]) -> None:
+    doc = api.get("/openapi.json", headers=bearer(tokens, "viewer")).json()
+    plain = doc["paths"]["/v1/deployments/bad/predict"]["post"]
+    body = plain["requestBody"]["content"]["application/json"]["schema"]
+    rows = body["properties"]["rows"]
+    assert (body["required"], body["additionalProperties"]) == (["rows"], False)  # not from the store: rows only
+    assert (rows["minItems"], rows["maxItems"]) == (1, MAX_ROWS)
+    row = rows["items"]
+    assert row["additionalProperties"] is False and set(row["required"]) == set(GOOD)
+    assert row["properties"]["segment"] == {"type": "string", "enum": ["a", "b", "c"]}
+    assert row["properties"]["x0"]["type"] == "number" and row["properties"]["customer_id"]["type"] == "number"
+    answer = plain["responses"]["200"]["content"]["application/json"]["schema"]
+    per_row = answer["properties"]["predictions"]["items"]
+    assert set(per_row["required"]) == {"0", "1"} and per_row["additionalProperties"] is False
+    fs = doc["paths"]["/v1/deployments/fs/predict"]["post"]["requestBody"]["content"]["application/json"]["schema"]
+    rows_form, entities_form = fs["oneOf"]
+    assert entities_form["properties"]["entities"]["items"]["required"] == ["customer_id"]
+    assert entities_form["properties"]["entities"]["items"]["properties"]["customer_id"]["type"] == "integer"
+    assert "age" in rows_form["properties"]["rows"]["items"]["properties"]
+    name = doc["paths"]["/v1/deployments/{name}"]["get"]["parameters"][0]
+    assert name["schema"]["pattern"] == NAME_PATTERN.pattern
+    allow = plain["responses"]["405"]["headers"]["Allow"]
+    assert allow["required"] is True
+
+
+def test_bentoml_schema_has_one_route_per_deployment_to_its_predict_path(api: AsgiClient, tokens: dict[str, str]) -> None:
+    schema = api.get("/schema.json", headers=bearer(tokens, "service")).json()
+    assert (schema["name"], schema["type"]) == ("mlbox", "service")
+    routes = {r["name"]: r for r in schema["routes"]}
+    assert set(routes) == {"bad", "fs"}
+    assert routes["bad"]["route"] == "/v1/deployments/bad/predict" and routes["bad"]["is_task"] is False
+    assert set(routes["bad"]["input"]["properties"]) == {"rows"}
+    assert set(routes["fs"]["input"]["properties"]) == {"rows", "entities"}
+    assert routes["bad"]["output"]["required"] == ["predictions", "model", "variant", "request_id"]
+
+
+def test_405_names_the_allowed_methods(api: AsgiClient, tokens: dict[str, str]) -> None:
+    for method, path, allowed in [("GET", "/v1/deployments/bad/predict", {"POST"}),
+                                  ("DELETE", "/v1/deployments/bad", {"GET", "HEAD"}),
+                                  ("PUT", "/v1/features/push", {"POST"})]:  # fmt: skip
+        response = api.request(method, path, headers=bearer(tokens, "admin"))
+        assert_error(response, 405, "method_not_allowed", (method,))
+        assert {m.strip() for m in response.headers["allow"].split(",")} == allowed
 
 
 def test_openapi_error_schema_is_the_envelope() -> None:
@@ -232,17 +295,54 @@ def test_openapi_error_schema_is_the_envelope() -> None:
 
 
 @pytest.mark.parametrize("case", [c for c in CASES if c.doc], ids=[c.id for c in CASES if c.doc])
-def test_each_error_status_is_documented_for_its_route(case: Case) -> None:
-    responses = openapi_document()["paths"][case.doc][case.method.lower()]["responses"]
+def test_each_error_status_is_documented_for_its_route(case: Case, ctx: ServeContext) -> None:
+    assert case.doc is not None
+    paths = openapi_document(api_facts(ctx))["paths"]
+    responses = paths[case.doc.replace("{name}/predict", "bad/predict")][case.method.lower()]["responses"]
     assert str(case.status) in responses, f"{case.method} {case.doc} does not document {case.status}"
     assert responses[str(case.status)]["content"]["application/json"]["schema"] == {"$ref": "#/components/schemas/Error"}
+
+
+def test_every_documented_error_uses_the_envelope(ctx: ServeContext) -> None:
+    for path, ops in openapi_document(api_facts(ctx))["paths"].items():
+        for method, op in ops.items():
+            for status, response in op["responses"].items():
+                if int(status) >= 400 and status != "503":
+                    assert response["content"] == {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}, (
+                        method, path, status)  # fmt: skip
 
 
 def test_every_documented_operation_exists_and_documents_its_errors(api: AsgiClient, tokens: dict[str, str]) -> None:
     check_documented_operations(api, tokens)
 
 
-# BentoML's fast path ------------------------------------------------------------------------------
+# features push ------------------------------------------------------------------------------------
+
+
+def test_push_needs_features_write(api: AsgiClient, tokens: dict[str, str]) -> None:
+    body = {"view": "usage", "rows": [{"customer_id": 1}]}
+    assert_error(api.post("/v1/features/push", json=body), 401, "unauthenticated")
+    assert_error(api.post("/v1/features/push", json=body, headers=bearer(tokens, "service")), 403, "forbidden")
+
+
+@pytest.mark.parametrize(
+    "body, status, mentions",
+    [
+        ([1, 2], 400, ()),
+        ({"view": "usage"}, 422, ("rows",)),
+        ({"view": "usage", "rows": [], "extra": 1}, 422, ("extra",)),
+        ({"view": 3, "rows": [{"customer_id": 1}]}, 422, ("view",)),
+        ({"view": "usage", "rows": []}, 422, ("rows",)),
+        ({"view": "usage", "rows": [1]}, 422, ("rows",)),
+        ({"view": "usage", "rows": [{"customer_id": 1}] * (MAX_ROWS + 1)}, 413, (str(MAX_ROWS),)),
+    ],
+)
+def test_push_refuses_bad_bodies(api: AsgiClient, tokens: dict[str, str], body: Any, status: int, mentions: tuple[str, ...]) -> None:
+    response = api.post("/v1/features/push", json=body, headers=bearer(tokens, "data-scientist"))
+    assert_error(response, status, None, mentions)
+
+
+# BentoML's lifespan through the one dispatcher ------------------------------------------------------
 
 FAST_PATH_SCRIPT = r"""
 import asyncio, json
@@ -257,39 +357,64 @@ def recorder(tag):
         seen.append([tag, scope["type"], scope["path"]])
     return asgi
 
-dispatch = service.FastPathDispatcher(recorder("bentoml"), recorder("mlbox"))
+dispatch = service.APP.around(recorder("bentoml"))
+dispatch.starlette = recorder("router")
+dispatch.predict.handle = lambda name, scope, receive, send: recorder("predict:" + name)(scope, receive, send)
 
 async def main():
-    for path in ["/v1/deployments/x/predict", "/v1/anything", "/metrics", "/openapi.json", "/healthz", "/readyz",
-                 "/", "/docs", "/livez", "/v2/x", "/metricsx"]:
-        await dispatch({"type": "http", "path": path}, None, None)
+    for path in ["/v1/deployments/x/predict", "/v1/anything", "/metrics", "/openapi.json", "/schema.json", "/healthz",
+                 "/", "/docs", "/v2/x"]:
+        await dispatch({"type": "http", "method": "POST" if path.endswith("predict") else "GET", "path": path}, None, None)
     await dispatch({"type": "websocket", "path": "/v1/anything"}, None, None)
     await dispatch({"type": "lifespan", "path": "/v1/x"}, None, None)
     async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as client:
         return await client.get("/v1/deployments")
 
 r = asyncio.run(main())
-print(json.dumps({"app": type(app).__name__, "fast_app_is_mlbox": app.fast_app is service.APP,
-                  "bento_app": type(app.bento_app).__name__, "routes": seen,
+print(json.dumps({"app": type(app).__name__, "shares_routes": app.starlette is service.APP.starlette,
+                  "lifespan_is_bentos": app.lifespan is not service.APP.starlette and app.lifespan is not app, "routes": seen,
                   "status": r.status_code, "body": r.json(), "retry_after": r.headers.get("retry-after")}))
 """
 
 
-def test_bentoml_service_wraps_its_app_in_the_fast_path(app_home: Path) -> None:
+def test_bentoml_service_serves_through_the_one_dispatcher(app_home: Path) -> None:
     proc = subprocess.run(
         [sys.executable, "-c", FAST_PATH_SCRIPT], env=subprocess_env(app_home), cwd=app_home,
         capture_output=True, text=True, timeout=120,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-3000:]
     out = json.loads(proc.stdout.strip().splitlines()[-1])
-    assert out["app"] == "FastPathDispatcher"
-    assert out["fast_app_is_mlbox"] is True
-    assert out["bento_app"] != "FastPathDispatcher"
-    # every HTTP path is mlbox's (unknown ones get its JSON envelope; BentoML's web UI is not served)
-    assert all(tag == "mlbox" for tag, kind, _ in out["routes"] if kind == "http")
-    assert {p for tag, kind, p in out["routes"] if kind == "http"} >= {"/v1/deployments/x/predict", "/metrics", "/"}
+    assert out["app"] == "Api" and out["shares_routes"] is True
+    assert out["lifespan_is_bentos"] is True  # BentoML's own app keeps the lifespan
+    http = [(tag, p) for tag, kind, p in out["routes"] if kind == "http"]
+    assert http[0] == ("predict:x", "/v1/deployments/x/predict")
+    # every other HTTP path is mlbox's router (unknown ones get its JSON envelope; BentoML's web UI is not served)
+    assert all(tag == "router" for tag, _ in http[1:]) and len(http) == 9
     assert ["bentoml", "websocket", "/v1/anything"] in out["routes"]
     assert ["bentoml", "lifespan", "/v1/x"] in out["routes"]
     # through the real to_asgi() app, /v1 reaches mlbox's app directly: no worker context yet, so mlbox's 429
     assert out["status"] == 429 and out["retry_after"] == "1"
     assert out["body"]["error"]["code"] == "overloaded"
+
+
+@pytest.mark.parametrize(
+    "change, field",
+    [({"plan": {}}, "plan"), ({"monthly_charges": False}, "monthly_charges"), ({"age": 2**63}, "age"), ({"age": 1.5}, "age"),
+     ({"customer_id": True}, "customer_id"), ({"updated_at": 5}, "updated_at")],
+)  # fmt: skip
+def test_push_refuses_json_values_of_the_wrong_type(api: AsgiClient, tokens: dict[str, str], change: dict[str, Any], field: str) -> None:
+    row = {**PROFILE, **change}
+    response = api.post("/v1/features/push", json={"view": "customer_profile", "rows": [row]}, headers=bearer(tokens, "data-scientist"))
+    assert_error(response, 422, "invalid", ("rows[0]", field))
+
+
+def test_push_writes_the_rows_online_at_once(api: AsgiClient, tokens: dict[str, str]) -> None:
+    row = {**PROFILE, "customer_id": 990001, "age": 41, "updated_at": "2026-11-30T10:00:00Z"}
+    body = {"view": "customer_profile", "rows": [row]}
+    response = api.post("/v1/features/push", json=body, headers=bearer(tokens, "data-scientist"))
+    assert response.status_code == 200, response.text
+    assert response.json()["rows"] == 1 and response.json()["view"] == "customer_profile@1"
+    online = api.post("/v1/features/online", json={"features": ["customer_profile:age"], "entities": [{"customer_id": 990001}]},
+                      headers=bearer(tokens, "service"))  # fmt: skip
+    assert online.status_code == 200, online.text
+    assert online.json()["features"]["age"] == [41]

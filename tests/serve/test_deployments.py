@@ -49,6 +49,23 @@ def test_split_carries_every_routing_field(box: Box) -> None:
     assert d.split() == TrafficSplit("churn", "churn:1", "churn:2", 25.0, "customer_id", "churn_bc:1", d.revision)
 
 
+def test_the_sticky_key_is_declared_on_the_deployment(box: Box) -> None:
+    d = box.deployments
+    assert d.create("churn", "churn:1", OS_USER, sticky_key="session_id").sticky_key == "session_id"
+    assert d.canary("churn", "churn:2", 10, OS_USER).sticky_key == "session_id"  # a canary keeps it
+    assert d.canary("churn", "churn:2", 20, OS_USER, "customer_id").sticky_key == "customer_id"
+    assert d.promote("churn", OS_USER).sticky_key == "customer_id"
+    removed = d.sticky("churn", None, OS_USER)
+    assert removed.sticky_key is None and removed.split().sticky_key is None
+    latest = box.audit.entries(limit=1, target="churn")[0]
+    assert (latest.action, latest.details) == ("deploy.sticky", {"sticky_key": None})
+    assert d.sticky("churn", "user", OS_USER).revision == removed.revision + 1
+    with pytest.raises(UsageError, match="sticky key"):
+        d.create("other", "churn:1", OS_USER, sticky_key="Session ID")
+    with pytest.raises(UsageError, match="sticky key"):
+        d.sticky("churn", "a b", OS_USER)
+
+
 def test_promote_keeps_the_old_primary_and_rollback_brings_it_back(box: Box) -> None:
     d = box.deployments
     d.create("churn", "churn:1", OS_USER)

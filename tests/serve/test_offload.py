@@ -24,8 +24,8 @@ import pytest
 from mlbox.api.context import sidecar_env
 from mlbox.flavors import onnx as onnx_files
 from mlbox.flavors.signature import Signature
-from mlbox.serve.offload import Offload, encode_frame, read_frames
-from mlbox.serve.predlog import Record
+from mlbox.serve.predlog.wire import Record, encode_frame, read_frames
+from mlbox.serve.predlog.worker import Offload
 
 from .conftest import Template, copy_box, meta_rows, open_box, wait_for
 
@@ -35,7 +35,7 @@ def record(i: int, deployment: str = "d", variant: str = "primary") -> Record:
 
 
 def command(home: Path, flush_seconds: float = 0.2) -> list[str]:
-    return [sys.executable, "-m", "mlbox.api.sidecar", str(home), "1", str(flush_seconds), "200000"]
+    return [sys.executable, "-m", "mlbox.serve.predlog.sidecar", str(home), "1", str(flush_seconds), "200000"]
 
 
 def logged_rows(home: Path) -> int:
@@ -150,8 +150,8 @@ def test_a_killed_sidecar_is_started_again_and_what_it_had_not_written_is_sent_a
 WORKER = """
 import sys, time, os, signal
 from mlbox.api.context import sidecar_env
-from mlbox.serve.offload import Offload
-from mlbox.serve.predlog import Record
+from mlbox.serve.predlog.wire import Record
+from mlbox.serve.predlog.worker import Offload
 off = Offload({command!r}, env=sidecar_env())
 off.start()
 for i in range(40):

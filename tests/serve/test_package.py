@@ -1,5 +1,6 @@
 """`mlbox package NAME` builds a Bento offline that plain `bentoml serve` runs outside the box: same routes, same
-tokens, the deployment's models, and its sidecar (prediction log and shadow) working from inside the Bento.
+tokens, the deployment's models, its sidecar (prediction log and shadow) working from inside the Bento, and
+BentoML's own client discovering its predict endpoint; the Bento's service file writes no environment.
 """
 
 from __future__ import annotations
@@ -9,6 +10,7 @@ import sqlite3
 import sys
 from pathlib import Path
 
+import bentoml
 import httpx
 import pytest
 
@@ -38,7 +40,7 @@ def test_the_bento_holds_only_the_deployment_and_its_models(packaged: tuple[Path
     bento = home / "bentoml" / "bentos" / name / version
     assert "orjson" in (bento / "bento.yaml").read_text()  # the serving packages, pinned, without locking
     src = bento / "src"
-    assert (src / "service.py").exists() and (src / "mlbox" / "api" / "sidecar.py").exists()
+    assert (src / "service.py").exists() and (src / "mlbox" / "serve" / "predlog" / "sidecar.py").exists()
     db = sqlite3.connect(src / "box" / "meta.db")
     try:
         assert [r[0] for r in db.execute("SELECT name FROM deployments")] == ["packed"]
@@ -71,10 +73,28 @@ def test_plain_bentoml_serve_runs_it_with_the_boxs_tokens(packaged: tuple[Path, 
             30, "the packaged sidecar's shadow predictions",
         )  # fmt: skip
         assert shadowed
+        # BentoML's own client finds the packaged deployment and gets plain HTTP's answers
+        row = sample_rows(1, seed=5)
+        by_model: dict[str, object] = {}
+        for _ in range(30):  # half the requests go to the canary: collect both variants' answers
+            answer = client.post("/v1/deployments/packed/predict", json={"rows": row}, headers=token).json()
+            by_model[answer["model"]] = answer["predictions"]
+        with bentoml.SyncHTTPClient(f"http://127.0.0.1:{port}", token=serve_template.tokens["service"]) as bento_client:
+            assert set(bento_client.endpoints) == {"packed"}
+            for _ in range(6):
+                answer = bento_client.packed(rows=row)
+                assert answer["predictions"] == by_model[answer["model"]]
     finally:
         server.stop(proc)
     log = (tmp_path / "bento.log").read_text()
     assert "Traceback" not in log, log[-3000:]
+
+
+def test_the_bento_service_file_sets_no_environment(packaged: tuple[Path, str]) -> None:
+    home, tag = packaged
+    bento = home / "bentoml" / "bentos" / tag.replace(":", "/")
+    assert "environ" not in (bento / "src" / "service.py").read_text()
+    assert "BENTOML_DO_NOT_TRACK" in (bento / "bento.yaml").read_text()  # workers get it from the Bento's envs
 
 
 def test_package_of_an_unknown_deployment_is_one_clear_error(packaged: tuple[Path, str]) -> None:

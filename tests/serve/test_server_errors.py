@@ -30,9 +30,15 @@ def test_every_documented_operation_exists_on_the_server(shared_server: Server) 
     check_documented_operations(shared_server.client, shared_server.tokens)
 
 
+def test_a_method_the_path_does_not_take_is_405_with_allow(shared_server: Server) -> None:
+    response = shared_server.client.put("/v1/deployments/bad/predict", headers=shared_server.auth())
+    assert_error(response, 405, "method_not_allowed", ("PUT",))
+    assert response.headers["allow"] == "POST"
+
+
 def test_unknown_route_outside_v1_is_404(shared_server: Server) -> None:
-    # paths outside the fast path are BentoML's: a 404, though in BentoML's text/plain, not mlbox's envelope
-    assert shared_server.client.get("/no/such/route").status_code == 404
+    # every HTTP path is the dispatcher's: BentoML's own pages are not served, unknown paths get the envelope
+    assert_error(shared_server.client.get("/no/such/route"), 404, "not_found", ("/no/such/route",))
 
 
 # raw HTTP: a body that is announced but never (fully) sent ----------------------------------------------

@@ -15,7 +15,7 @@ import pytest
 
 from mlbox.errors import UsageError, ValidationError
 from mlbox.flavors.signature import Column, Signature
-from mlbox.serve.validation import FLOAT32_MAX, encode_checked, encode_plain, encode_rows, parse_json
+from mlbox.serve.validation import FLOAT32_MAX, encode_checked, encode_plain, encode_rows, parse_json, sticky_extra, without
 
 SIG = Signature(
     (
@@ -35,10 +35,19 @@ def random_row(rng: random.Random) -> dict[str, Any]:
     return {
         "age": rng.choice([rng.randint(-10**6, 10**6), 0, -1, 2**31]),
         "spend": rng.choice([rng.uniform(-1e6, 1e6), 0.0, 1e-30, 3.4e38, -3.4e38]),
-        "plan": rng.choice(["basic", "gold", "pro", "platinum", ""]),  # unknown levels encode as missing
+        "plan": rng.choice(["basic", "gold", "pro"]),
         "score": rng.choice([rng.random(), 5, -2.5e-8]),
-        "vip": rng.choice(["True", "False", "maybe"]),
+        "vip": rng.choice(["True", "False"]),
     }
+
+
+def test_an_unseen_level_is_refused_when_asked_and_missing_otherwise() -> None:
+    """The predict route asks (levels=True: the document's enums); entity lookups and training read it as missing."""
+    row = {**GOOD, "plan": "platinum"}
+    assert encode_plain(SIG, [row]) is None  # the one-pass encoder hands it to the checked one
+    assert math.isnan(encode_checked(SIG, [row])[0, 2])
+    with pytest.raises(ValidationError, match="'plan' must be one of 'basic', 'gold', 'pro', got 'platinum'"):
+        encode_rows(SIG, [GOOD, row], levels=True)
 
 
 @pytest.mark.parametrize("seed", range(5))
@@ -86,6 +95,22 @@ def test_anything_unusual_goes_to_the_checked_encoder(change: dict[str, Any]) ->
         assert got.value.message == exc.message and "rows[1]" in exc.message
     else:
         np.testing.assert_array_equal(encode_rows(SIG, [GOOD, row]), expected)
+
+
+def test_the_sticky_key_is_the_one_extra_field_and_is_never_encoded() -> None:
+    assert sticky_extra(SIG, "session") == "session" and sticky_extra(SIG, "age") is None and sticky_extra(SIG, None) is None
+    plain = encode_rows(SIG, [GOOD])
+    rows = [{**GOOD, "session": "s-1"}, {**GOOD, "session": 7}, GOOD, {**GOOD, "session": None}]
+    assert encode_plain(SIG, rows[:3], extra="session") is not None  # strings and integers take the one-pass path
+    for encoded in (encode_rows(SIG, rows, extra="session"), encode_checked(SIG, rows, extra="session")):
+        np.testing.assert_array_equal(encoded, np.repeat(plain, 4, axis=0))
+    assert without(rows, "session") == [GOOD] * 4 and without(rows, "session")[2] is GOOD
+    for bad, words in (({**GOOD, "session": "s", "user": 1}, "unknown field 'user'"), ({**GOOD, "session": 1.5}, "sticky key"),
+                       ({**GOOD, "session": True}, "sticky key"), ({**GOOD, "session": [1]}, "sticky key")):  # fmt: skip
+        with pytest.raises(ValidationError, match=words):
+            encode_rows(SIG, [GOOD, bad], extra="session")
+    with pytest.raises(ValidationError, match="unknown field 'session'"):
+        encode_rows(SIG, [rows[0]])  # not a sticky key here: just an unknown field
 
 
 def test_the_float32_boundary_is_the_same_in_both() -> None:

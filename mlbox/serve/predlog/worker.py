@@ -1,65 +1,41 @@
-"""Everything off the request path runs in a sidecar process: the prediction log and shadow inference.
+"""The worker's side of the prediction log: records buffered on the request path, shipped to a sidecar process.
 
-Each serving worker starts one sidecar (`python -m mlbox.api.sidecar`). A request only
+Each serving worker starts one sidecar (`python -m mlbox.serve.predlog.sidecar`). A request only
 appends its log record — and, when its deployment has a shadow, which model that is — to a
-list. Every `interval` a sender thread ships the list down the sidecar's stdin as one frame;
-the sidecar writes the Parquet batches and runs the shadow models in batches over the logged
-inputs, comparing with the logged answers. So the worker's event loop shares its GIL with
-nothing heavier than that one send, and a shadow model that is slow, hogs a core or crashes
-onnxruntime cannot touch the answers (measured in docs/serving.md).
+list. Every `interval` (50 ms) a sender thread ships the list down the sidecar's stdin as one
+frame (wire.py); the sidecar writes the Parquet batches and runs the shadow models. So the
+worker's event loop shares its GIL with nothing heavier than that one send, and a shadow model
+that is slow, hogs a core or crashes onnxruntime cannot touch the answers (docs/serving.md).
 
-A frame is a u32 length and JSON: `[records, shadows]`, a shadow being `[index of its record,
-shadow model]`. Nothing crossing the pipe is ever unpickled.
-
-The sidecar prints one JSON line of counters to its stdout every half second. It exits when its
-stdin closes, after running what it holds and flushing the log: on a clean shutdown, and
-also when the worker is killed, so `kill -9` of a worker loses at most one `interval` of
-records. A sidecar that dies is started again within a second, and frames it did not take are
-sent to the new one.
+Delivery is at least once: a shipped frame is kept until the sidecar reports it `durable`
+(written, or dropped and counted). A sidecar that dies is started again within a second and
+gets every frame the dead one had not written, so a sidecar's `kill -9` loses no answer's
+record (one may then be logged twice), only the shadow answers it had not yet written. The sidecar exits when its stdin
+closes, after running what it holds and flushing the log: on a clean shutdown, and also when
+the worker is killed, so `kill -9` of a worker loses at most one `interval` of records.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-import struct
 import subprocess
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterator
-from typing import IO, Any, NamedTuple
+from collections.abc import Callable
+from typing import Any
 
 import orjson
 
-from mlbox.serve.predlog import Record
+from mlbox.serve.predlog.wire import Record, Shadows, encode_frame
 
 log = logging.getLogger("mlbox.serve")
-HEAD = struct.Struct("<I")
 RESTART_SECONDS = 1.0
 
 
-def encode_frame(records: list[Record], shadows: list[tuple[int, str]]) -> bytes:
-    body = orjson.dumps((records, shadows), default=tuple)  # a Record is a NamedTuple: sent as its fields
-    return HEAD.pack(len(body)) + body
-
-
-def read_frames(stream: IO[bytes]) -> Iterator[tuple[list[Record], list[tuple[int, str]]]]:
-    """Frames from `stream` until it closes; a frame cut short by the writer's death is dropped."""
-    while True:
-        head = stream.read(HEAD.size)
-        if len(head) < HEAD.size:
-            return
-        (size,) = HEAD.unpack(head)
-        body = stream.read(size)
-        if len(body) < size:
-            return
-        records, shadows = orjson.loads(body)
-        yield [Record(*r) for r in records], [(int(i), str(m)) for i, m in shadows]
-
-
 class Offload:
-    """The worker's side: buffers records (and their shadows), ships them to its sidecar every `interval` seconds."""
+    """The worker's side of the log: buffers records (and their shadows), ships them to its sidecar, restarts it."""
 
     def __init__(
         self,
@@ -81,7 +57,7 @@ class Offload:
         self.remote: dict[str, Any] = {}  # the sidecar's latest counters
         self._finished: dict[str, Any] = {}  # counters of sidecars that have exited, summed
         self._records: list[Record] = []
-        self._shadows: list[tuple[int, str]] = []  # (index in _records, shadow model)
+        self._shadows: Shadows = []  # (index in _records, shadow model)
         self._unsent: deque[tuple[bytes, int]] = deque()  # (frame, records in it)
         self._unsent_rows = 0
         self._inflight: deque[tuple[int, bytes, int]] = deque()  # shipped, not yet written: (marker, frame, records)
@@ -163,7 +139,11 @@ class Offload:
 
     def _spawn(self) -> None:
         self._next_start = time.monotonic() + RESTART_SECONDS
-        proc = subprocess.Popen(self.command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, close_fds=True, env=self.env)
+        # Its own session: a shutdown signal to the server's process group can reach the sidecar while it is
+        # still importing, before it ignores signals, and lose everything it was about to write.
+        proc = subprocess.Popen(
+            self.command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, close_fds=True, env=self.env, start_new_session=True
+        )
         self._proc = proc
         self._reader = threading.Thread(target=self._read, args=(proc,), name="mlbox-offload-stats", daemon=True)
         self._reader.start()

@@ -1,12 +1,11 @@
-"""The prediction log: every request's inputs, outputs, model, variant and latency, as Parquet batches.
+"""The prediction log's Parquet writer: every request's inputs, outputs, model, variant and latency, as Parquet batches.
 
-A request appends one tuple to an in-memory list (bounded: past `max_rows` new records are
-dropped and counted, never blocking a request). A background thread turns that list into
-Arrow record batches every 50 ms — small, even pieces of work, so the server's event loop
-never waits long for the GIL — and every `flush_seconds` writes what it holds as
-`predictions/<deployment>/<date>/<uuid>.parquet`: temporary name, fsync, rename, then a
-catalog row in meta.db. It flushes once more on shutdown, so `kill -9` loses at most one
-flush interval.
+Records arrive in a list (bounded: past `max_rows` new records are dropped and counted, never
+blocking). A background thread turns that list into Arrow record batches every 50 ms — small,
+even pieces of work — and every `flush_seconds` writes what it holds as
+`predictions/<deployment>/<date>/<uuid>.parquet`: temporary name, fsync, catalog row in meta.db
+and rename in one transaction. Each deployment's file is written on its own, so one that
+fails never makes another's records be written twice. It flushes once more on close.
 """
 
 from __future__ import annotations
@@ -17,33 +16,15 @@ import time
 import uuid
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any
 
 import numpy as np
 
 from mlbox import clock
+from mlbox.serve.predlog.wire import Record
 from mlbox.store.sqlite import Database
 
 COMPACT_SECONDS = 0.05
-
-
-class Record(NamedTuple):
-    """One logged prediction (or shadow prediction); `inputs` and `outputs` are JSON text."""
-
-    ts: float  # epoch seconds
-    request_id: str
-    deployment: str
-    model: str
-    variant: str  # primary | canary | shadow
-    shadow: bool
-    latency_ms: float
-    entity: str | None
-    inputs: str
-    outputs: str | None
-    error: str | None
-
-
-SCHEMA_FIELDS = Record._fields
 
 
 def schema() -> Any:
@@ -67,6 +48,8 @@ def schema() -> Any:
 
 
 class PredictionLog:
+    """The Parquet writer: records in, Arrow batches every 50 ms, one cataloged Parquet file per deployment per flush."""
+
     def __init__(
         self,
         root: Path,
@@ -158,33 +141,54 @@ class PredictionLog:
                 self._held += batch.num_rows
 
     def flush(self) -> int:
-        """Write everything held; returns the number of records written."""
+        """Write everything held, one file per deployment; returns the number of records written.
+
+        Each deployment's file is written on its own: one that fails keeps its records for the
+        next flush, and the others are written once, never again (no duplicates in the log).
+        The first failure is raised after every other deployment's file is written.
+        """
         import pyarrow as pa
         import pyarrow.compute as pc
 
         self.compact()
         with self._lock:
             with self._swap:
-                batches, self._batches, held = self._batches, [], self._held
+                batches, self._batches = self._batches, []
                 self._held = 0
                 marker = self._compacted
             if not batches:
                 self.durable = marker
                 return 0
             table = pa.Table.from_batches(batches)
+            deployments = table.column("deployment")
+            parts = [(str(d), table.filter(pc.equal(deployments, d))) for d in pc.unique(deployments).to_pylist()]
+            failed: list[Any] = []
+            error: Exception | None = None
+            written = 0
             try:
-                for deployment in pc.unique(table.column("deployment")).to_pylist():
-                    self._write(str(deployment), table.filter(pc.equal(table.column("deployment"), deployment)))
-            except BaseException:
-                with self._swap:  # keep them for the next flush
-                    self._batches[:0] = batches
-                    self._held += held
-                raise
-            self.written += table.num_rows
-            self.durable = marker
+                while parts:
+                    deployment, part = parts[0]
+                    try:
+                        self._write(deployment, part)
+                    except Exception as exc:  # disk full, a bad folder, a locked catalog: this deployment only
+                        failed.append(part)
+                        error = error or exc
+                    else:
+                        written += part.num_rows
+                        self.written += part.num_rows
+                    parts.pop(0)
+            finally:
+                kept = [b for part in [*failed, *(p for _, p in parts)] for b in part.to_batches() if b.num_rows]
+                if kept:
+                    with self._swap:  # for the next flush, ahead of anything newer
+                        self._batches[:0] = kept
+                        self._held += sum(b.num_rows for b in kept)
+            if error is not None:
+                raise error
+            self.durable = marker  # everything up to `marker` is written: the worker may forget it
         if self._on_flush:
             self._on_flush()
-        return int(table.num_rows)
+        return written
 
     def _write(self, deployment: str, table: Any) -> None:
         import pyarrow.compute as pc
@@ -197,17 +201,25 @@ class PredictionLog:
         name = uuid.uuid4().hex
         tmp = folder / f".tmp-{os.getpid()}-{name}.parquet"
         final = folder / f"{name}.parquet"
-        pq.write_table(table, tmp, compression="snappy")
-        with tmp.open("rb+") as fh:
-            os.fsync(fh.fileno())
-        os.chmod(tmp, 0o444)
-        with self.db.atomic():
-            os.rename(tmp, final)
-            self.db.execute(
-                "INSERT INTO prediction_batches (deployment, path, rows, min_ts, max_ts, created_at) VALUES (?, ?, ?, ?, ?, ?)",
-                (deployment, str(final.relative_to(self.root.parent)), table.num_rows, clock.iso(first.as_py()),
-                 clock.iso(last.as_py()), clock.iso()),
-            )  # fmt: skip
+        renamed = False
+        try:
+            pq.write_table(table, tmp, compression="snappy")
+            with tmp.open("rb+") as fh:
+                os.fsync(fh.fileno())
+            os.chmod(tmp, 0o444)
+            with self.db.atomic():  # the catalog row and the file appear together, or neither does
+                self.db.execute(
+                    "INSERT INTO prediction_batches (deployment, path, rows, min_ts, max_ts, created_at) VALUES (?, ?, ?, ?, ?, ?)",
+                    (deployment, str(final.relative_to(self.root.parent)), table.num_rows, clock.iso(first.as_py()),
+                     clock.iso(last.as_py()), clock.iso()),
+                )  # fmt: skip
+                os.rename(tmp, final)
+                renamed = True
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            if renamed:  # the commit failed after the rename: no file without its catalog row
+                final.unlink(missing_ok=True)
+            raise
 
     def close(self) -> None:
         self._stop.set()

@@ -1,17 +1,36 @@
-"""The sidecar's loop: frames from the worker in, Parquet batches and shadow predictions out (see offload.py)."""
+"""The sidecar process of a serving worker: frames in, Parquet batches and shadow predictions out.
+
+`python -m mlbox.serve.predlog.sidecar HOME THREADS FLUSH_SECONDS MAX_ROWS`, started by each
+worker (worker.py), never by hand. It reads frames on stdin and writes its counters as one JSON
+line on stdout every half second and after each flush (everything else it prints goes to
+stderr, the server's log). It exits when stdin closes, after running the queued shadows and
+flushing; SIGINT and SIGTERM are ignored so that a Ctrl-C or a shutdown of the server's process
+group cannot cut the final flush short. It runs at nice 10: its work can wait, the answers cannot.
+"""
 
 from __future__ import annotations
 
+import signal
+
+if __name__ == "__main__":
+    # Before the imports below (a second or more on a loaded machine): BentoML stops a worker's
+    # children with SIGTERM, and one arriving mid-import would lose every record not yet written.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+
 import logging
+import os
+import sys
 import threading
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import IO, Any
 
 import orjson
 
-from mlbox.serve.offload import read_frames
-from mlbox.serve.predlog import PredictionLog, Record
+from mlbox.serve.predlog.wire import Record, read_frames
+from mlbox.serve.predlog.writer import PredictionLog
 from mlbox.serve.runtime import ModelCache
 from mlbox.serve.shadow import ShadowItem, ShadowWorker
 
@@ -22,7 +41,9 @@ RETRY_LOAD_SECONDS = 10.0  # a shadow model that failed to load is tried again a
 
 
 class Sidecar:
-    def __init__(self, predlog: PredictionLog, models: ModelCache, report: Callable[[bytes], None]) -> None:
+    """The sidecar's loop: frames from the worker in; records to the writer, shadows run, counters reported."""
+
+    def __init__(self, predlog: PredictionLog, models: ModelCache, report: Callable[[bytes], object]) -> None:
         self.predlog = predlog
         self.models = models
         self.report = report
@@ -100,8 +121,11 @@ class Sidecar:
             self._count(item.deployment, "errors")
             self._fail(f"shadow {item.model.ref} failed: {error}")
             return
-        self.predlog.append(Record(time.time(), item.request_id, item.deployment, item.model.ref, "shadow", True, latency_ms,
-                                   item.entity, item.rows, orjson.dumps(outputs).decode(), None))  # fmt: skip
+        self.predlog.append(Record(
+            ts=time.time(), request_id=item.request_id, deployment=item.deployment, model=item.model.ref, variant="shadow",
+            shadow=True, latency_ms=latency_ms, entity=item.entity, inputs=item.rows, outputs=orjson.dumps(outputs).decode(),
+            error=None,
+        ))  # fmt: skip
         if not agree:
             self._count(item.deployment, "disagreements")
         self._count(item.deployment, "predictions")
@@ -118,3 +142,44 @@ class Sidecar:
             except OSError:  # the worker is gone; the log is still flushed
                 pass
             self.error = None
+
+
+NICE = 10  # background work yields the CPU to the worker it serves (measured in docs/serving.md)
+
+
+def main(argv: list[str]) -> int:
+    os.nice(NICE)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    report = os.fdopen(os.dup(sys.stdout.fileno()), "wb", buffering=0)
+    os.dup2(sys.stderr.fileno(), sys.stdout.fileno())  # stray prints must not corrupt the counters
+    home, threads, flush_seconds, max_rows = Path(argv[0]), int(argv[1]), float(argv[2]), int(argv[3])
+
+    from mlbox.config import load_settings
+    from mlbox.registry.store import Registry
+    from mlbox.store.artifacts import ArtifactStore
+    from mlbox.store.audit import AuditLog, load_or_create_key
+    from mlbox.store.layout import BoxPaths, open_meta
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s [%(levelname)s] [mlbox-sidecar] %(message)s")
+    settings = load_settings(home, environ={})
+    paths = BoxPaths(settings.home)
+    # the two services it needs, wired as mlbox.box.Box wires them (the box is a layer above serving)
+    db = open_meta(paths, busy_timeout_ms=settings["store.busy_timeout_ms"], synchronous=settings["store.synchronous"],
+                    reason=settings.home_reason)
+    try:
+        registry = Registry(db, ArtifactStore(paths.artifacts), AuditLog(db, load_or_create_key(paths.audit_key)))
+        sidecar = Sidecar(
+            PredictionLog(paths.predictions, db, flush_seconds=flush_seconds, max_rows=max_rows,
+                          on_error=lambda exc: sidecar._fail(f"flush failed: {exc}"), on_flush=lambda: sidecar.send()),
+            ModelCache(registry, threads),
+            report.write,
+        )  # fmt: skip
+        sidecar.run(sys.stdin.buffer)
+    finally:
+        db.close()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
