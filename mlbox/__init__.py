@@ -54,22 +54,13 @@ def init(path: str | os.PathLike[str] = ".", template: str = "tabular-classifica
     from pathlib import Path
 
     from mlbox.box import Box
-    from mlbox.project import init_project
 
-    dest = Path(path).expanduser().resolve()
-    files = init_project(dest, template)
     if admin is None:
         try:
             admin = getpass.getuser()
         except (KeyError, OSError):
             admin = str(os.getuid())
-    box = Box.create(load_settings(dest), admin)
-    try:
-        first = next(u.name for u in box.identity.users() if u.role == "admin")
-        box.audit.record(first, "box.init", str(dest), {"template": template, "files": len(files)})
-    except BaseException:
-        box.close()
-        raise
+    box, _ = Box.init_project(Path(path).expanduser().resolve(), template, admin)
     return box
 
 

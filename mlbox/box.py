@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import getpass
 from functools import cached_property
+from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
-from mlbox.config import Settings
+from mlbox.config import Settings, load_settings
 from mlbox.security.identity import Identity
 from mlbox.store.audit import AuditLog, load_or_create_key
 from mlbox.store.layout import BoxPaths, open_meta
@@ -52,6 +53,21 @@ class Box:
         box = cls(settings, create=True)
         box.identity.bootstrap_admin(admin_os_user)
         return box
+
+    @classmethod
+    def init_project(cls, dest: Path, template: str, admin_os_user: str) -> tuple[Box, list[str]]:
+        """`mlbox init` and `mlbox.init`: copy `template` into `dest`, create its box, audit it; (open box, files)."""
+        from mlbox.project import init_project
+
+        files = init_project(dest, template)
+        box = cls.create(load_settings(dest), admin_os_user)
+        try:
+            admin = next(u.name for u in box.identity.users() if u.role == "admin")
+            box.audit.record(admin, "box.init", str(dest), {"template": template, "files": len(files)})
+        except BaseException:
+            box.close()
+            raise
+        return box, files
 
     @cached_property
     def features(self) -> FeatureStore:

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import re
 import shutil
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+from mlbox import clock
 from mlbox.errors import Conflict, NotFound, UsageError
 
 DEFAULT_TEMPLATE = "tabular-classification"
@@ -41,4 +44,35 @@ def init_project(dest: Path, template: str = DEFAULT_TEMPLATE) -> list[str]:
     for rel in files:
         (dest / rel).parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(source / rel, dest / rel)
+    bring_up_to_date([dest / rel for rel in files if rel.parts[0] == "data" and rel.suffix == ".csv"], clock.now())
     return [str(rel) for rel in files]
+
+
+UTC_STAMP = re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}Z")
+STAMP_FORMAT = "%Y-%m-%dT%H:%M:%SZ"
+
+
+def bring_up_to_date(paths: list[Path], now: datetime) -> int:
+    """Move every UTC timestamp in the sample data forward by whole weeks, so the newest is in the past week.
+
+    A template's data were made on one day; a view's TTL and the online store's answers judge values
+    against today. Shifting all of them by the same whole number of weeks keeps every interval,
+    weekday and point-in-time match, and the demo behaves on the day it runs as on the day it was made.
+    Returns the days added (0 when the data are already recent).
+    """
+    texts = {p: p.read_text(encoding="utf-8") for p in paths}
+    stamps = [m.group() for text in texts.values() for m in UTC_STAMP.finditer(text)]
+    if not stamps:
+        return 0
+    newest = datetime.strptime(max(stamps), STAMP_FORMAT).replace(tzinfo=UTC)  # same format: text order is time order
+    weeks = (now - newest) // timedelta(weeks=1)
+    if weeks <= 0:
+        return 0
+    shift = timedelta(weeks=weeks)
+
+    def moved(match: re.Match[str]) -> str:
+        return (datetime.strptime(match.group(), STAMP_FORMAT) + shift).strftime(STAMP_FORMAT)
+
+    for path, text in texts.items():
+        path.write_text(UTC_STAMP.sub(moved, text), encoding="utf-8")
+    return shift.days

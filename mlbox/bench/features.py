@@ -118,7 +118,8 @@ def run(scale: Scale = FULL, on_row: Callable[[Row], None] | None = None, on_sta
         fs = FeatureStore(db, audit, paths, settings, "bench")
         entity = Entity("entity", {"entity_id": "int64"})
         narrow = FeatureView("narrow", "entity", "ts", tuple(Field(f"f{i}", "float64") for i in range(scale.features)))
-        wide = FeatureView("wide", "entity", "ts", tuple(Field(f"g{i}", "float64") for i in range(scale.mat_features)))
+        wide_fields = tuple(Field(f"g{i}", "float64") for i in range(scale.mat_features))
+        wide = FeatureView("wide", "entity", "ts", wide_fields, ttl="3650d")  # so the lookups include the TTL check
 
         # 1. ingest N rows from Parquet (every check, statistics, sha256, commit) vs a raw DuckDB
         # COPY of the same file with the same writer options and threads; rounds alternate so

@@ -18,15 +18,11 @@ def init(
 ) -> None:
     """Create a project from a template and its box; you become its admin."""
     from mlbox.box import Box
-    from mlbox.config import load_settings
-    from mlbox.project import init_project
 
     dest = Path(directory).expanduser().resolve()
-    files = init_project(dest, template)
-    box = Box.create(load_settings(dest), os_user())
+    box, files = Box.init_project(dest, template, os_user())
     try:
         admin = next(u.name for u in box.identity.users() if u.role == "admin")
-        box.audit.record(admin, "box.init", str(dest), {"template": template, "files": len(files)})
     finally:
         box.close()
     if state.json:

@@ -195,7 +195,11 @@ def get_cmd(
             view = name.removesuffix(":__status")
             console.print(f"[yellow]note:[/yellow] {view}: {len(expired)} entit{'y' if len(expired) == 1 else 'ies'} "
                           "older than the view's TTL; their values are null (status expired)")  # fmt: skip
-    table([dict(zip(result, values, strict=True)) for values in zip(*result.values(), strict=True)], list(result))
+    values = [c for c in result if ":__" not in c]  # the keys and the features asked for come first
+    status = [c for c in result if c.endswith(":__status")]
+    order = values + [c for c in result if ":__" in c]
+    rows = [dict(zip(result, row, strict=True)) for row in zip(*result.values(), strict=True)]
+    table(rows, order, default=values + status)  # event times with --wide
 
 
 def _read_rows(path: Path) -> Any:

