@@ -28,7 +28,7 @@ from mlbox.features.definitions import DTYPES
 from mlbox.features.pit import lit
 from mlbox.features.pit import q as _q
 from mlbox.features.stats import batch_stats
-from mlbox.store.artifacts import file_sha256
+from mlbox.store.artifacts import file_sha256, pid_alive
 from mlbox.store.audit import AuditLog
 
 TMP_PREFIX = ".tmp-"
@@ -60,16 +60,6 @@ class IngestResult:
     notes: list[str] = field(default_factory=list)
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def _fsync_and_hash(path: Path) -> str:
     with path.open("rb+") as fh:
         os.fsync(fh.fileno())
@@ -82,6 +72,68 @@ def _fsync_dir(path: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+@dataclass(frozen=True)
+class CheckedSource:
+    """What ingest's checks found in a source: the typed SELECT list, the (entity, timestamp) key and notes."""
+
+    select: str  # typed columns over the checked relation, in the view's order
+    key_cols: str  # the quoted join keys and timestamp
+    duplicates: int  # (entity, timestamp) pairs that appear more than once (0 unless keep-last)
+    notes: list[str]
+
+
+def check_source(
+    con: duckdb.DuckDBPyConnection,
+    relation: str,
+    version: ViewVersion,
+    label: str,
+    *,
+    naive_timestamps: str,
+    duplicate_policy: str,
+    transformed: bool = False,
+) -> CheckedSource:
+    """Every check a batch passes before it is written (ingest and push alike), with `__typed` left as a temp view.
+
+    Columns and types against the view, key and timestamp nulls, sub-microsecond and naive
+    timestamps, and duplicate (entity, timestamp) pairs, refused or counted by `duplicate_policy`.
+    """
+    view, keys = version.view, version.entity.join_keys
+    columns = dict(con.execute(f"SELECT column_name, column_type FROM (DESCRIBE {relation})").fetchall())
+    expected = {**keys, view.timestamp: "timestamp", **{f.name: f.dtype for f in view.fields}}
+    _check_columns(columns, expected, label, transformed)
+    select, naive = _validate(con, relation, columns, keys, view, label)
+    naive_csv, fine = _csv_text_checks(con, label, view.timestamp)
+    naive += naive_csv
+    if fine:
+        raise ValidationError(
+            f"{label}: {fine} timestamp(s) in {view.timestamp!r} are finer than the store's microseconds",
+            hint="the CSV reader would truncate them, so a row could be seen before its time: "
+            "round them up to whole microseconds, or use Parquet (rounded up exactly)",
+        )
+    notes: list[str] = []
+    if naive:
+        if naive_timestamps == "reject":
+            raise ValidationError(
+                f"{label}: {naive} timestamp(s) in {view.timestamp!r} have no timezone",
+                hint="add an offset such as Z or +04:00, or set features.naive_timestamps = 'utc'",
+            )
+        notes.append(f"{naive} timestamp(s) without a timezone were read as UTC (features.naive_timestamps)")
+    key_cols = ", ".join(_q(k) for k in [*keys, view.timestamp])
+    con.execute(f"CREATE OR REPLACE TEMP VIEW __typed AS SELECT {select} FROM {relation}")
+    dupes = first(con.execute(
+        f"SELECT count(*), sum(n) FROM (SELECT count(*) AS n FROM __typed GROUP BY {key_cols} HAVING n > 1)"
+    )) or (0, 0)
+    if dupes[0]:
+        if duplicate_policy == "reject":
+            example = first(con.execute(f"SELECT {key_cols} FROM __typed GROUP BY {key_cols} HAVING count(*) > 1 LIMIT 1"))
+            raise ValidationError(
+                f"{label}: {dupes[0]} (entity, timestamp) pair(s) appear more than once, e.g. {example}",
+                hint="deduplicate the source or set features.duplicate_policy = 'keep-last'",
+            )
+        notes.append(f"dropped {int(dupes[1]) - int(dupes[0])} duplicate row(s), keeping the last (keep-last)")
+    return CheckedSource(select, key_cols, int(dupes[0]), notes)
 
 
 class OfflineStore:
@@ -113,7 +165,7 @@ class OfflineStore:
                 rel = str(path.relative_to(self.home))
                 if path.name.startswith(TMP_PREFIX):
                     match = re.match(rf"{re.escape(TMP_PREFIX)}(\d+)-", path.name)
-                    if match and _pid_alive(int(match.group(1))):
+                    if match and pid_alive(int(match.group(1))):
                         continue
                 elif rel in known:
                     continue
@@ -153,45 +205,15 @@ class OfflineStore:
             else:
                 relation = "source"
             step("validating")
-            columns = dict(con.execute(f"SELECT column_name, column_type FROM (DESCRIBE {relation})").fetchall())
-            expected = {**keys, view.timestamp: "timestamp", **{f.name: f.dtype for f in view.fields}}
-            _check_columns(columns, expected, label, bool(view.transformation))
-            select, naive = _validate(con, relation, columns, keys, view, label)
-            naive_csv, fine = _csv_text_checks(con, label, view.timestamp)
-            naive += naive_csv
-            if fine:
-                raise ValidationError(
-                    f"{label}: {fine} timestamp(s) in {view.timestamp!r} are finer than the store's microseconds",
-                    hint="the CSV reader would truncate them, so a row could be seen before its time: "
-                    "round them up to whole microseconds, or ingest Parquet (rounded up exactly)",
-                )
-            if naive:
-                if naive_timestamps == "reject":
-                    raise ValidationError(
-                        f"{label}: {naive} timestamp(s) in {view.timestamp!r} have no timezone",
-                        hint="add an offset such as Z or +04:00, or set features.naive_timestamps = 'utc'",
-                    )
-                notes.append(f"{naive} timestamp(s) without a timezone were read as UTC (features.naive_timestamps)")
-            key_cols = ", ".join(_q(k) for k in [*keys, view.timestamp])
-            con.execute(f"CREATE TEMP VIEW __typed AS SELECT {select} FROM {relation}")
-            dupes = first(con.execute(
-                f"SELECT count(*), sum(n) FROM (SELECT count(*) AS n FROM __typed GROUP BY {key_cols} HAVING n > 1)"
-            )) or (0, 0)
+            checked = check_source(con, relation, version, label, naive_timestamps=naive_timestamps,
+                                   duplicate_policy=duplicate_policy, transformed=bool(view.transformation))  # fmt: skip
+            notes += checked.notes
             final = "SELECT * FROM __typed"
-            if dupes[0]:
-                if duplicate_policy == "reject":
-                    example = first(con.execute(
-                        f"SELECT {key_cols} FROM __typed GROUP BY {key_cols} HAVING count(*) > 1 LIMIT 1"
-                    ))
-                    raise ValidationError(
-                        f"{label}: {dupes[0]} (entity, timestamp) pair(s) appear more than once, e.g. {example}",
-                        hint="deduplicate the source or set features.duplicate_policy = 'keep-last'",
-                    )
+            if checked.duplicates:
                 final = (
-                    f"SELECT * EXCLUDE (__ord) FROM (SELECT {select}, row_number() OVER () AS __ord FROM {relation}) "
-                    f"QUALIFY row_number() OVER (PARTITION BY {key_cols} ORDER BY __ord DESC) = 1"
+                    f"SELECT * EXCLUDE (__ord) FROM (SELECT {checked.select}, row_number() OVER () AS __ord FROM {relation}) "
+                    f"QUALIFY row_number() OVER (PARTITION BY {checked.key_cols} ORDER BY __ord DESC) = 1"
                 )
-                notes.append(f"dropped {int(dupes[1]) - int(dupes[0])} duplicate row(s), keeping the last (keep-last)")
             step("writing batch")
             folder = self.root / view.name / f"v{version.version}"
             folder.mkdir(parents=True, exist_ok=True)

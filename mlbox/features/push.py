@@ -25,7 +25,7 @@ import pyarrow.compute as pc
 from mlbox import clock
 from mlbox.errors import UsageError, ValidationError
 from mlbox.features.catalog import Catalog, ViewVersion
-from mlbox.features.offline import OfflineStore, _check_columns, _csv_text_checks, _validate, connect, register_source
+from mlbox.features.offline import OfflineStore, check_source, connect, register_source
 from mlbox.features.online import OnlineStore
 from mlbox.features.pit import q
 from mlbox.store.audit import AuditLog
@@ -80,7 +80,7 @@ def as_source(rows: Any) -> Any:
 
 def validate(version: ViewVersion, source: Any, *, duplicate_policy: str, naive_timestamps: str, base_dir: Path) -> tuple[pa.Table, list[str]]:
     """The rows typed as the view stores them (keys, timestamp, fields), or a ValidationError naming the problem."""
-    view, keys = version.view, version.entity.join_keys
+    view = version.view
     if view.transformation:
         raise UsageError(
             f"view {version.name!r} derives its fields with a transformation, so rows cannot be pushed to it",
@@ -93,33 +93,10 @@ def validate(version: ViewVersion, source: Any, *, duplicate_policy: str, naive_
         else:
             con.register("source", source)
             label = f"rows pushed to {version.ref}"
-        columns = dict(con.execute("SELECT column_name, column_type FROM (DESCRIBE source)").fetchall())
-        expected = {**keys, view.timestamp: "timestamp", **{f.name: f.dtype for f in view.fields}}
-        _check_columns(columns, expected, label, False)
-        select, naive = _validate(con, "source", columns, keys, view, label)
-        naive_csv, fine = _csv_text_checks(con, label, view.timestamp)
-        naive += naive_csv
-        if fine:
-            raise ValidationError(
-                f"{label}: {fine} timestamp(s) in {view.timestamp!r} are finer than the store's microseconds",
-                hint="round them up to whole microseconds, or push Parquet (rounded up exactly)",
-            )
-        notes = []
-        if naive:
-            if naive_timestamps == "reject":
-                raise ValidationError(
-                    f"{label}: {naive} timestamp(s) in {view.timestamp!r} have no timezone",
-                    hint="add an offset such as Z or +04:00, or set features.naive_timestamps = 'utc'",
-                )
-            notes.append(f"{naive} timestamp(s) without a timezone were read as UTC (features.naive_timestamps)")
-        key_cols = ", ".join(q(k) for k in [*keys, view.timestamp])
-        typed = f"SELECT {select}, row_number() OVER () AS __ord FROM source"
-        dupes = con.execute(f"SELECT count(*) FROM (SELECT 1 FROM ({typed}) GROUP BY {key_cols} HAVING count(*) > 1)").fetchall()
-        if dupes[0][0] and duplicate_policy == "reject":
-            raise ValidationError(
-                f"{label}: {dupes[0][0]} (entity, timestamp) pair(s) appear more than once",
-                hint="deduplicate the rows or set features.duplicate_policy = 'keep-last'",
-            )
+        checked = check_source(con, "source", version, label, naive_timestamps=naive_timestamps, duplicate_policy=duplicate_policy)
+        notes = checked.notes
+        typed = f"SELECT {checked.select}, row_number() OVER () AS __ord FROM source"
+        key_cols = checked.key_cols
         order = ", ".join(q(c) for c in _schema(version).names)
         table = con.sql(
             f"SELECT {order} FROM ({typed}) QUALIFY row_number() OVER (PARTITION BY {key_cols} ORDER BY __ord DESC) = 1 "

@@ -25,6 +25,7 @@ from mlbox.errors import Conflict, NotFound, UsageError, ValidationError
 from mlbox.flavors.signature import Column, Signature
 from mlbox.serve.runtime import LoadedModel, ModelCache
 from mlbox.serve.validation import FLOAT32_MAX
+from mlbox.store.artifacts import pid_alive
 from mlbox.store.layout import BoxPaths
 
 if TYPE_CHECKING:
@@ -204,22 +205,12 @@ def check_output(out: Path, *, input: Path, roots: Sequence[Path], box: Path, fo
     return target
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def sweep_leftovers(target: Path) -> list[Path]:
     """Remove temporary files that killed runs writing `target` left behind (their process is gone)."""
     removed = []
     for tmp in target.parent.glob(f".{target.name}.*{TMP_MARK}"):
         pid = tmp.name[len(target.name) + 2 : -len(TMP_MARK)]
-        if pid.isdigit() and not _alive(int(pid)):
+        if pid.isdigit() and not pid_alive(int(pid)):
             tmp.unlink(missing_ok=True)
             removed.append(tmp)
     return removed
