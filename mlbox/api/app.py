@@ -226,6 +226,7 @@ def build_app(source: ServeContext | ContextRef) -> Api:
 
 
 class MethodNotAllowed(MlboxError):
+    """A 405: the path exists, the method does not (the answer carries `Allow`)."""
     status = 405
     code = "method_not_allowed"
 

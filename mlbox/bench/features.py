@@ -50,15 +50,15 @@ QUICK = Scale(2_000, 50, 10, 20_000, 2_000, 10, 50, 500)
 
 
 def _alternate(runs: dict[str, Callable[[], Any]], rounds: int) -> dict[str, float]:
-    """Best time of each over `rounds` rounds that run them in turn, so all see the same load."""
-    best = dict.fromkeys(runs, float("inf"))
+    """Median time of each over `rounds` rounds that run them in turn, so all see the same load."""
+    times: dict[str, list[float]] = {name: [] for name in runs}
     for _ in range(rounds):
         for name, fn in runs.items():
             settle()
             start = time.perf_counter()
             fn()
-            best[name] = min(best[name], time.perf_counter() - start)
-    return best
+            times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(t) for name, t in times.items()}
 
 
 def _p50(fn: Callable[[], Any], n: int) -> float:

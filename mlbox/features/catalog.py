@@ -20,6 +20,7 @@ from mlbox.store.sqlite import Database
 
 @dataclass(frozen=True)
 class ViewVersion:
+    """One recorded version of a feature view: its entity, definition, hash and the snapshot that created it."""
     name: str
     version: int
     entity: Entity
@@ -40,6 +41,7 @@ class ViewVersion:
 
 @dataclass(frozen=True)
 class Batch:
+    """One committed, immutable Parquet batch of a view version: path, sha256, rows, time range, statistics."""
     id: int
     view: str
     version: int

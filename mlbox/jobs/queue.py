@@ -29,6 +29,7 @@ FINAL = ("succeeded", "failed", "cancelled", "timed_out")
 
 @dataclass(frozen=True)
 class Job:
+    """One queued job row: type, payload, resources, status, attempts and lease."""
     id: int
     type: str
     payload: dict[str, Any]
@@ -71,6 +72,8 @@ def _job(row: Mapping[str, Any]) -> Job:
 
 
 class JobQueue:
+    """The job queue in meta.db: submit, lease, heartbeat, finish, cancel, retry and recover jobs, audited."""
+
     def __init__(self, db: Database, audit: AuditLog) -> None:
         self.db = db
         self.audit = audit

@@ -31,6 +31,7 @@ PR_SET_PDEATHSIG = 1
 
 @dataclass
 class Running:
+    """A job this worker has started: its process, start time and devices."""
     job: Job
     proc: subprocess.Popen[bytes]
     started: float
@@ -67,6 +68,8 @@ def parse_gpus(text: str, inventory: Inventory) -> list[Gpu]:
 
 
 class Worker:
+    """`mlbox worker`: leases jobs, places them on GPUs or the CPU, runs each as an isolated process group."""
+
     def __init__(
         self,
         queue: JobQueue,

@@ -28,6 +28,7 @@ UNSET: Any = object()
 
 @dataclass(frozen=True)
 class ModelVersion:
+    """One registered model version as stored: flavor, signature, metrics, artifacts, lineage and aliases."""
     name: str
     version: int
     run_id: str | None
@@ -75,6 +76,8 @@ def parse_ref(text: str) -> tuple[str, str]:
 
 
 class Registry:
+    """The model registry in meta.db: versions, their artifacts and lineage, aliases (compare-and-set), stages."""
+
     def __init__(self, db: Database, artifacts: ArtifactStore, audit: AuditLog) -> None:
         self.db = db
         self.artifacts = artifacts

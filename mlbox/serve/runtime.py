@@ -28,6 +28,7 @@ from mlbox.serve.router import TrafficSplit
 
 @dataclass(frozen=True)
 class LoadedModel:
+    """One model version ready to answer: its verified ONNX session, signature, feature references and provider."""
     ref: str
     task: str
     signature: Signature
@@ -93,6 +94,7 @@ class ModelCache:
 
 @dataclass(frozen=True)
 class LiveDeployment:
+    """What one worker serves for a deployment right now: its split and loaded primary, canary and shadow."""
     deployment: Deployment
     split: TrafficSplit
     primary: LoadedModel
@@ -102,6 +104,7 @@ class LiveDeployment:
 
 @dataclass
 class Runtime:
+    """A worker's live deployments: loads them, follows meta.db's revisions every `reload_seconds`, swaps splits in."""
     deployments: Deployments
     models: ModelCache
     reload_seconds: float = 0.5
