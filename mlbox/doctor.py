@@ -12,6 +12,7 @@ import os
 import platform
 import shutil
 import sys
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from importlib import metadata
 from pathlib import Path
@@ -180,10 +181,15 @@ def _stores(paths: BoxPaths, db: Database, audit: AuditLog) -> tuple[ArtifactSto
     return artifacts, TrackingStore(db, artifacts, reap=False), Registry(db, artifacts, audit)
 
 
-def _online(paths: BoxPaths, settings: Settings) -> Database | None:
-    if not paths.online_db.is_file():  # never create online.db just to look at it
-        return None
-    return Database(paths.online_db, busy_timeout_ms=settings["store.busy_timeout_ms"], synchronous=settings["store.synchronous"])
+def _online_tables(paths: BoxPaths, settings: Settings, action: Callable[[Database], list[str]]) -> list[str]:
+    """`action` (list or sweep leftover tables) on online.db; [] when there is none (never created just to look)."""
+    if not paths.online_db.is_file():
+        return []
+    db = Database(paths.online_db, busy_timeout_ms=settings["store.busy_timeout_ms"], synchronous=settings["store.synchronous"])
+    try:
+        return action(db)
+    finally:
+        db.close()
 
 
 def find_leftovers(settings: Settings, paths: BoxPaths, db: Database, audit: AuditLog) -> Leftovers:
@@ -193,12 +199,7 @@ def find_leftovers(settings: Settings, paths: BoxPaths, db: Database, audit: Aud
     with db.snapshot():  # one consistent view of what the catalog names
         referenced = tracking.artifact_hashes() | registry.artifact_hashes()
         unreferenced = artifacts.unreferenced(referenced, grace)
-    online_db = _online(paths, settings)
-    try:
-        tables = online.leftover_tables(online_db) if online_db else []
-    finally:
-        if online_db:
-            online_db.close()
+    tables = _online_tables(paths, settings, online.leftover_tables)
     return Leftovers(
         stale_runs=tracking.stale_runs(),
         untracked_runs=tracking.untracked_runs(),
@@ -251,12 +252,7 @@ def repair(settings: Settings, paths: BoxPaths, db: Database, audit: AuditLog, a
         referenced = tracking.artifact_hashes() | registry.artifact_hashes()
         removed = artifacts.remove_unreferenced(referenced, float(settings["doctor.artifact_grace_s"]))
     temporary = artifacts.sweep_temporary()
-    online_db = _online(paths, settings)
-    try:
-        dropped = online.sweep(online_db) if online_db else []
-    finally:
-        if online_db:
-            online_db.close()
+    dropped = _online_tables(paths, settings, online.sweep)
     result = Repair(
         killed_runs=killed,
         removed_artifacts=len(removed),
