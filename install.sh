@@ -98,6 +98,19 @@ else
 fi
 [ "$dev" = 1 ] && extras="$extras,dev"
 
+# tests/monitor/test_report.py renders the monitoring report in headless Chromium. Best effort:
+# without a browser that one test skips, so a failed apt-get never fails the install.
+if [ "$dev" = 1 ] && ! command -v chromium >/dev/null 2>&1 && ! command -v chromium-browser >/dev/null 2>&1; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    say "installing chromium with apt-get (for the report's headless-browser test)"
+    if ! { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; } >/dev/null 2>&1; then
+      say "could not install chromium: the report's headless-browser test will skip"
+    fi
+  else
+    say "no chromium on PATH: the report's headless-browser test will skip (install chromium to run it)"
+  fi
+fi
+
 say "installing mlbox[$extras]"
 $VPY -m pip install --quiet -e ".[$extras]"
 say "done: $($VPY -c 'import mlbox; print("mlbox", mlbox.__version__)'), torch $($VPY -c 'import importlib.metadata as m; print(m.version("torch"))'), $($VPY -c 'import importlib.metadata as m

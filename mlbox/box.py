@@ -16,6 +16,7 @@ from mlbox.store.layout import BoxPaths, open_meta
 if TYPE_CHECKING:
     from mlbox.features.store import FeatureStore
     from mlbox.jobs.queue import JobQueue
+    from mlbox.monitor.service import Monitor
     from mlbox.registry.store import Registry
     from mlbox.serve.deployments import Deployments
     from mlbox.store.artifacts import ArtifactStore
@@ -104,6 +105,12 @@ class Box:
         from mlbox.jobs.queue import JobQueue
 
         return JobQueue(self.db, self.audit)
+
+    @cached_property
+    def monitor(self) -> Monitor:
+        from mlbox.monitor.service import Monitor
+
+        return Monitor(self.db, self.paths.home, self.registry, self.audit)
 
     def start_run(self, experiment: str, name: str | None = None, **fields: Any) -> ActiveRun:
         """Start a tracked run: `with box.start_run("churn") as run: run.log_metric("loss", v, step=i)`."""

@@ -124,11 +124,35 @@ def run_quickstart(root: Path, os_user: str, template: str = "tabular-classifica
         with step("serve") as d:
             box.identity.add_user(admin, "churn_app", "service")
             _, token = box.identity.create_token(admin, "churn_app", "service", 3600)
-            inputs = [c["name"] for c in box.registry.get(primary).signature["columns"]]
-            rows = _request_rows(home / "training_set.parquet", inputs, 200)
-            counts, logged = _serve_and_send(home, token, "churn_api", rows)
-            split = ", ".join(f"{v} {n} ({100 * n / len(rows):.0f}%)" for v, n in sorted(counts.items()))
-            d.append(f"mlbox serve answered {len(rows)} requests: {split}; {logged} predictions logged (shadow included)")
+            signature = box.registry.get(primary).signature
+            inputs = [c["name"] for c in signature["columns"]]
+            rows, truth = _request_rows(home / "training_set.parquet", inputs, spec.target, 400)
+            shifted = _shifted(rows[200:], [c["name"] for c in signature["columns"] if c["kind"] == "numeric"])
+            answers, logged = _serve_and_send(home, token, "churn_api", rows[:200] + shifted)
+            counts: dict[str, int] = {}
+            for a in answers:
+                counts[a["variant"]] = counts.get(a["variant"], 0) + 1
+            split = ", ".join(f"{v} {n} ({100 * n / len(answers):.0f}%)" for v, n in sorted(counts.items()))
+            d.append(f"mlbox serve answered {len(answers)} requests (the last 200 shifted): {split}; "
+                     f"{logged} predictions logged (shadow included)")  # fmt: skip
+        with step("drift check") as d:
+            from mlbox.monitor.window import Window
+
+            check = box.monitor.check("churn_api", Window.parse(last="1h"), actor=admin)
+            for variant, vd in check.variants.items():
+                drifted = [n for n, f in vd.features.items() if f.drifted]
+                d.append(f"{variant} {vd.model}: {'DRIFT' if vd.drifted else 'no drift'} over {vd.rows} rows, "
+                         f"{len(drifted)}/{len(vd.features)} features drifted ({', '.join(drifted) or 'none'})")  # fmt: skip
+        with step("A/B verdict") as d:
+            from mlbox.serve.labels import ingest_labels
+
+            served_labels = home / "served_labels.csv"
+            lines = ["request_id,label", *(f"{a['request_id']},{truth[i]}" for i, a in enumerate(answers))]
+            served_labels.write_text("\n".join(lines) + "\n")
+            matched = ingest_labels(box.db, box.audit, box.paths.predictions, "churn_api", served_labels, admin)
+            ab = box.monitor.ab("churn_api", Window.parse(last="1h"), actor=admin)
+            d.append(f"{matched.matched} labels matched; {ab['metric']} canary {_num(ab['canary']['value'])} vs primary "
+                     f"{_num(ab['primary']['value'])} ({ab['canary']['n']} and {ab['primary']['n']} rows): {ab['verdict']}")  # fmt: skip
         with step("auth") as d:
             box.identity.add_user(admin, "analyst", "data-scientist")
             info, token = box.identity.create_token(admin, "analyst", "viewer", 3600)
@@ -155,22 +179,41 @@ def _challenger(spec: TrainSpec) -> TrainSpec:
     return replace(spec, flavor="sklearn", estimator=estimator, preprocess=True, params=params, device="cpu")
 
 
-def _request_rows(path: Path, columns: list[str], n: int) -> list[dict[str, object]]:
-    """The model's input columns of the first `n` training-set rows, as a client would send them."""
+def _request_rows(path: Path, columns: list[str], target: str, n: int) -> tuple[list[dict[str, object]], list[object]]:
+    """The model's input columns of the first `n` training-set rows, as a client would send them, and their labels."""
     import pandas as pd
 
-    records: list[dict[str, object]] = json.loads(pd.read_parquet(path, columns=columns).head(n).to_json(orient="records"))
-    return records
+    frame = pd.read_parquet(path, columns=[*columns, target]).head(n)
+    records: list[dict[str, object]] = json.loads(frame[columns].to_json(orient="records"))
+    return records, frame[target].tolist()
 
 
-def _serve_and_send(home: Path, token: str, deployment: str, rows: list[dict[str, object]]) -> tuple[dict[str, int], int]:
-    """Start `mlbox serve` on a free loopback port, send one request per row, stop it; (variant counts, rows logged)."""
+def _shifted(rows: list[dict[str, object]], columns: list[str]) -> list[dict[str, object]]:
+    """`rows` with each of `columns` moved up by one standard deviation: traffic a drift check must flag."""
+    import numpy as np
+
+    out = [dict(r) for r in rows]
+    for column in columns:
+        values = np.array([r[column] for r in rows if isinstance(r.get(column), (int, float))], dtype=np.float64)
+        sd = float(values.std()) if values.size else 0.0
+        for r in out:
+            if isinstance(r.get(column), (int, float)):
+                r[column] = float(r[column]) + sd  # type: ignore[arg-type]
+    return out
+
+
+def _num(value: object) -> str:
+    return f"{value:.3f}" if isinstance(value, float) else str(value)
+
+
+def _serve_and_send(home: Path, token: str, deployment: str, rows: list[dict[str, object]]) -> tuple[list[dict[str, str]], int]:
+    """Start `mlbox serve` on a free loopback port, send one request per row, stop it; (each answer's variant and request id, rows logged)."""
     port = server.free_port()
     env = child_env(drop=("MLBOX_TOKEN",), MLBOX_HOME=str(home))
     cmd = [sys.executable, "-m", "mlbox", "serve", "--host", "127.0.0.1", "--port", str(port)]
     proc = server.start(cmd, env, port, home / "logs" / "quickstart-serve.log")
     base = f"http://127.0.0.1:{port}"
-    counts: dict[str, int] = {}
+    answers: list[dict[str, str]] = []
     try:
         for row in rows:
             req = urllib.request.Request(
@@ -180,15 +223,15 @@ def _serve_and_send(home: Path, token: str, deployment: str, rows: list[dict[str
             )
             try:
                 with urllib.request.urlopen(req, timeout=10) as r:
-                    variant = json.loads(r.read())["variant"]
+                    answer = json.loads(r.read())
             except urllib.error.HTTPError as exc:
                 raise MlboxError(f"mlbox serve answered {exc.code}: {exc.read().decode()[:300]}") from None
-            counts[variant] = counts.get(variant, 0) + 1
+            answers.append({"variant": answer["variant"], "request_id": answer["request_id"]})
     finally:
         server.stop(proc)
     with Box(load_settings(home)) as box:
         logged = int(box.db.scalar("SELECT coalesce(sum(rows), 0) FROM prediction_batches WHERE deployment = ?", (deployment,)))
-    return counts, logged
+    return answers, logged
 
 
 def _train_data(home: Path) -> tuple[str, list[str], str | None]:

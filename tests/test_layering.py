@@ -41,6 +41,7 @@ LAYERS: dict[str, int] = {
     "mlbox.box": 4,
     "mlbox.quickstart": 4,
     "mlbox.package": 4,
+    "mlbox.loop": 4,  # carries out monitoring's decisions on deployments, jobs and training
     "mlbox.cli": 5,
     "mlbox.__main__": 5,
     "mlbox.api": 5,

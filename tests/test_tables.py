@@ -14,6 +14,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +24,7 @@ from mlbox.cli import _common, _tables
 from mlbox.cli._tables import IDENTIFIERS, TABLE_COMMANDS, Layout, layout
 
 from .conftest import MLBOX_SCRIPT
-from .serve.conftest import Template, serve_template  # noqa: F401  (the session fixture)
+from .serve.conftest import Template, sample_rows, serve_template  # noqa: F401  (the session fixture)
 
 WIDTH = 80
 
@@ -39,7 +40,27 @@ def home(serve_template: Template, tmp_path: Path, cli: Any) -> Path:  # noqa: F
     ):
         r = cli("--home", str(home), *args)
         assert r.exit_code == 0, (args, r.stdout, r.exception)
+    _log_predictions(home, "churn_service_with_a_long_name", "churn:1", sample_rows(300))  # real numbers in monitor tables
     return home
+
+
+def _log_predictions(home: Path, deployment: str, model: str, rows: list[dict[str, Any]]) -> None:
+    """`rows` logged as a server's sidecar logs them (typed columns included)."""
+    import orjson
+
+    from mlbox.box import Box
+    from mlbox.config import load_settings
+    from mlbox.flavors.signature import Signature
+    from mlbox.serve.predlog.wire import Record
+    from mlbox.serve.predlog.writer import PredictionLog
+
+    with Box(load_settings(home, environ={})) as box:
+        signature = Signature.from_dict(box.registry.get(model).signature)
+        log = PredictionLog(box.paths.predictions, box.db, flush_seconds=3600, signature_of=lambda _ref: signature)
+        now = time.time()
+        log.extend([Record(now, f"t{i}", deployment, model, "primary", False, 1.5 + i % 7, None, orjson.dumps([row]).decode(),
+                           '[{"0": 0.3, "1": 0.7}]', None) for i, row in enumerate(rows)])  # fmt: skip
+        log.close()
 
 
 def table_invocations(home: Path, cli: Any) -> dict[str, list[str]]:
@@ -66,6 +87,11 @@ def table_invocations(home: Path, cli: Any) -> dict[str, list[str]]:
         "runs list": ["runs", "list"],
         "runs compare": ["runs", "compare", *run_ids],
         "deploy status": ["deploy", "status"],
+        "monitor check": ["monitor", "check", "churn_service_with_a_long_name"],
+        "monitor history": ["monitor", "history", "churn_service_with_a_long_name"],
+        "monitor quality": ["monitor", "quality", "churn_service_with_a_long_name"],
+        "monitor serving": ["monitor", "serving", "churn_service_with_a_long_name"],
+        "monitor actions": ["monitor", "actions", "churn_service_with_a_long_name"],
     }
 
 

@@ -146,6 +146,13 @@ def build_app(source: ServeContext | ContextRef) -> Api:
         live = ctx.runtime.live.get(d.name)
         return _json({**d.as_dict(), "serving_revision": live.deployment.revision if live else None})
 
+    async def monitoring(request: Request) -> Response:
+        from mlbox.api.monitoring import monitoring_view
+
+        ctx = ref.get()
+        ctx.authenticate(request.headers.get("authorization"), "read")
+        return _json(monitoring_view(ctx.box, request.path_params["name"]))
+
     async def manage(request: Request) -> Response:
         ctx = ref.get()
         who = ctx.authenticate(request.headers.get("authorization"), "deploy.manage")
@@ -208,6 +215,7 @@ def build_app(source: ServeContext | ContextRef) -> Api:
         Route("/v1/features/push", guarded(push_features, "push", limited=True), methods=["POST"]),
         Route("/v1/deployments", guarded(list_deployments, "deployments"), methods=["GET"]),
         Route("/v1/deployments/{name}", guarded(get_deployment, "deployments"), methods=["GET"]),
+        Route("/v1/deployments/{name}/monitoring", guarded(monitoring, "deployments"), methods=["GET"]),
         Route(
             "/v1/deployments/{name}/{action:str}",
             guarded(_only(manage, {"canary", "shadow", "promote", "rollback"}), "manage"),

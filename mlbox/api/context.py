@@ -111,6 +111,10 @@ class ServeContext:
             labels=("deployment", "variant", "model", "provider"), aggregate="max",
         )  # fmt: skip
 
+        from mlbox.api.monitoring import MonitoringGauges
+
+        MonitoringGauges(self.box).describe(m)
+
     def _shadow_series(self, key: str) -> dict[Labels, float]:
         series: dict[Labels, float] = {}
         for deployment, counts in self.offload.shadow_counts().items():

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from mlbox._version import __version__
+from mlbox.api.monitoring import MONITORING_SCHEMA
 from mlbox.flavors.signature import Column, Signature
 from mlbox.registry.store import ALIASES, MODEL_PATTERN
 from mlbox.types import NAME_PATTERN
@@ -297,6 +298,9 @@ def openapi_document(facts: ApiFacts | None = None) -> dict[str, Any]:
         "/v1/deployments/{name}": {"get": {"operationId": "get_deployment", "summary": "One deployment", "parameters": name_param,
             "responses": {**_ok({"allOf": [deployment, {"type": "object", "required": ["serving_revision"],
                 "properties": {"serving_revision": {"type": ["integer", "null"]}}}]}), **_errors(401, 403, 404, 405, 429, 500)}}},
+        "/v1/deployments/{name}/monitoring": {"get": {"operationId": "get_monitoring",
+            "summary": "Latest drift, quality and A/B verdicts, the policy and recent actions", "parameters": name_param,
+            "responses": {**_ok(MONITORING_SCHEMA), **_errors(401, 403, 404, 405, 429, 500)}}},
         "/v1/deployments/{name}/canary": manage("Set the canary model and weight", {
             "type": "object", "required": ["model"], "additionalProperties": False,
             "properties": {"model": MODEL_REF, "weight": {"type": "number", "minimum": 0, "maximum": 100},

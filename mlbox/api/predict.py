@@ -70,7 +70,8 @@ class PredictEndpoint:
         if busy is not None:
             return await send_bytes(send, 429, error_body(busy), (*JSON_HEADERS, *RETRY_AFTER))
         ctx.in_flight += 1
-        routed: list[str] = []  # the variant, once the request is routed: its errors are counted with it
+        routed: list[str] = []  # the variant and its model, once the request is routed: its errors are counted with it
+        started = time.perf_counter()
         try:
             body, request_id = await self.predict(ctx, name, scope, receive, routed)
             status = 200
@@ -79,6 +80,10 @@ class PredictEndpoint:
         except Exception as exc:
             error = ctx.failed("predict", exc, scope["path"], name, routed[0] if routed else "")
             status, body, request_id = error.status, error_body(error), ""
+            if routed:  # a routed failure is logged with its variant: monitoring's canary error rate reads it
+                latency = (time.perf_counter() - started) * 1000
+                ctx.offload.append(Record(time.time(), next(ctx.request_ids), name, routed[1], routed[0], False, latency,
+                                          None, "[]", None, f"{error.status} {error.code}: {error}"[:500]))  # fmt: skip
         finally:
             ctx.in_flight -= 1
         headers = JSON_HEADERS if not request_id else (*JSON_HEADERS, (b"x-request-id", request_id.encode()))
@@ -108,6 +113,7 @@ class PredictEndpoint:
         variant = split.route(key)
         routed.append(variant)
         model = live.canary if variant == "canary" and live.canary is not None else live.primary
+        routed.append(model.ref)
         rows: Sequence[Mapping[str, Any]]
         if kind == "rows":
             extra = None if sticky is None else sticky_extra(model.signature, sticky)

@@ -33,7 +33,8 @@ WIDE_HELP = "Show every column at full width (tables otherwise fit the terminal)
 TABLE_COMMANDS = frozenset(
     {"audit list", "auth user list", "auth token list", "settings", "deploy status", "features plan", "features apply",
      "features list", "features show", "features materialize", "features flush", "features get", "features sql", "jobs list",
-     "models list", "models show", "models diff", "runs list", "runs compare"}
+     "models list", "models show", "models diff", "runs list", "runs compare", "monitor check", "monitor history",
+     "monitor quality", "monitor serving", "monitor actions"}
 )  # fmt: skip
 
 

@@ -15,8 +15,10 @@ app = typer.Typer(help="Benchmarks against raw DuckDB / sqlite3 / onnxruntime fl
 def _fmt(value: float | None, unit: str) -> str:
     if value is None:
         return "—"
-    if unit.endswith("/s") or unit == "records":
+    if unit.endswith("/s") or unit in ("records", "features"):
         return f"{value:,.0f}"
+    if unit == "abs diff":
+        return f"{value:.1e}"
     if unit == "ms":
         return f"{value:.4f}"
     return f"{value:.3f}"
@@ -75,3 +77,12 @@ def serve(quick: Annotated[bool, typer.Option("--quick", help="Short runs and a 
         return [*rows, batch]
 
     _render(f"mlbox bench serve ({'quick' if quick else 'full'})", serve_and_batch)
+
+
+@app.command("monitor")
+def monitor(quick: Annotated[bool, typer.Option("--quick", help="100,000 rows instead of 1,000,000 (CI smoke run).")] = False) -> None:
+    """A full drift check of 1M logged rows x 50 features vs the same tests in plain numpy/scipy: seconds, peak RSS."""
+    from mlbox.bench.monitor import FULL, QUICK, run
+
+    scale = QUICK if quick else FULL
+    _render(f"mlbox bench monitor ({'quick' if quick else 'full'} sizes)", lambda **kw: run(scale, **kw))

@@ -64,10 +64,10 @@ def _predict_payload(box: Box, args: list[str], force: bool) -> dict[str, object
 
 @app.command("submit")
 def submit(
-    type: Annotated[str, typer.Argument(help="train, materialize, predict or command.")],
+    type: Annotated[str, typer.Argument(help="train, materialize, predict, monitor or command.")],
     args: Annotated[
         list[str] | None,
-        typer.Argument(help="train: SPEC; materialize: [VIEW]; predict: MODEL INPUT OUTPUT; command: the command line after --."),
+        typer.Argument(help="train: SPEC; materialize: [VIEW]; predict: MODEL INPUT OUTPUT; monitor: DEPLOYMENT; command: the command line after --."),
     ] = None,
     priority: Annotated[int, typer.Option("--priority", "-p", help="Higher runs first.")] = 0,
     project: Annotated[str, typer.Option("--project", help="Quota group.")] = "default",
@@ -102,6 +102,14 @@ def submit(
         elif type == "predict":
             actor(box, "predict")
             payload = _predict_payload(box, args, force)
+        elif type == "monitor":
+            actor(box, "deploy.manage")  # its policy may roll back, promote or deploy a canary
+            if len(args) != 1:
+                raise UsageError("monitor jobs take one argument: the deployment whose policy runs")
+            from mlbox.loop import load_policy
+
+            load_policy(box, args[0])  # refuse a deployment without a policy now, not in the worker
+            payload = {"deployment": args[0]}
         elif type == "command":
             actor(box, "jobs.command")
             if not args:
@@ -208,16 +216,28 @@ def exec_job(job_id: Annotated[int, typer.Argument(help="Job id.")]) -> None:
         console.print(f"job {job.id}: {job.type} {json.dumps(job.payload)}")
         if job.type == "train":
             from mlbox.train.runner import train
-            from mlbox.train.spec import load_spec
+            from mlbox.train.spec import load_spec, parse_spec
 
-            spec = load_spec(Path(job.payload["spec"]))
+            if "spec_inline" in job.payload:  # a policy's retrain: the deployed model's own spec
+                spec = parse_spec(job.payload["spec_inline"], f"job {job.id} spec", Path(job.payload["base_dir"]))
+            else:
+                spec = load_spec(Path(job.payload["spec"]))
             result = train(spec, store=box.features if spec.data.labels else None, tracking=box.tracking,
                            registry=box.registry, actor=job.submitted_by, register=bool(job.payload.get("register")))  # fmt: skip
             console.print(f"run {result.run_id} on {result.device} ({result.device_reason}): {result.metrics}")
             if result.version:
                 console.print(f"registered {result.version.ref}")
+                if job.payload.get("retrain"):
+                    from mlbox.loop import deploy_retrained
+
+                    console.print(deploy_retrained(box, job.payload, result.version.ref, result.gate.passed, job.id, job.submitted_by))
             if not result.gate.passed:
                 raise UsageError(f"gate failed: {'; '.join(result.gate.reasons)}")
+        elif job.type == "monitor":
+            from mlbox.loop import run_policy
+
+            outcome = run_policy(box, job.payload["deployment"], job.submitted_by)
+            console.print(json.dumps(outcome, default=str))
         elif job.type == "materialize":
             for r in box.features.materialize(job.payload.get("view"), full=True if job.payload.get("full") else None):
                 console.print(f"{r.view}: {r.mode}, {r.rows} rows")
@@ -255,7 +275,10 @@ def worker(
 
     with open_box() as box:
         actor(box, "jobs.submit")
-        w = Worker(box.jobs, box.paths.home, gpus=gpus, slots=slots, log=lambda m: console.print(f"[dim]{time.strftime('%H:%M:%S')}[/dim] {m}"))
+        from mlbox.loop import schedule_due
+
+        w = Worker(box.jobs, box.paths.home, gpus=gpus, slots=slots, log=lambda m: console.print(f"[dim]{time.strftime('%H:%M:%S')}[/dim] {m}"),
+                   on_tick=lambda: schedule_due(box))  # fmt: skip
         states = w.gpu_states()
         console.print(f"worker {w.name}: {len(states)} GPU(s) {[g.index for g in states] or ''} {slots} slot(s)")
         if state.json:

@@ -49,7 +49,7 @@ def main(
 
 
 def _register() -> None:
-    from mlbox.cli import audit, auth, bench, box, deploy, features, jobs, labels, models, package, predict, quickstart, serve, train
+    from mlbox.cli import audit, auth, bench, box, deploy, features, jobs, labels, models, monitor, package, predict, quickstart, serve, train
 
     box.register(app)
     quickstart.register(app)
@@ -61,6 +61,7 @@ def _register() -> None:
     package.register(app)
     jobs.register(app)
     app.add_typer(labels.app, name="labels")
+    monitor.register(app)
     app.add_typer(auth.app, name="auth")
     app.add_typer(audit.app, name="audit")
     app.add_typer(features.app, name="features")

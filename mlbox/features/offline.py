@@ -320,10 +320,12 @@ def _round_pandas(frame: Any, rounding: str) -> Any:
     return frame if out is None else out
 
 
-def register_source(con: duckdb.DuckDBPyConnection, source: Any, base_dir: Path, *, sub_micros: str | None = None) -> str:
+def register_source(con: duckdb.DuckDBPyConnection, source: Any, base_dir: Path, *, sub_micros: str | None = None,
+                    text_columns: tuple[str, ...] = ()) -> str:  # fmt: skip
     """Expose `source` (CSV/Parquet path, pandas DataFrame, Arrow table) as the view `source`; return its label.
 
     `sub_micros` ("ceil" or "floor") rounds a pandas frame's timezone-aware nanosecond columns.
+    `text_columns` of a CSV are read as text as written (the sniffer would make `yes`/`no` booleans).
     """
     if isinstance(source, (str, os.PathLike)):
         path = (base_dir / Path(source).expanduser()).resolve()
@@ -334,7 +336,9 @@ def register_source(con: duckdb.DuckDBPyConnection, source: Any, base_dir: Path,
             if path.suffix.lower() == ".parquet":
                 rel = con.read_parquet(str(path))
             elif path.suffix.lower() in (".csv", ".tsv") or suffixes in (".csv.gz", ".tsv.gz"):
-                rel = con.read_csv(str(path), header=True)
+                header = con.read_csv(str(path), header=True).columns if text_columns else []
+                types = {c: "VARCHAR" for c in text_columns if c in header}
+                rel = con.read_csv(str(path), header=True, dtype=types) if types else con.read_csv(str(path), header=True)
             else:
                 raise UsageError(f"cannot read {path.name}: use a .csv, .csv.gz, .tsv or .parquet file")
         except duckdb.Error as exc:

@@ -81,6 +81,10 @@ class Flavor(Protocol):
         """Class probabilities [n, k] for classifiers, predictions [n] for regressors (native library)."""
         ...
 
+    def importance(self, model: Any, n_features: int) -> np.ndarray | None:
+        """Each input's share of the model's importance (sums to 1), or None when the family has no such measure."""
+        ...
+
     def save(self, model: Any, directory: Path) -> list[Path]:
         """Write the native artifact(s) into `directory` in a safe format (no pickle for torch; json/ubj for xgboost)."""
         ...
@@ -94,3 +98,14 @@ class Flavor(Protocol):
     def cuda_available(self) -> tuple[bool, str]:
         """Whether this flavor can train on CUDA here, and why not."""
         ...
+
+
+def normalised(raw: Any, n_features: int) -> np.ndarray | None:
+    """Non-negative importances scaled to sum to 1; None when there are none or their shape is off."""
+    if raw is None:
+        return None
+    values = np.abs(np.asarray(raw, dtype=np.float64).reshape(-1))
+    if values.size != n_features or not np.isfinite(values).all() or values.sum() <= 0:
+        return None
+    shares: np.ndarray = values / values.sum()
+    return shares

@@ -19,7 +19,7 @@ from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import OneHotEncoder, StandardScaler
 
 from mlbox.errors import UsageError
-from mlbox.flavors.base import FitRequest, FitResult, Task
+from mlbox.flavors.base import FitRequest, FitResult, Task, normalised
 
 ARTIFACT = "model.joblib"
 DEFAULT_ESTIMATORS: dict[str, str] = {
@@ -84,6 +84,14 @@ class SklearnFlavor:
         if is_classifier(model):
             return np.asarray(model.predict_proba(X), dtype=np.float64)
         return np.asarray(model.predict(X), dtype=np.float64).reshape(-1)
+
+    def importance(self, model: Any, n_features: int) -> np.ndarray | None:
+        """`feature_importances_` (trees), else the mean |coefficient| (linear models) of the final estimator."""
+        final = model.steps[-1][1] if hasattr(model, "steps") else model
+        raw = getattr(final, "feature_importances_", None)
+        if raw is None and getattr(final, "coef_", None) is not None:
+            raw = np.abs(np.atleast_2d(final.coef_)).mean(axis=0)
+        return normalised(raw, n_features)
 
     def save(self, model: Any, directory: Path) -> list[Path]:
         path = directory / ARTIFACT

@@ -181,6 +181,9 @@ class TorchFlavor:
         result = out.cpu().numpy()
         return result if model.classification else result.reshape(-1)
 
+    def importance(self, model: Any, n_features: int) -> np.ndarray | None:
+        return None  # a network has no importance of its own worth stating; drift shares stay unweighted
+
     def save(self, model: Any, directory: Path) -> list[Path]:
         weights, config = directory / WEIGHTS, directory / CONFIG
         torch.save({k: v.detach().cpu() for k, v in model.state_dict().items()}, weights)

@@ -12,7 +12,7 @@ import xgboost as xgb
 
 from mlbox import hardware
 from mlbox.errors import UsageError
-from mlbox.flavors.base import FitRequest, FitResult, ProgressFn, Task
+from mlbox.flavors.base import FitRequest, FitResult, ProgressFn, Task, normalised
 
 ARTIFACT = "model.ubj"
 DEFAULT_ROUNDS = 200
@@ -83,6 +83,16 @@ class XGBoostFlavor:
         if objective(model) == "binary:logistic":
             return np.column_stack([1.0 - p, p])
         return np.asarray(p)
+
+    def importance(self, model: Any, n_features: int) -> np.ndarray | None:
+        """Total gain per input (xgboost names inputs f0, f1, … in column order)."""
+        scores = model.get_score(importance_type="total_gain")
+        raw = np.zeros(n_features)
+        for key, value in scores.items():
+            index = int(key[1:]) if key[:1] == "f" and key[1:].isdigit() else -1
+            if 0 <= index < n_features:
+                raw[index] = float(value)
+        return normalised(raw, n_features)
 
     def save(self, model: Any, directory: Path) -> list[Path]:
         path = directory / ARTIFACT

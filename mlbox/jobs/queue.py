@@ -22,7 +22,7 @@ from mlbox.store.sqlite import Database
 from mlbox.types import NAME_PATTERN, check_name
 
 TYPES = ("train", "materialize", "monitor", "retention", "command", "predict")
-AVAILABLE = ("train", "materialize", "command", "predict")
+AVAILABLE = ("train", "materialize", "monitor", "command", "predict")
 ACTIVE = ("queued", "running")
 FINAL = ("succeeded", "failed", "cancelled", "timed_out")
 
@@ -98,7 +98,7 @@ class JobQueue:
         if type not in TYPES:
             raise UsageError(f"unknown job type {type!r}", hint=f"types are {', '.join(TYPES)}")
         if type not in AVAILABLE:
-            raise UsageError(f"{type} jobs arrive with the monitoring and retention features; not available yet")
+            raise UsageError(f"{type} jobs arrive with the data-protection features; not available yet")
         check_name(project.replace("-", "_"), "project name", NAME_PATTERN)
         if gpus < 0 or gpu_memory_mb < 0 or cpus <= 0 or memory_mb < 0 or timeout_s <= 0 or max_attempts < 1:
             raise UsageError("resources must be positive: gpus, gpu_memory, memory >= 0; cpus, timeout, attempts > 0")

@@ -81,6 +81,7 @@ class Worker:
         poll_s: float = 1.0,
         inventory: Callable[[], Inventory] = detect,
         log: Callable[[str], None] = lambda _m: None,
+        on_tick: Callable[[], list[int]] | None = None,
     ) -> None:
         self.queue = queue
         self.home = home
@@ -90,6 +91,7 @@ class Worker:
         self.poll_s = poll_s
         self.inventory = inventory
         self.log = log
+        self.on_tick = on_tick  # queues scheduled jobs (monitoring's schedules) before each claim
         self.name = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
         self.running: dict[int, Running] = {}
         self._stop = False
@@ -167,6 +169,12 @@ class Worker:
                 self.log(f"job {job_id} timed out")
         for job_id in self.queue.recover():
             self.log(f"job {job_id} recovered from a dead worker")
+        if self.on_tick is not None:
+            try:
+                for job_id in self.on_tick():
+                    self.log(f"job {job_id} queued by a schedule")
+            except Exception as exc:  # a broken schedule must not stop the worker from running jobs
+                self.log(f"scheduling failed: {exc}")
         for job, placement in self.queue.claim(self.name, self.gpu_states(), self.slots - len(self.running), self.lease_s):
             self.start_job(job, placement.devices)
 

@@ -82,6 +82,7 @@ class Registry:
         self.db = db
         self.artifacts = artifacts
         self.audit = audit
+        self._profiles: dict[str, dict[str, Any]] = {}
 
     # registering ------------------------------------------------------------
     def register(
@@ -99,12 +100,14 @@ class Registry:
         onnx_max_abs_diff: float | None,
         onnx_tolerance: float | None,
         actor: str,
+        profile: dict[str, Any] | None = None,
     ) -> ModelVersion:
         check_name(name, "model name", MODEL_PATTERN)
         stored = {}
         for fname, path in sorted(files.items()):
             art = self.artifacts.put(path)  # before the transaction: a crash leaves only unreferenced files
             stored[fname] = {"sha256": art.sha256, "size": art.size}
+        profiled = self._put_profile(profile) if profile is not None else None
         now = clock.iso()
         with self.db.atomic():
             if not self.db.one("SELECT 1 FROM models WHERE name = ?", (name,)):
@@ -131,14 +134,51 @@ class Registry:
                     actor,
                 ),
             )
+            if profiled is not None and profile is not None:
+                self._profile_row(name, version, profile, profiled, actor)
             self.audit.record(actor, "models.register", f"{name}:{version}", {"run": run_id, "flavor": flavor})
         return self.get(f"{name}:{version}")
 
+    # reference profiles (monitoring's baseline) -----------------------------------
+    def _put_profile(self, profile: dict[str, Any]) -> str:
+        with self.artifacts.scratch() as folder:
+            path = folder / "profile.json"
+            path.write_text(json.dumps(profile, separators=(",", ":"), allow_nan=False))
+            return self.artifacts.put(path).sha256
+
+    def _profile_row(self, name: str, version: int, profile: dict[str, Any], sha256: str, actor: str) -> None:
+        self.db.execute(
+            "INSERT OR REPLACE INTO model_profiles (name, version, format, sha256, rows, created_at, created_by) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (name, version, str(profile.get("format", "")), sha256, int(profile.get("rows", 0)), clock.iso(), actor),
+        )
+
+    def save_profile(self, ref: str, profile: dict[str, Any], actor: str) -> None:
+        """Store (or replace) the reference profile of the version `ref`; audited."""
+        version = self.get(ref)
+        sha256 = self._put_profile(profile)
+        with self.db.atomic():
+            self._profile_row(version.name, version.version, profile, sha256, actor)
+            self.audit.record(actor, "models.profile", version.ref, {"format": profile.get("format"), "rows": profile.get("rows")})
+
+    def profile(self, ref: str) -> dict[str, Any] | None:
+        """The stored reference profile of `ref` (None: it has none), read from its verified artifact."""
+        version = self.get(ref)
+        row = self.db.one("SELECT sha256 FROM model_profiles WHERE name = ? AND version = ?", (version.name, version.version))
+        if row is None:
+            return None
+        cached = self._profiles.get(row["sha256"])
+        if cached is None:
+            cached = json.loads(self.artifacts.open_verified(row["sha256"]).read_text())
+            self._profiles = {row["sha256"]: cached}  # one kept: a check reads one or two versions at a time
+        return cached
+
     # reading ----------------------------------------------------------------
     def artifact_hashes(self) -> set[str]:
-        """The sha256 of every artifact a model version names (archived ones included)."""
+        """The sha256 of every artifact a model version names (archived ones included), profiles too."""
         rows = self.db.query(
-            "SELECT DISTINCT json_extract(a.value, '$.sha256') AS sha256 FROM model_versions v, json_each(v.artifacts) a"
+            "SELECT DISTINCT json_extract(a.value, '$.sha256') AS sha256 FROM model_versions v, json_each(v.artifacts) a "
+            "UNION SELECT sha256 FROM model_profiles"
         )
         return {r["sha256"] for r in rows if r["sha256"]}
 

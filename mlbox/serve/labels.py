@@ -49,7 +49,7 @@ def ingest_labels(
         raise NotFound(f"deployment {deployment!r} has no logged predictions yet")
     con = connect()
     try:
-        register_source(con, source, Path.cwd())
+        register_source(con, source, Path.cwd(), text_columns=(label,))  # a label is text as written: `yes` stays `yes`
         cols = dict(con.execute("SELECT column_name, column_type FROM (DESCRIBE source)").fetchall())
         if label not in cols:
             raise ValidationError(f"{source}: no label column {label!r}", hint="name it with --label")

@@ -35,6 +35,21 @@ log = logging.getLogger("mlbox.serve")
 
 BUCKETS_S = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 REFRESH_SECONDS = 1.0
+
+# Every metric family `mlbox serve` exports (what dashboards may query); tests/monitor/test_loop_e2e.py
+# holds it equal to the families a live server's /metrics describes.
+EXPORTED = (
+    "mlbox_ab_verdict", "mlbox_deployment_revision", "mlbox_drift_detected", "mlbox_drift_score", "mlbox_drift_share",
+    "mlbox_gpu_allocated", "mlbox_jobs", "mlbox_label_coverage", "mlbox_model_info", "mlbox_monitor_last_check_timestamp_seconds",
+    "mlbox_prediction_log_backlog", "mlbox_prediction_log_dropped", "mlbox_prediction_log_written_total", "mlbox_quality",
+    "mlbox_request_latency_seconds", "mlbox_requests_in_flight", "mlbox_requests_total", "mlbox_shadow_disagreements_total",
+    "mlbox_shadow_dropped", "mlbox_shadow_errors_total", "mlbox_shadow_predictions_total", "mlbox_sidecar_restarts_total",
+)  # fmt: skip
+
+
+def metric_names() -> tuple[str, ...]:
+    """The metric families mlbox exports, sorted (a histogram's `_bucket`/`_sum`/`_count` series are its family's)."""
+    return EXPORTED
 Labels = tuple[tuple[str, str], ...]
 # how a series read from a callback combines over workers: summed, the smallest or largest of
 # the live workers', or "box" (the same from every worker: read by the scraping worker only)

@@ -381,6 +381,52 @@ ALTER TABLE _jobs_0010 RENAME TO jobs;
 CREATE INDEX jobs_status ON jobs(status, priority, submitted_at)
 """
 
+# Monitoring: each model version's reference profile (an artifact), the checks run, the policies
+# per deployment and every action a policy took, with the evidence that triggered it.
+MONITORING = """
+CREATE TABLE model_profiles (
+    name TEXT NOT NULL,
+    version INTEGER NOT NULL,
+    format TEXT NOT NULL,
+    sha256 TEXT NOT NULL,
+    rows INTEGER NOT NULL,
+    created_at TEXT NOT NULL,
+    created_by TEXT NOT NULL,
+    PRIMARY KEY (name, version)
+);
+CREATE TABLE monitor_checks (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    deployment TEXT NOT NULL,
+    kind TEXT NOT NULL CHECK (kind IN ('drift', 'quality', 'ab')),
+    checked_at TEXT NOT NULL,
+    window TEXT NOT NULL,
+    verdict TEXT NOT NULL,
+    result TEXT NOT NULL,
+    checked_by TEXT NOT NULL
+);
+CREATE INDEX monitor_checks_deployment ON monitor_checks(deployment, kind, id);
+CREATE TABLE monitor_policies (
+    deployment TEXT PRIMARY KEY,
+    policy TEXT NOT NULL,
+    source TEXT NOT NULL,
+    next_run REAL,
+    updated_at TEXT NOT NULL,
+    updated_by TEXT NOT NULL
+);
+CREATE TABLE monitor_actions (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    deployment TEXT NOT NULL,
+    action TEXT NOT NULL,
+    at TEXT NOT NULL,
+    status TEXT NOT NULL,
+    reason TEXT NOT NULL,
+    evidence TEXT NOT NULL,
+    job_id INTEGER,
+    model TEXT
+);
+CREATE INDEX monitor_actions_deployment ON monitor_actions(deployment, id)
+"""
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration("0001_core", _sql(CORE)),
     Migration("0002_features", _sql(FEATURES)),
@@ -390,6 +436,7 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration("0007_run_process", _sql(RUN_PROCESS)),
     Migration("0008_feature_push", _sql(FEATURE_PUSH)),
     Migration("0010_jobs_predict", _sql(JOBS_PREDICT)),
+    Migration("0011_monitoring", _sql(MONITORING)),
 )
 
 

@@ -28,6 +28,7 @@ from mlbox.features.store import FeatureStore
 from mlbox.flavors import get_flavor
 from mlbox.flavors.base import Device, FitRequest, FitResult, Flavor
 from mlbox.flavors.onnx import check_single_file, run, session
+from mlbox.flavors.profile import build_profile
 from mlbox.flavors.signature import Signature, reference_stats
 from mlbox.registry.store import ALIASES, ModelVersion, Registry
 from mlbox.tracking.environment import code_revision, environment
@@ -38,6 +39,7 @@ from mlbox.train.metrics import GateResult, check_gate, evaluate
 from mlbox.train.spec import TrainSpec
 
 PARITY_ROWS = 2000
+PROFILE_PREDICTION_ROWS = 100_000  # rows of training data the output profile is predicted on
 Progress = Callable[[str, int, int | None, Mapping[str, float]], None]  # stage, step, total, metrics
 
 
@@ -124,8 +126,10 @@ def train(
                 files["model.onnx"], diff, tol = export_onnx(flavor, fit.model, spec, enc, work, active, allow_mismatch)
             with clock.phase("register"):
                 say("registering", 0, None, {})
+                profile = reference_profile(flavor, fit.model, spec, enc)
                 result.version, result.promoted = register_version(
-                    spec, registry, enc, files, metrics, gate, run_id, provenance, (diff, tol), actor, promote_if_gate
+                    spec, registry, enc, files, metrics, gate, run_id, provenance, (diff, tol), actor, promote_if_gate,
+                    profile,
                 )
         result.phase_seconds = dict(clock.seconds)
         active.set_tag("phase_seconds", {k: round(v, 4) for k, v in clock.seconds.items()})
@@ -310,17 +314,18 @@ def register_version(
     onnx_diff: tuple[float, float],
     actor: str,
     promote_if_gate: str | None,
+    profile: dict[str, Any] | None = None,
 ) -> tuple[ModelVersion, str | None]:
     """Register the version with its signature, reference stats and lineage; promote it if asked and the gate passed."""
     data, signature = enc.data, enc.signature
-    train_rows = np.arange(len(enc.y)) if spec.split.method == "kfold" else enc.splits[-1].train
+    rows = train_rows(spec, enc)
     version = registry.register(
         spec.model_name,
         files=files,
         flavor=spec.flavor,
         task=spec.task,
         signature=signature.as_dict(),
-        reference_stats=reference_stats(enc.X[train_rows], signature),
+        reference_stats=reference_stats(enc.X[rows], signature),
         metrics={**metrics, "gate_passed": gate.passed},
         lineage={
             "run_id": run_id,
@@ -333,15 +338,32 @@ def register_version(
             **provenance,
             "params": dict(spec.params),
             "spec": spec.as_dict(),
+            "spec_dir": str(spec.base_dir.resolve()),  # what the spec's relative paths mean (a policy's retrain reads it)
         },
         run_id=run_id,
         onnx_max_abs_diff=onnx_diff[0],
         onnx_tolerance=onnx_diff[1],
         actor=actor,
+        profile=profile,
     )
     if promote_if_gate and gate.passed:
         return registry.set_alias(version.ref, promote_if_gate, actor), promote_if_gate
     return version, None
+
+
+def train_rows(spec: TrainSpec, enc: Encoded) -> np.ndarray:
+    """The rows the final model was fitted on (every row for k-fold)."""
+    return np.arange(len(enc.y)) if spec.split.method == "kfold" else enc.splits[-1].train
+
+
+def reference_profile(flavor: Flavor, model: Any, spec: TrainSpec, enc: Encoded) -> dict[str, Any]:
+    """Monitoring's baseline: the training rows' profile, the model's outputs on them and its importances."""
+    rows = train_rows(spec, enc)
+    X = enc.X[rows]
+    sample = X[:: max(1, len(X) // PROFILE_PREDICTION_ROWS)]  # outputs from an even sample: predicting 1M rows costs seconds
+    weights = flavor.importance(model, X.shape[1])
+    importance = None if weights is None else dict(zip(enc.signature.names, weights.tolist(), strict=True))
+    return build_profile(X, enc.signature, task=spec.task, predictions=flavor.predict(model, sample), importance=importance)
 
 
 def parity(flavor: Flavor, model: Any, onnx_path: Path, X: np.ndarray, task: str) -> tuple[float, float]:

@@ -88,7 +88,8 @@ def test_submit_options_reach_the_job(jbox: JobBox, mlbox) -> None:  # type: ign
     "args, code, message",
     [
         (["bogus"], 2, "unknown job type"),
-        (["monitor"], 2, "not available yet"),
+        (["monitor"], 2, "monitor jobs take one argument"),
+        (["monitor", "nope"], 3, "has no monitoring policy"),
         (["retention"], 2, "not available yet"),
         (["command"], 2, "need a command"),
         (["command", "--cpus", "-1", "--", "true"], 2, "resources must be positive"),

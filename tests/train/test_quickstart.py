@@ -14,9 +14,10 @@ from ..conftest import OS_USER, run_mlbox
 
 # docs/cli.md: doctor, feature definitions, ingest, a point-in-time training set, materialization,
 # an online lookup, training two candidates and registering both, promoting the better one to
-# staging, users and tokens, audit verification and a backup.
+# staging, serving (the last half of the traffic shifted), a drift check and an A/B verdict on the
+# labelled traffic, users and tokens, audit verification and a backup.
 STEPS = ["init", "doctor", "features apply", "features ingest", "training set", "materialize", "online lookup",
-         "train", "promote", "deploy", "serve", "auth", "audit verify", "backup"]  # fmt: skip
+         "train", "promote", "deploy", "serve", "drift check", "A/B verdict", "auth", "audit verify", "backup"]  # fmt: skip
 
 
 @pytest.mark.slow
@@ -35,8 +36,13 @@ def test_quickstart(tmp_path: Path) -> None:
     promote_line = next(line for line in lines if line.startswith("✓ promote "))
     assert re.search(r"churn:[12] is staging \(best roc_auc 0\.\d{3}\)", promote_line)
     serve_line = next(line for line in lines if line.startswith("✓ serve "))
-    split = re.search(r"answered 200 requests: canary (\d+) \(\d+%\), primary (\d+)", serve_line)
-    assert split and int(split.group(1)) + int(split.group(2)) == 200 and 10 <= int(split.group(1)) <= 60
+    split = re.search(r"answered 400 requests \(the last 200 shifted\): canary (\d+) \(\d+%\), primary (\d+)", serve_line)
+    assert split and int(split.group(1)) + int(split.group(2)) == 400 and 30 <= int(split.group(1)) <= 130
+    drift_line = next(line for line in lines if line.startswith("✓ drift check "))
+    assert re.search(r"primary churn:1: DRIFT over \d+ rows, [3-9]/9 features drifted \(.*monthly_charges", drift_line)
+    ab_line = next(line for line in lines if line.startswith("✓ A/B verdict "))
+    assert "400 labels matched; accuracy canary 0." in ab_line
+    assert re.search(r"(canary better|canary worse|no difference detected|not enough labels \(about \d+ more needed\))", ab_line)
     home = root / "project"
     assert lines[-1].startswith("quickstart passed in ") and f"mlbox --home {home} features list" in lines[-1]
 
@@ -59,7 +65,8 @@ def test_quickstart(tmp_path: Path) -> None:
         d = box.deployments.get("churn_api")
         assert (d.primary_model, d.canary_model, d.canary_weight, d.shadow_model) == ("churn:1", "churn:2", 20.0, "churn:2")
         # every answer and every shadow answer of the 200 requests reached the prediction log
-        assert box.db.scalar("SELECT sum(rows) FROM prediction_batches WHERE deployment = 'churn_api'") == 400
+        assert box.db.scalar("SELECT sum(rows) FROM prediction_batches WHERE deployment = 'churn_api'") == 800
+        assert box.db.scalar("SELECT count(*) FROM monitor_checks WHERE deployment = 'churn_api'") == 2
         assert box.audit.verify().ok
         assert {e.action for e in box.audit.entries(limit=1000)} >= {"models.register", "models.promote", "box.backup"}
     assert (root / "backup" / "meta.db").is_file()

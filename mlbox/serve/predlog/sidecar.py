@@ -29,6 +29,7 @@ from typing import IO, Any
 
 import orjson
 
+from mlbox.flavors.signature import Signature
 from mlbox.serve.predlog.wire import Record, read_frames
 from mlbox.serve.predlog.writer import PredictionLog
 from mlbox.serve.runtime import ModelCache
@@ -144,6 +145,22 @@ class Sidecar:
             self.error = None
 
 
+class Signatures:
+    """Model reference → Signature, read once per version (versions are immutable) for the log's typed columns."""
+
+    def __init__(self, registry: Any) -> None:
+        self.registry = registry
+        self._known: dict[str, Signature | None] = {}
+
+    def get(self, ref: str) -> Signature | None:
+        if ref not in self._known:
+            try:
+                self._known[ref] = Signature.from_dict(self.registry.get(ref).signature)
+            except Exception:  # not in this box's registry (a test's records): written without typed columns
+                self._known[ref] = None
+        return self._known[ref]
+
+
 NICE = 10  # background work yields the CPU to the worker it serves (measured in docs/serving.md)
 
 
@@ -171,7 +188,8 @@ def main(argv: list[str]) -> int:
         registry = Registry(db, ArtifactStore(paths.artifacts), AuditLog(db, load_or_create_key(paths.audit_key)))
         sidecar = Sidecar(
             PredictionLog(paths.predictions, db, flush_seconds=flush_seconds, max_rows=max_rows,
-                          on_error=lambda exc: sidecar._fail(f"flush failed: {exc}"), on_flush=lambda: sidecar.send()),
+                          on_error=lambda exc: sidecar._fail(f"flush failed: {exc}"), on_flush=lambda: sidecar.send(),
+                          signature_of=Signatures(registry).get),
             ModelCache(registry, threads),
             report.write,
         )  # fmt: skip

@@ -6,6 +6,11 @@ even pieces of work — and every `flush_seconds` writes what it holds as
 `predictions/<deployment>/<date>/<uuid>.parquet`: temporary name, fsync, catalog row in meta.db
 and rename in one transaction. Each deployment's file is written on its own, so one that
 fails never makes another's records be written twice. It flushes once more on close.
+
+Given `signature_of` (model reference → its Signature), each file also carries the typed
+columns of `mlbox.flavors.logged` (`n.<feature>`, `c.<feature>`, `y.<output>`), computed at
+flush in DuckDB, off the request path, so that monitoring reads columns instead of JSON. A model
+whose signature cannot be had is written without them (monitoring reads its JSON instead).
 """
 
 from __future__ import annotations
@@ -21,6 +26,8 @@ from typing import Any
 import numpy as np
 
 from mlbox import clock
+from mlbox.flavors.logged import typed_sql
+from mlbox.flavors.signature import Signature
 from mlbox.serve.predlog.wire import Record
 from mlbox.store.sqlite import Database
 
@@ -59,8 +66,11 @@ class PredictionLog:
         max_rows: int = 200_000,
         on_error: Callable[[BaseException], None] | None = None,
         on_flush: Callable[[], None] | None = None,
+        signature_of: Callable[[str], Signature | None] | None = None,
     ) -> None:
         self.root = root
+        self.signature_of = signature_of
+        self._duck: Any = None  # one in-memory DuckDB connection for the typed columns, used under _lock
         self.db = db
         self.flush_seconds = flush_seconds
         self.max_rows = max_rows
@@ -194,6 +204,7 @@ class PredictionLog:
         import pyarrow.compute as pc
         import pyarrow.parquet as pq
 
+        table = self._typed(table)
         first, last = pc.min_max(table.column("ts")).values()
         day = first.as_py().strftime("%Y-%m-%d")
         folder = self.root / deployment / day
@@ -221,6 +232,38 @@ class PredictionLog:
                 final.unlink(missing_ok=True)
             raise
 
+    def _typed(self, table: Any) -> Any:
+        """`table` with the typed columns of each record's model appended (records regrouped by model)."""
+        import pyarrow as pa
+        import pyarrow.compute as pc
+
+        if self.signature_of is None:
+            return table
+        parts = []
+        models = table.column("model")
+        for ref in pc.unique(models).to_pylist():
+            part = table.filter(pc.equal(models, ref))
+            try:
+                signature = self.signature_of(str(ref))
+                if signature is not None:
+                    if self._duck is None:
+                        import duckdb
+
+                        self._duck = duckdb.connect(":memory:", config={"threads": 1})
+                        self._duck.execute("SET TimeZone = 'UTC'")
+                    self._duck.register("__records", part)
+                    try:
+                        typed = self._duck.sql(typed_sql(signature, "__records")).to_arrow_table()
+                    finally:
+                        self._duck.unregister("__records")
+                    for name in typed.column_names:
+                        part = part.append_column(name, typed.column(name))
+            except Exception as exc:  # never lose records over their typed copy: monitoring reads the JSON
+                if self._on_error:
+                    self._on_error(RuntimeError(f"typed log columns for {ref}: {exc}"))
+            parts.append(part)
+        return parts[0] if len(parts) == 1 else pa.concat_tables(parts, promote_options="default")
+
     def close(self) -> None:
         self._stop.set()
         if self._thread is not None:
@@ -230,3 +273,6 @@ class PredictionLog:
         except Exception as exc:
             if self._on_error:
                 self._on_error(exc)
+        if self._duck is not None:
+            self._duck.close()
+            self._duck = None
