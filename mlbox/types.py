@@ -41,6 +41,7 @@ class Actor:
 
 _DURATION = re.compile(r"^\s*(\d+)\s*([smhdw])\s*$")
 _UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+MAX_DURATION_S = 100 * 365 * 86400  # longer is a typo, and would overflow date arithmetic
 
 
 def check_keys(data: Any, allowed: set[str], where: str) -> None:
@@ -57,4 +58,7 @@ def parse_duration(text: str) -> int:
     match = _DURATION.match(text or "")
     if not match or int(match.group(1)) == 0:
         raise UsageError(f"invalid duration {text!r}", hint="use a positive number and a unit: 90s, 15m, 12h, 30d, 2w")
-    return int(match.group(1)) * _UNIT_SECONDS[match.group(2)]
+    seconds = int(match.group(1)) * _UNIT_SECONDS[match.group(2)]
+    if seconds > MAX_DURATION_S:
+        raise UsageError(f"duration {text!r} is longer than 100 years", hint="use at most 5200w")
+    return seconds

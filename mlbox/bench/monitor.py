@@ -219,7 +219,10 @@ def _preload() -> None:
 
 
 def _time_phases(module: Any) -> dict[str, float]:
-    """Seconds spent in each of PHASES' functions as `module` calls them (those it has), summed over calls."""
+    """Seconds spent in each of PHASES' functions as `module` calls them (those it has), summed over calls.
+
+    Only ever done in the measuring child process, which exits after its one check.
+    """
     spent: dict[str, float] = {}
 
     def timed(name: str, fn: Callable[..., Any]) -> Callable[..., Any]:
@@ -314,6 +317,9 @@ def run(scale: MonitorScale = FULL, on_row: Callable[[Row], None] | None = None,
 
 
 def main(argv: list[str]) -> int:
+    if len(argv) != 2 or argv[0] not in ("mlbox", "floor"):
+        sys.stderr.write("usage: python -m mlbox.bench.monitor mlbox BOX_HOME | floor ARRAYS_DIR\n")
+        return 2
     which, path = argv[0], Path(argv[1])
     result = measure_mlbox(path) if which == "mlbox" else measure_floor(path)
     sys.stdout.write(json.dumps(result) + "\n")

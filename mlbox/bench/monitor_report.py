@@ -10,7 +10,7 @@ from mlbox.bench.report import Recorder, Row
 
 GIB = 1024**3
 FLOOR = "numpy/scipy, arrays in memory"
-PHASES = {"read_rows": "reading the log (DuckDB over the Parquet files)", "compare_rows": "the statistics (every test, every column)"}
+PHASES = {"read_window": "reading the log (its Parquet files, one pass for every variant)", "compare_rows": "the statistics (every test, every column)"}
 
 
 def median_of(runs: list[dict[str, Any]], key: str) -> float:

@@ -80,7 +80,7 @@ def serve(quick: Annotated[bool, typer.Option("--quick", help="Short runs and a 
 
 
 @app.command("monitor")
-def monitor(quick: Annotated[bool, typer.Option("--quick", help="100,000 rows instead of 1,000,000 (CI smoke run).")] = False) -> None:
+def monitor(quick: Annotated[bool, typer.Option("--quick", help="100k rows instead of 1M (CI smoke run).")] = False) -> None:
     """A full drift check of 1M logged rows x 50 features vs the same tests in plain numpy/scipy: seconds, peak RSS."""
     from mlbox.bench.monitor import FULL, QUICK, run
 

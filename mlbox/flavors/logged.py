@@ -5,8 +5,8 @@ column per model input, one element per row, so that monitoring reads Parquet co
 parsing JSON (measured: 2.3 s to parse 1M records of 50 features on 2 cores, against about 0.1 s
 to read the typed columns):
 
-- `n.<feature>` LIST<DOUBLE>: numeric inputs as the float32 the model saw; timestamps and dates
-  as epoch seconds (a number sent as seconds stays as it is);
+- `n.<feature>` LIST<FLOAT>: numeric inputs as the float32 the model saw (a value beyond float32
+  is null); timestamps and dates as epoch seconds (a number sent as seconds stays as it is);
 - `c.<feature>` LIST<VARCHAR>: categorical inputs as sent (booleans as the levels "False"/"True"),
   unseen levels kept, so monitoring can count them;
 - `y.prediction` (regression) or `y.p_<class>` (classification: each class's probability) LIST<DOUBLE>.
@@ -56,28 +56,39 @@ def _value(col: Column, v: str) -> str:
         return v
     if col.dtype == "timestamp":
         seconds = f"coalesce(TRY_CAST({v} AS DOUBLE), epoch(TRY_CAST({v} AS TIMESTAMPTZ)))"
-        return f"CAST(CAST({seconds} AS FLOAT) AS DOUBLE)"
-    return f"CAST(CAST({v} AS FLOAT) AS DOUBLE)"
+        return f"TRY_CAST({seconds} AS FLOAT)"
+    return f"TRY_CAST({v} AS FLOAT)"
 
 
-def input_select(signature: Signature, source: str = "inputs") -> tuple[str, list[str]]:
+def input_select(signature: Signature, source: str = "inputs", *, untrusted: bool = False) -> tuple[str, list[str]]:
     """(the parse expression over `source`, one `list_transform` expression per column over `__j`).
 
     Use as `SELECT <exprs> FROM (SELECT from_json(...) AS __j FROM t)`; each expression is aliased
-    with its column's name.
+    with its column's name. `untrusted` (a log file monitoring reads, which any writer may have
+    written) makes text that is not a JSON array no rows and drops elements that are not objects;
+    the sidecar's own records are the rows the server validated, so it parses them directly (4×
+    cheaper, measured).
     """
     fields = [(c.name, "DOUBLE" if c.kind == "numeric" and c.dtype != "timestamp" else "VARCHAR") for c in signature.columns]
-    parse = f"from_json({source}, {_structure(fields)})"
+    structure = _structure(fields)
+    parse = f"from_json({source}, {structure})"
+    if untrusted:
+        objects = f"to_json(list_filter(json_extract({source}, '$[*]'), lambda e: json_type(e) = 'OBJECT'))"
+        parse = f"CASE WHEN json_valid({source}) AND json_type({source}) = 'ARRAY' THEN from_json({objects}, {structure}) END"
     exprs = [f"list_transform(__j, lambda r: {_value(c, 'r.' + q(c.name))}) AS {q(column_name(c))}" for c in signature.columns]
     return parse, exprs
 
 
-def output_select(signature: Signature, source: str = "outputs") -> tuple[str, list[str]]:
+def output_select(signature: Signature, source: str = "outputs", *, untrusted: bool = False) -> tuple[str, list[str]]:
     """Like `input_select` for the outputs: `y.prediction` or `y.p_<class>` lists over `__o`."""
+    guard = f"json_valid({source}) AND json_type({source}) = 'ARRAY'"
     if signature.task == "regression":
-        return f"from_json({source}, '[\"DOUBLE\"]')", ['__o AS "y.prediction"']
+        parse = f"from_json({source}, '[\"DOUBLE\"]')"
+        return (f"CASE WHEN {guard} THEN {parse} END" if untrusted else parse), ['__o AS "y.prediction"']
     classes = [str(c) for c in signature.classes[:MAX_CLASS_COLUMNS]]
     parse = f"from_json({source}, {_structure([(c, 'DOUBLE') for c in classes])})"
+    if untrusted:
+        parse = f"CASE WHEN {guard} THEN {parse} END"
     return parse, [f"list_transform(__o, lambda r: r.{q(c)}) AS {q('y.p_' + c)}" for c in classes]
 
 

@@ -85,6 +85,12 @@ class Signature:
         """Derive the signature from a training frame."""
         if task not in ("classification", "regression"):
             raise UsageError(f"unknown task {task!r}", hint="use classification or regression")
+        folded: dict[str, str] = {}
+        for name in features:  # DuckDB (the log's typed columns, monitoring) names columns case-insensitively
+            if (other := folded.setdefault(name.casefold(), name)) != name:
+                raise ValidationError(
+                    f"features {other!r} and {name!r} differ only in case", hint="rename one: names are compared without case"
+                )
         cols = []
         for name in features:
             s = frame[name]

@@ -18,7 +18,7 @@ import socket
 import ssl
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 from urllib.parse import SplitResult, urlsplit
 
@@ -70,6 +70,8 @@ def check_url_syntax(url: str, allow_private: bool = False) -> SplitResult:
         raise UsageError(f"webhook URL {url!r} is not http or https", hint="write https://host/path")
     if not parts.hostname:
         raise UsageError(f"webhook URL {url!r} has no host", hint="write https://host/path")
+    if not url.isascii():
+        raise UsageError(f"webhook URL {url!r} is not ASCII", hint="percent-encode its path (and write the host in punycode)")
     if parts.username is not None or parts.password is not None:
         raise UsageError(f"webhook URL {url!r} carries user info before the host", hint="put a receiver's token in the path or query")
     try:
@@ -185,7 +187,7 @@ def post_webhook(url: str, payload: Mapping[str, Any], *, allow_private: bool, t
         answer = conn.getresponse()
         text = answer.read(MAX_BODY).decode("utf-8", "replace").strip()
         status, location = answer.status, answer.getheader("Location")
-    except (OSError, http.client.HTTPException) as exc:  # socket errors, timeouts, TLS failures, garbled answers
+    except (OSError, http.client.HTTPException, ValueError) as exc:  # socket errors, timeouts, TLS failures, garbled answers
         return result(False, error=f"POST to {target.host} ({target.address}) failed: {exc or type(exc).__name__}", address=target.address)
     finally:
         conn.close()
@@ -210,6 +212,9 @@ def alert(event: str, deployment: str, details: Mapping[str, Any], config: Alert
         return None
     payload = {"source": "mlbox", "version": __version__, "event": event, "deployment": deployment, "at": clock.iso(), "details": details}
     outcome = post_webhook(url, payload, allow_private=config.allow_private, timeout_s=config.timeout_s)
+    if not outcome.ok and config.webhook_env is not None and outcome.error:
+        # the URL came from the environment: never repeat it (whatever the variable holds) in a log or a result
+        outcome = replace(outcome, error=outcome.error.replace(repr(url), f"${config.webhook_env}").replace(url, f"${config.webhook_env}"))
     if not outcome.ok:
         log.warning("monitor %s on %s: webhook not delivered: %s", event, deployment, outcome.error)
     return outcome

@@ -143,9 +143,9 @@ def _cooling(cooldown_s: int, action: str, actions: Sequence[PastAction], now: d
     last = _last(action, actions)
     if last is None:
         return None
-    until = last + timedelta(seconds=cooldown_s)
-    if now >= until:
+    if now - last >= timedelta(seconds=cooldown_s):  # a difference cannot overflow, a sum near the year 9999 can
         return None
+    until = last + timedelta(seconds=cooldown_s)
     return f"the last {action} was at {clock.iso(last)} and its {duration_text(cooldown_s)} cool-down lasts until {clock.iso(until)}"
 
 

@@ -7,6 +7,8 @@ stored as JSON in meta.db round-trips exactly. docs/monitoring-policies.md docum
 
 from __future__ import annotations
 
+import re
+
 import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -164,14 +166,17 @@ class Policy:
         return parse_policy(deployment, data, source)
 
 
+ENV_NAME = re.compile(r"[A-Z_][A-Z0-9_]*WEBHOOK[A-Z0-9_]*")  # the only variables a policy may read
+
+
 def parse_policies(text: str, source: str) -> list[Policy]:
     """Every deployment's policy in a `monitoring.yaml` text; `source` (the file name) starts every error message."""
     import yaml
 
     try:
         data = yaml.safe_load(text)
-    except (yaml.YAMLError, ValueError) as exc:  # ValueError: an impossible unquoted date such as 2026-13-40
-        raise UsageError(f"{source}: not valid YAML: {exc}") from None
+    except (yaml.YAMLError, ValueError, RecursionError) as exc:  # ValueError: an impossible unquoted date such as 2026-13-40
+        raise UsageError(f"{source}: not valid YAML: {_yaml_problem(exc)}") from None
     if data is None:
         raise UsageError(f"{source}: no policies", hint="write `deployments:` with one entry per deployment name")
     check_keys(data, {"deployments"}, source)
@@ -179,6 +184,15 @@ def parse_policies(text: str, source: str) -> list[Policy]:
     if not isinstance(deployments, Mapping) or not deployments:
         raise UsageError(f"{source}: deployments: expected a mapping of deployment name to policy", hint="see docs/monitoring-policies.md")
     return [parse_policy(name, body, source) for name, body in deployments.items()]
+
+
+def _yaml_problem(exc: BaseException) -> str:
+    """One line: PyYAML's problem and where (its own text quotes the source over several lines)."""
+    if isinstance(exc, RecursionError):
+        return "nested too deeply"
+    problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+    mark = getattr(exc, "problem_mark", None)
+    return f"{problem} (line {mark.line + 1}, column {mark.column + 1})" if mark is not None else str(problem)
 
 
 def parse_policy(deployment: Any, data: Any, source: str) -> Policy:
@@ -265,6 +279,11 @@ def _alerts(data: Mapping[str, Any], where: str) -> AlertConfig:
         name = hook.get("$env")
         if not isinstance(name, str) or not name:
             raise UsageError(f"{where}.webhook: `$env` names the environment variable that holds the URL")
+        if not ENV_NAME.fullmatch(name):
+            raise UsageError(
+                f"{where}.webhook: `$env` must name a variable whose name contains WEBHOOK, got {name!r}",
+                hint="e.g. CHURN_WEBHOOK_URL: a policy may not read the server's other variables (tokens, keys)",
+            )
         return AlertConfig(webhook_env=name, allow_private=allow, timeout_s=timeout)
     if not isinstance(hook, str):
         raise UsageError(f"{where}.webhook: expected a URL or {{$env: NAME}}, got {hook!r}")

@@ -15,7 +15,7 @@ from mlbox import clock
 from mlbox.errors import NotFound
 from mlbox.flavors.signature import Signature
 from mlbox.monitor.check import CheckResult, compare_rows
-from mlbox.monitor.logread import log_files, read_rows
+from mlbox.monitor.logread import log_files, read_window
 from mlbox.monitor.records import Records
 from mlbox.monitor.verdict import Thresholds
 from mlbox.monitor.window import Window
@@ -64,12 +64,11 @@ class Monitor:
         limits = thresholds or self.thresholds(deployment)
         files = log_files(self.db, self.home, deployment, since, until)
         result = CheckResult(deployment=deployment, checked_at=now, window=window.as_dict(now), thresholds=limits)
-        for variant, ref in deployed.variants().items():
-            profile = self.profile(ref)
-            signature = Signature.from_dict(self.registry.get(ref).signature)
-            rows = read_rows(files, signature, model=ref, variant=variant, since=since, until=until,
-                             last_rows=window.last_rows, threads=self.threads)  # fmt: skip
-            result.variants[variant] = compare_rows(rows, profile, limits)
+        profiles = {variant: self.profile(ref) for variant, ref in deployed.variants().items()}
+        plans = {v: (ref, Signature.from_dict(self.registry.get(ref).signature)) for v, ref in deployed.variants().items()}
+        found = read_window(files, plans, since=since, until=until, last_rows=window.last_rows, threads=self.threads)
+        for variant, rows in found.items():
+            result.variants[variant] = compare_rows(rows, profiles[variant], limits)
         if record:
             self.records.add_check(deployment, "drift", result.as_dict(), "drift" if result.drifted else "ok", actor)
         return result

@@ -9,6 +9,7 @@ never reread. Definitions, binning and precision: docs/monitoring-statistics.md.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -47,6 +48,25 @@ def ks_pvalue(d: float, n1: int, n2: int) -> float:
     """Asymptotic two-sided KS p-value of D for samples of n1 and n2 values (scipy's method='asymp')."""
     en = round(n1 * n2 / (n1 + n2))
     return float(np.clip(sps.kstwo.sf(d, en), 0.0, 1.0))
+
+
+FAST_KS_MIN_N = 10_000  # above this effective size the profile path uses Stephens' approximation
+
+
+def ks_pvalue_fast(d: float, n1: int, n2: int) -> float:
+    """`ks_pvalue`, but for effective sizes above 10,000 Stephens' approximation of it (the profile path's).
+
+    Q_KS((√n + 0.12 + 0.11/√n)·D) with n = n1·n2/(n1+n2) (Stephens 1970). Measured against scipy's
+    `kstwo.sf`: relative error under 1e-3 at p = 0.01 and under 5e-3 at p = 1e-4 for n ≥ 50,000
+    (docs/monitoring-statistics.md). Why not scipy's: `kstwo.sf` takes 85–415 ms per call at
+    n = 1e5–5e5 when p is small, about 1 s of a 50-feature, two-variant check of 1M rows; this takes
+    microseconds.
+    """
+    en = n1 * n2 / (n1 + n2)
+    if en <= FAST_KS_MIN_N:
+        return ks_pvalue(d, n1, n2)
+    root = math.sqrt(en)
+    return float(np.clip(special.kolmogorov((root + 0.12 + 0.11 / root) * d), 0.0, 1.0))
 
 
 def chi2_homogeneity(ref_counts: Any, cur_counts: Any, *, correction: bool = True) -> tuple[float, float, int]:
@@ -173,7 +193,7 @@ def _compare_numeric(name: str, entry: Mapping[str, Any], current: np.ndarray, t
     # points alone give D without that upward bias, low by at most one step (docs: precision).
     between = np.max(np.abs(cdf[:-1] - left[1:]), initial=0.0) if exact else 0.0
     d = float(max(np.max(np.abs(cdf - right)), between, left[0]))
-    p = ks_pvalue(d, ref_n, m)
+    p = ks_pvalue_fast(d, ref_n, m)
     cur_counts = np.diff(np.concatenate([[0], np.searchsorted(x, edges, side="right"), [m]])).astype(np.float64)
     chi2, chi2_p, dof = chi2_homogeneity(ref_counts, cur_counts)
     std = float(entry.get("std") or 0.0)
@@ -288,7 +308,10 @@ def _compare_categorical(name: str, entry: Mapping[str, Any], current: Mapping[A
         return _unusable(name, "categorical", 0, "current level counts are not whole numbers")
     rows = nulls + sum(seen.values())
     unseen = sum(n for level, n in seen.items() if level not in ref_levels)
-    labels = tuple(ref_levels) + ((UNSEEN,) if unseen else ())
+    other = UNSEEN
+    while other in ref_levels:  # a training level literally named "(unseen)" keeps its own bin
+        other = f"({other})"
+    labels = tuple(ref_levels) + ((other,) if unseen else ())
     ref_vec = np.concatenate([ref_counts, [0.0] if unseen else []])
     cur_vec = np.asarray([seen.get(level, 0) for level in ref_levels] + ([unseen] if unseen else []), dtype=np.float64)
     m = int(cur_vec.sum())

@@ -8,7 +8,9 @@ from typing import Any
 
 from mlbox import clock
 from mlbox.errors import UsageError
-from mlbox.types import parse_duration
+from mlbox.types import MAX_DURATION_S, parse_duration
+
+MAX_ROWS = 10**12  # a row cap beyond any log (and beyond DuckDB's LIMIT)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -27,8 +29,10 @@ class Window:
     def __post_init__(self) -> None:
         if self.last_s is not None and (self.since is not None or self.until is not None):
             raise UsageError("a window is either --last or --since/--until, not both")
-        if self.last_rows is not None and self.last_rows < 1:
-            raise UsageError("--last-rows must be at least 1")
+        if self.last_rows is not None and not 1 <= self.last_rows <= MAX_ROWS:
+            raise UsageError(f"--last-rows must be between 1 and {MAX_ROWS:,}")
+        if self.last_s is not None and not 0 < self.last_s <= MAX_DURATION_S:
+            raise UsageError("--last must be a positive duration of at most 100 years")
         if self.since is not None and self.until is not None and self.since >= self.until:
             raise UsageError("--since must be before --until")
 

@@ -254,16 +254,16 @@ def test_alert_without_a_webhook_only_logs(caplog: pytest.LogCaptureFixture) -> 
 
 
 def test_alert_reads_an_env_reference_and_logs_a_failed_delivery(receiver: Receiver, caplog: pytest.LogCaptureFixture) -> None:
-    config = AlertConfig(webhook_env="CHURN_HOOK", allow_private=False)
+    config = AlertConfig(webhook_env="CHURN_WEBHOOK_URL", allow_private=False)
     with caplog.at_level(logging.WARNING, logger="mlbox.monitor"):
         result = alert("drift", "churn_api", {"reason": "drifted"}, config, logging.getLogger("mlbox.monitor"),
-                       environ={"CHURN_HOOK": f"{receiver.url}/hook"})  # fmt: skip
+                       environ={"CHURN_WEBHOOK_URL": f"{receiver.url}/hook"})  # fmt: skip
     assert result is not None and not result.ok and "loopback" in (result.error or "")
     assert receiver.requests == []
     messages = [r.getMessage() for r in caplog.records]
     assert messages[0] == "monitor drift on churn_api: drifted" and "webhook not delivered" in messages[1]
-    allowed = AlertConfig(webhook_env="CHURN_HOOK", allow_private=True)
-    assert alert("drift", "churn_api", {}, allowed, environ={"CHURN_HOOK": receiver.url}).ok  # type: ignore[union-attr]
+    allowed = AlertConfig(webhook_env="CHURN_WEBHOOK_URL", allow_private=True)
+    assert alert("drift", "churn_api", {}, allowed, environ={"CHURN_WEBHOOK_URL": receiver.url}).ok  # type: ignore[union-attr]
     assert len(receiver.requests) == 1
 
 

@@ -270,3 +270,27 @@ def test_profile_of_a_version_registered_before_profiles(box: Any, cli_run: Any)
     rebuilt = box.monitor.profile("m:1")
     assert rebuilt["features"] == original["features"] and rebuilt["rows"] == original["rows"]
     assert rebuilt["outputs"].keys() == original["outputs"].keys()
+
+
+def test_one_pass_reader_equals_duckdb_and_mixes_old_and_new_files(box: Any) -> None:
+    clear_log(box)
+    log_rows(box, frame(1200, 18, shift=0.3), per_request=3)  # typed: read by pyarrow in one pass
+    log_rows(box, frame(800, 19), typed=False)  # an older file: JSON only, read by DuckDB
+    one_pass = box.monitor.check("dep", Window.parse(last="1h"), record=False).as_dict()["variants"]
+    # --last-rows sends every file through DuckDB; a cap above the row count keeps the same rows
+    duck = box.monitor.check("dep", Window.parse(last="1h", last_rows=10_000), record=False).as_dict()["variants"]
+    assert one_pass["primary"]["rows"] == 2000
+    assert one_pass == duck
+
+
+def test_a_cataloged_file_that_cannot_be_read_is_a_clear_error(box: Any) -> None:
+    from mlbox.errors import StoreError
+
+    clear_log(box)
+    log_rows(box, frame(100, 20))
+    path = box.paths.home / box.db.scalar("SELECT path FROM prediction_batches ORDER BY id DESC LIMIT 1")
+    path.chmod(0o644)
+    path.write_bytes(b"not parquet at all")
+    with pytest.raises(StoreError, match="cannot be read"):
+        box.monitor.check("dep", Window.parse(last="1h"), record=False)
+    clear_log(box)

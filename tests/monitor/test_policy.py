@@ -116,12 +116,12 @@ def test_as_dict_writes_the_file_shape() -> None:
 
 
 def test_webhook_from_an_environment_reference() -> None:
-    p = one("alerts: {webhook: {$env: CHURN_HOOK}, allow_private: true, timeout_s: 2}")
+    p = one("alerts: {webhook: {$env: CHURN_WEBHOOK_URL}, allow_private: true, timeout_s: 2}")
     assert p.alerts is not None
-    assert p.alerts.webhook is None and p.alerts.webhook_env == "CHURN_HOOK" and p.alerts.timeout_s == 2.0
-    assert p.alerts.url({"CHURN_HOOK": "https://h.example.com/x"}) == "https://h.example.com/x"
+    assert p.alerts.webhook is None and p.alerts.webhook_env == "CHURN_WEBHOOK_URL" and p.alerts.timeout_s == 2.0
+    assert p.alerts.url({"CHURN_WEBHOOK_URL": "https://h.example.com/x"}) == "https://h.example.com/x"
     assert p.alerts.url({}) is None
-    assert p.as_dict()["alerts"]["webhook"] == {"$env": "CHURN_HOOK"}
+    assert p.as_dict()["alerts"]["webhook"] == {"$env": "CHURN_WEBHOOK_URL"}
     assert Policy.from_dict("d", p.as_dict()) == Policy.from_dict("d", json.loads(json.dumps(p.as_dict())))
 
 

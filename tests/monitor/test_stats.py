@@ -256,3 +256,18 @@ def test_dataset_verdict_share_weights_and_uncounted_features() -> None:
     nothing = stats.dataset_verdict([_fd("e", "insufficient")], None, 0.25)
     assert not nothing.drifted and nothing.counted == 0 and nothing.share == 0.0
     json.dumps(plain.as_dict())
+
+
+@pytest.mark.parametrize("n1, n2", [(100_000, 100_000), (1_000_000, 900_000), (1_000_000, 100_000)])
+def test_fast_ks_pvalue_is_within_its_stated_error_of_scipy(n1: int, n2: int) -> None:
+    from scipy import special
+    from scipy import stats as sps
+
+    from mlbox.monitor.stats import ks_pvalue_fast
+
+    en = n1 * n2 / (n1 + n2)
+    for p, tolerance in ((0.5, 1e-3), (0.05, 1e-3), (0.01, 1e-3), (1e-4, 5e-3)):
+        d = float(special.kolmogi(p)) / en**0.5
+        exact = float(sps.kstwo.sf(d, round(en)))
+        assert abs(ks_pvalue_fast(d, n1, n2) - exact) <= tolerance * exact
+    assert ks_pvalue_fast(0.01, 2000, 3000) == pytest.approx(float(sps.kstwo.sf(0.01, 1200)), rel=1e-12)  # small: scipy's
