@@ -50,16 +50,13 @@ def init(path: str | os.PathLike[str] = ".", template: str = "tabular-classifica
         with mlbox.init("churn", template="tabular-classification") as box:
             box.features.apply(box.features.load())
     """
-    import getpass
     from pathlib import Path
 
     from mlbox.box import Box
+    from mlbox.security.osuser import effective_os_user
 
     if admin is None:
-        try:
-            admin = getpass.getuser()
-        except (KeyError, OSError):
-            admin = str(os.getuid())
+        admin = effective_os_user()
     box, _ = Box.init_project(Path(path).expanduser().resolve(), template, admin)
     return box
 

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import getpass
 from functools import cached_property
 from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
 from mlbox.config import Settings, load_settings
+from mlbox.security import osuser
 from mlbox.security.identity import Identity
 from mlbox.store.audit import AuditLog, load_or_create_key
 from mlbox.store.layout import BoxPaths, open_meta
@@ -24,19 +24,12 @@ if TYPE_CHECKING:
     from mlbox.tracking.store import TrackingStore
 
 
-def _os_user() -> str:
-    try:
-        return getpass.getuser()
-    except (KeyError, OSError):
-        return "unknown"
-
-
 class Box:
     """One box: its paths, metadata database, audit log and services."""
 
     def __init__(self, settings: Settings, *, create: bool = False, actor: str | None = None) -> None:
         self.settings = settings
-        self.actor = actor or _os_user()
+        self.actor = actor or osuser.effective_os_user()
         self.paths = BoxPaths(settings.home)
         self.db = open_meta(
             self.paths,

@@ -97,6 +97,21 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("serve.reload_seconds", 0.5, "How often a server checks meta.db for deployment changes."),
     Setting("serve.log_flush_seconds", 1.0, "How often the prediction log is written to Parquet (at most this much is lost on kill -9)."),
     Setting("serve.log_max_rows", 200000, "Prediction log records buffered in memory at most; beyond it new ones are dropped and counted."),
+    Setting("serve.ssl_certfile", "", "PEM certificate (chain) `mlbox serve` speaks HTTPS with; relative to the box folder; empty: plain HTTP."),
+    Setting("serve.ssl_keyfile", "", "PEM private key of serve.ssl_certfile (unencrypted, mode 0600); relative to the box folder."),
+    Setting(
+        "serve.allowed_hosts",
+        "",
+        "Comma-separated extra Host names a POST may carry (loopback names and the address it arrived at always may; * any): a DNS-rebinding guard, auth on or off.",
+    ),
+    Setting(
+        "serve.allowed_origins",
+        "",
+        "Comma-separated Origins (e.g. https://app.example) allowed to POST besides the server's own; a browser request from any other gets 403.",
+    ),
+    Setting("serve.max_header_bytes", 65536, "Largest request line plus headers in bytes; a larger head gets 431 and the connection is closed."),
+    Setting("serve.header_timeout_s", 10.0, "Seconds a connection may take to send a complete request head; then 408 and close."),
+    Setting("serve.keepalive_timeout_s", 5, "Seconds an idle keep-alive connection is held open between requests."),
 )
 SETTINGS_BY_NAME: dict[str, Setting] = {s.name: s for s in SETTINGS}
 

@@ -41,10 +41,12 @@ class MlboxError(Exception):
     code = "internal"
     exit_code = 1
 
-    def __init__(self, message: str, *, hint: str | None = None) -> None:
+    def __init__(self, message: str, *, hint: str | None = None, headers: dict[str, str] | None = None) -> None:
         super().__init__(message)
         self.message = message
         self.hint = hint
+        # HTTP response headers the answer must carry (e.g. WWW-Authenticate on a 401); the CLI ignores them
+        self.headers: dict[str, str] = dict(headers or {})
 
     def __str__(self) -> str:
         return f"{self.message} ({self.hint})" if self.hint else self.message

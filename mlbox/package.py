@@ -1,8 +1,12 @@
 """`mlbox package NAME`: a Bento holding one deployment — its model versions and the routing service.
 
 The Bento carries a minimal box: the deployment row, its model versions (artifacts checked
-against their sha256), their runs, and the users and token hashes, so the same API tokens
-work. It also carries the mlbox package itself, so plain `bentoml serve` runs it anywhere
+against their sha256), their runs, and **its own credentials only**: a service user
+`bento_<deployment>` made in the box at package time, with one fresh token whose hash is the only
+one the Bento holds (the box's users and tokens never leave it). The token is shown once; it is
+listed and revoked like any other (`mlbox auth token list/revoke` in the box records it; a running
+Bento applies a revocation made in its own bundled box, `mlbox --home <bento>/src/box auth token
+revoke ID`, within a second, and a rebuilt Bento never holds a revoked token). It also carries the mlbox package itself, so plain `bentoml serve` runs it anywhere
 BentoML runs; the build is offline (`lock_packages: false`). Entity lookups need the box's
 online store and are not packaged: a packaged service answers `rows` requests.
 """
@@ -35,9 +39,14 @@ from mlbox.api.service import MlboxService  # noqa: F401
 
 @dataclass(frozen=True)
 class PackageResult:
+    """A built Bento: its tag, models and path, and the service credentials made for it (the token shown once)."""
+
     tag: str
     models: list[str]
     path: str
+    user: str
+    token_id: str
+    token: str
 
 
 def _pinned(name: str) -> str:
@@ -57,10 +66,23 @@ def _installed(name: str) -> bool:
     return True
 
 
-def build_package(box: Box, name: str, actor: str) -> PackageResult:
+def service_credentials(box: Box, deployment: str, actor: str, ttl_days: int | None) -> tuple[str, str, str]:
+    """(user, token id, token) for a Bento of `deployment`: its own service user, a fresh `predict` token."""
+    user = f"bento_{deployment}"[:64]
+    if user not in {u.name for u in box.identity.users()}:
+        box.identity.add_user(actor, user, "service")
+    info, token = box.identity.create_token(
+        actor, user, "service", expires_in_s=None if ttl_days is None else ttl_days * 86400, never_expires=ttl_days is None,
+        description=f"packaged service for deployment {deployment}",
+    )  # fmt: skip
+    return user, info.id, token
+
+
+def build_package(box: Box, name: str, actor: str, *, token_ttl_days: int | None = None) -> PackageResult:
     deployment = box.deployments.get(name)
     refs = sorted({r for r in (deployment.primary_model, deployment.canary_model, deployment.shadow_model) if r})
     versions = [box.registry.get(r) for r in refs]
+    user, token_id, token = service_credentials(box, name, actor, token_ttl_days)
     with tempfile.TemporaryDirectory(prefix="mlbox-package-") as tmp:
         ctx = Path(tmp)
         home = ctx / "box"
@@ -70,9 +92,9 @@ def build_package(box: Box, name: str, actor: str) -> PackageResult:
         try:
             pairs = [(v.name, v.version) for v in versions]
             runs = [v.run_id for v in versions if v.run_id]
-            dst.execute("DELETE FROM users")  # the box's own users (and token hashes) come instead
-            _copy(src, dst, "users", "1=1", ())
-            _copy(src, dst, "tokens", "1=1", ())
+            # the Bento's own service user and its one token: never the box's users or token hashes
+            _copy(src, dst, "users", "name = ?", (user,))
+            _copy(src, dst, "tokens", "id = ?", (token_id,))
             exp_ids = {r[0] for r in src.execute(f"SELECT experiment_id FROM runs WHERE id IN ({_marks(runs)})", runs)}
             _copy(src, dst, "experiments", f"id IN ({_marks(exp_ids)})", tuple(exp_ids))
             _copy(src, dst, "runs", f"id IN ({_marks(runs)})", tuple(runs))
@@ -112,8 +134,8 @@ def build_package(box: Box, name: str, actor: str) -> PackageResult:
         tag = next((line.split("__tag__:", 1)[1].strip() for line in proc.stdout.splitlines() if "__tag__:" in line), "")
         if not tag:
             raise StoreError(f"bentoml build printed no tag: {proc.stdout.strip()[-200:]}")
-    box.audit.record(actor, "deploy.package", name, {"bento": tag, "models": refs})
-    return PackageResult(tag, refs, str(box.paths.bentoml / "bentos" / tag.replace(":", "/")))
+    box.audit.record(actor, "deploy.package", name, {"bento": tag, "models": refs, "user": user, "token": token_id})
+    return PackageResult(tag, refs, str(box.paths.bentoml / "bentos" / tag.replace(":", "/")), user, token_id, token)
 
 
 def _marks(values: object) -> str:

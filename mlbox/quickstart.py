@@ -133,8 +133,8 @@ def run_quickstart(root: Path, os_user: str, template: str = "tabular-classifica
             for a in answers:
                 counts[a["variant"]] = counts.get(a["variant"], 0) + 1
             split = ", ".join(f"{v} {n} ({100 * n / len(answers):.0f}%)" for v, n in sorted(counts.items()))
-            d.append(f"mlbox serve answered {len(answers)} requests (the last 200 shifted): {split}; "
-                     f"{logged} predictions logged (shadow included)")  # fmt: skip
+            d.append(f"mlbox serve over TLS (self-signed, tls/cert.pem) answered {len(answers)} token-authenticated requests "
+                     f"(the last 200 shifted): {split}; {logged} predictions logged (shadow included)")  # fmt: skip
         with step("drift check") as d:
             from mlbox.monitor.window import Window
 
@@ -207,12 +207,21 @@ def _num(value: object) -> str:
 
 
 def _serve_and_send(home: Path, token: str, deployment: str, rows: list[dict[str, object]]) -> tuple[list[dict[str, str]], int]:
-    """Start `mlbox serve` on a free loopback port, send one request per row, stop it; (each answer's variant and request id, rows logged)."""
+    """Start `mlbox serve` over TLS (a self-signed trial certificate) on a free loopback port, send one request
+    per row with the token, stop it; (each answer's variant and request id, rows logged)."""
+    import ssl
+
+    from mlbox import clock
+    from mlbox.security.certs import generate_selfsigned
+
+    tls = generate_selfsigned(home / "tls", ["localhost", "127.0.0.1"], 30, clock.now(), force=True)
     port = server.free_port()
     env = child_env(drop=("MLBOX_TOKEN",), MLBOX_HOME=str(home))
-    cmd = [sys.executable, "-m", "mlbox", "serve", "--host", "127.0.0.1", "--port", str(port)]
-    proc = server.start(cmd, env, port, home / "logs" / "quickstart-serve.log")
-    base = f"http://127.0.0.1:{port}"
+    cmd = [sys.executable, "-m", "mlbox", "serve", "--host", "127.0.0.1", "--port", str(port),
+           "--ssl-certfile", str(tls.cert), "--ssl-keyfile", str(tls.key)]  # fmt: skip
+    proc = server.start(cmd, env, port, home / "logs" / "quickstart-serve.log", cafile=tls.cert)
+    base = f"https://127.0.0.1:{port}"
+    trusted = ssl.create_default_context(cafile=str(tls.cert))
     answers: list[dict[str, str]] = []
     try:
         for row in rows:
@@ -222,7 +231,7 @@ def _serve_and_send(home: Path, token: str, deployment: str, rows: list[dict[str
                 headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"},
             )
             try:
-                with urllib.request.urlopen(req, timeout=10) as r:
+                with urllib.request.urlopen(req, timeout=10, context=trusted) as r:
                     answer = json.loads(r.read())
             except urllib.error.HTTPError as exc:
                 raise MlboxError(f"mlbox serve answered {exc.code}: {exc.read().decode()[:300]}") from None

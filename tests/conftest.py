@@ -1,14 +1,17 @@
 """Shared fixtures: a clean environment per test, a real box in tmp_path, and CLI runners.
 
 Every test runs with no MLBOX_* variables, HOME inside tmp_path (so ~/.mlbox is never the
-real one), the OS user "alice" (getpass reads LOGNAME first) and a PATH holding only an
-empty folder, so `nvidia-smi` is absent unless a test puts a fake one there.
+real one) and a PATH holding only an empty folder, so `nvidia-smi` is absent unless a test
+puts a fake one there. The OS user is the kernel's (`OS_USER`, the effective uid's name);
+LOGNAME, USER, LNAME and USERNAME all name someone else (`SPOOFED_USER`), so every test
+also proves that mlbox ignores them.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import pwd
 import shlex
 import sqlite3
 import subprocess
@@ -27,14 +30,15 @@ from mlbox.config import load_settings
 
 REPO = Path(__file__).resolve().parent.parent
 MLBOX_SCRIPT = Path(sys.executable).with_name("mlbox")
-OS_USER = "alice"
+OS_USER = pwd.getpwuid(os.geteuid()).pw_name  # who mlbox acts as: the effective uid, as the kernel says
+SPOOFED_USER = "mallory" if OS_USER != "mallory" else "mallory2"  # what the environment claims
 
 FAKE_SMI_H100 = "0, NVIDIA H100 80GB HBM3, 81559, 0, 0, GPU-abc"
 
 
 @pytest.fixture(autouse=True)
 def clean_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """No MLBOX_* variables, a private HOME, a known OS user, no nvidia-smi on PATH."""
+    """No MLBOX_* variables, a private HOME, the login variables lying about the OS user, no nvidia-smi on PATH."""
     for var in list(os.environ):
         if var.startswith("MLBOX_") or var in ("FORCE_COLOR", "CUDA_VISIBLE_DEVICES"):
             monkeypatch.delenv(var)
@@ -44,7 +48,7 @@ def clean_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     bin_dir.mkdir()
     monkeypatch.setenv("HOME", str(home))
     for var in ("LOGNAME", "USER", "LNAME", "USERNAME"):
-        monkeypatch.setenv(var, OS_USER)
+        monkeypatch.setenv(var, SPOOFED_USER)
     monkeypatch.setenv("PATH", str(bin_dir))
     monkeypatch.setenv("COLUMNS", "250")
     monkeypatch.setenv("NO_COLOR", "1")
@@ -67,13 +71,28 @@ def write_fake_nvidia_smi(bin_dir: Path, stdout: str = FAKE_SMI_H100, rc: int = 
 
 
 @pytest.fixture
+def kernel_user(monkeypatch: pytest.MonkeyPatch) -> Callable[[str], None]:
+    """`kernel_user("bob")`: in this process, the kernel now says the effective OS user is bob.
+
+    Tests cannot switch uid, so a second OS user is simulated at the one boundary mlbox asks
+    (`mlbox.security.osuser.effective_os_user`); subprocesses still run as `OS_USER`.
+    """
+    from mlbox.security import osuser
+
+    def become(name: str) -> None:
+        monkeypatch.setattr(osuser, "effective_os_user", lambda: name)
+
+    return become
+
+
+@pytest.fixture
 def home(tmp_path: Path) -> Path:
     return tmp_path / "box"
 
 
 @pytest.fixture
 def box(home: Path) -> Iterator[Box]:
-    """A fresh box whose admin is the OS user alice."""
+    """A fresh box whose admin is the OS user (`OS_USER`)."""
     b = Box.create(load_settings(home), OS_USER)
     try:
         yield b

@@ -14,7 +14,7 @@ from mlbox.store import audit as audit_module
 from mlbox.store.audit import AuditLog
 from mlbox.store.sqlite import Database
 
-from .conftest import raw_connect
+from .conftest import OS_USER, raw_connect
 
 
 @pytest.fixture
@@ -259,9 +259,10 @@ def test_cli_audit_list(filled: Box, home: Path, cli) -> None:  # type: ignore[n
     assert rows[0]["details"] == {"i": 4, "note": "ünïcode ✓"}
 
 
-def test_cli_audit_needs_permission(filled: Box, home: Path, cli) -> None:  # type: ignore[no-untyped-def]
+def test_cli_audit_needs_permission(filled: Box, home: Path, cli, kernel_user) -> None:  # type: ignore[no-untyped-def]
     from mlbox.errors import PermissionDenied
 
-    filled.identity.add_user("alice", "bob", "data-scientist", os_user="bob")
-    result = cli("--home", str(home), "audit", "list", env={"LOGNAME": "bob"})
+    filled.identity.add_user(OS_USER, "bob", "data-scientist", os_user="bob")
+    kernel_user("bob")
+    result = cli("--home", str(home), "audit", "list")
     assert isinstance(result.exception, PermissionDenied)

@@ -13,6 +13,8 @@ from mlbox.errors import AuthError, Conflict, NotFound, PermissionDenied, UsageE
 from mlbox.security.roles import ACTIONS, PERMISSIONS, allowed, require
 from mlbox.types import ROLES, Actor
 
+from .conftest import OS_USER
+
 # roles ------------------------------------------------------------------------------
 
 
@@ -68,33 +70,33 @@ def test_require() -> None:
 
 def test_creator_is_admin(box: Box) -> None:
     [admin] = box.identity.users()
-    assert (admin.name, admin.role, admin.os_user) == ("alice", "admin", "alice")
-    assert box.identity.actor_for_os_user("alice") == Actor("alice", "admin", "os")
+    assert (admin.name, admin.role, admin.os_user) == (OS_USER, "admin", OS_USER)
+    assert box.identity.actor_for_os_user(OS_USER) == Actor(OS_USER, "admin", "os")
     assert box.identity.bootstrap_admin("someone-else") is None  # only the first time
 
 
 def test_add_user_and_audit(box: Box) -> None:
-    user = box.identity.add_user("alice", "bob", "data-scientist", os_user="bob")
+    user = box.identity.add_user(OS_USER, "bob", "data-scientist", os_user="bob")
     assert (user.name, user.role, user.os_user, user.disabled_at) == ("bob", "data-scientist", "bob", None)
     assert user.created_at.endswith("Z")
     assert box.identity.user("bob") == user
     [entry] = box.audit.entries(action="auth.user.add", target="bob")
-    assert entry.actor == "alice" and entry.details == {"role": "data-scientist", "os_user": "bob"}
+    assert entry.actor == OS_USER and entry.details == {"role": "data-scientist", "os_user": "bob"}
 
 
 def test_duplicate_user_is_conflict(box: Box) -> None:
-    box.identity.add_user("alice", "bob", "viewer")
+    box.identity.add_user(OS_USER, "bob", "viewer")
     with pytest.raises(Conflict):
-        box.identity.add_user("alice", "bob", "admin")
+        box.identity.add_user(OS_USER, "bob", "admin")
     with pytest.raises(Conflict, match="OS user"):
-        box.identity.add_user("alice", "carol", "viewer", os_user="alice")
-    assert [u.name for u in box.identity.users()] == ["alice", "bob"]
+        box.identity.add_user(OS_USER, "carol", "viewer", os_user=OS_USER)
+    assert sorted(u.name for u in box.identity.users()) == sorted([OS_USER, "bob"])
 
 
 @pytest.mark.parametrize("name, role", [("bad name", "viewer"), ("-x", "viewer"), ("bob", "root"), ("", "viewer")])
 def test_add_user_rejects_bad_input(box: Box, name: str, role: str) -> None:
     with pytest.raises(UsageError):
-        box.identity.add_user("alice", name, role)
+        box.identity.add_user(OS_USER, name, role)
     assert len(box.identity.users()) == 1
 
 
@@ -107,38 +109,38 @@ def test_unknown_user(box: Box) -> None:
 
 def test_last_admin_cannot_be_demoted_or_disabled(box: Box) -> None:
     with pytest.raises(Conflict, match="last admin"):
-        box.identity.set_role("alice", "alice", "viewer")
+        box.identity.set_role(OS_USER, OS_USER, "viewer")
     with pytest.raises(Conflict, match="last admin"):
-        box.identity.disable_user("alice", "alice")
-    assert box.identity.user("alice").role == "admin"
-    box.identity.add_user("alice", "root2", "admin")
-    assert box.identity.set_role("alice", "alice", "viewer").role == "viewer"
+        box.identity.disable_user(OS_USER, OS_USER)
+    assert box.identity.user(OS_USER).role == "admin"
+    box.identity.add_user(OS_USER, "root2", "admin")
+    assert box.identity.set_role(OS_USER, OS_USER, "viewer").role == "viewer"
     with pytest.raises(Conflict, match="last admin"):
         box.identity.disable_user("root2", "root2")
 
 
 def test_set_role_is_audited(box: Box) -> None:
-    box.identity.add_user("alice", "bob", "viewer")
-    box.identity.set_role("alice", "bob", "ml-engineer")
+    box.identity.add_user(OS_USER, "bob", "viewer")
+    box.identity.set_role(OS_USER, "bob", "ml-engineer")
     [entry] = box.audit.entries(action="auth.user.role")
     assert entry.details == {"from": "viewer", "to": "ml-engineer"}
 
 
 def test_disabled_user_cannot_act(box: Box) -> None:
-    box.identity.add_user("alice", "bob", "viewer", os_user="bob")
-    box.identity.disable_user("alice", "bob")
+    box.identity.add_user(OS_USER, "bob", "viewer", os_user="bob")
+    box.identity.disable_user(OS_USER, "bob")
     with pytest.raises(AuthError, match="disabled"):
         box.identity.actor_for_os_user("bob")
     with pytest.raises(UsageError, match="disabled"):
-        box.identity.create_token("alice", "bob")
+        box.identity.create_token(OS_USER, "bob")
 
 
 # tokens -----------------------------------------------------------------------------
 
 
 def test_token_authenticates(box: Box) -> None:
-    box.identity.add_user("alice", "bob", "ml-engineer")
-    info, token = box.identity.create_token("alice", "bob", "data-scientist", description="ci")
+    box.identity.add_user(OS_USER, "bob", "ml-engineer")
+    info, token = box.identity.create_token(OS_USER, "bob", "data-scientist", description="ci")
     assert token.startswith(f"mlbx_{info.id}_")
     assert (info.user, info.role, info.description, info.state) == ("bob", "data-scientist", "ci", "active")
     assert box.identity.authenticate(token) == Actor("bob", "data-scientist", "token")
@@ -150,10 +152,10 @@ def test_token_authenticates(box: Box) -> None:
 def test_token_defaults_to_users_role_and_ttl(box: Box, monkeypatch: pytest.MonkeyPatch) -> None:
     fixed = clock.parse_iso("2030-01-01T00:00:00Z")
     monkeypatch.setattr(clock, "now", lambda: fixed)
-    info, _ = box.identity.create_token("alice", "alice")
+    info, _ = box.identity.create_token(OS_USER, OS_USER)
     assert info.role == "admin"
     assert info.expires_at == clock.iso(fixed + timedelta(days=90))
-    never, _ = box.identity.create_token("alice", "alice", never_expires=True)
+    never, _ = box.identity.create_token(OS_USER, OS_USER, never_expires=True)
     assert never.expires_at is None
 
 
@@ -164,14 +166,14 @@ def test_bad_tokens_are_refused(box: Box, bad: str) -> None:
 
 
 def test_wrong_secret_for_real_id_is_refused(box: Box) -> None:
-    info, token = box.identity.create_token("alice", "alice")
+    info, token = box.identity.create_token(OS_USER, OS_USER)
     forged = token[:-4] + ("AAAA" if not token.endswith("AAAA") else "BBBB")
     with pytest.raises(AuthError, match="invalid"):
         box.identity.authenticate(forged)
 
 
 def test_token_secret_is_stored_only_as_hash(box: Box, home: Path) -> None:
-    info, token = box.identity.create_token("alice", "alice", description="look for me")
+    info, token = box.identity.create_token(OS_USER, OS_USER, description="look for me")
     secret = token.split("_", 2)[2]
     box.identity.authenticate(token)
     box.db.execute("PRAGMA wal_checkpoint(PASSIVE)")
@@ -187,24 +189,24 @@ def test_token_secret_is_stored_only_as_hash(box: Box, home: Path) -> None:
 
 
 def test_revoked_token_is_refused(box: Box) -> None:
-    info, token = box.identity.create_token("alice", "alice")
-    revoked = box.identity.revoke_token("alice", info.id)
+    info, token = box.identity.create_token(OS_USER, OS_USER)
+    revoked = box.identity.revoke_token(OS_USER, info.id)
     assert revoked.state == "revoked" and revoked.revoked_at
     with pytest.raises(AuthError, match="revoked"):
         box.identity.authenticate(token)
-    box.identity.revoke_token("alice", info.id)  # idempotent, audited once
+    box.identity.revoke_token(OS_USER, info.id)  # idempotent, audited once
     assert len(box.audit.entries(action="auth.token.revoke")) == 1
     with pytest.raises(NotFound):
-        box.identity.revoke_token("alice", "000000000000")
+        box.identity.revoke_token(OS_USER, "000000000000")
 
 
 def test_token_expires(box: Box, monkeypatch: pytest.MonkeyPatch) -> None:
     start = clock.parse_iso("2030-01-01T00:00:00Z")
     monkeypatch.setattr(clock, "now", lambda: start)
-    info, token = box.identity.create_token("alice", "alice", expires_in_s=3600)
+    info, token = box.identity.create_token(OS_USER, OS_USER, expires_in_s=3600)
     assert info.expires_at == "2030-01-01T01:00:00.000000Z"
     monkeypatch.setattr(clock, "now", lambda: start + timedelta(minutes=59))
-    assert box.identity.authenticate(token).name == "alice"
+    assert box.identity.authenticate(token).name == OS_USER
     monkeypatch.setattr(clock, "now", lambda: start + timedelta(hours=1))
     with pytest.raises(AuthError, match="expired"):
         box.identity.authenticate(token)
@@ -212,26 +214,26 @@ def test_token_expires(box: Box, monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def test_token_role_may_not_exceed_users_role(box: Box) -> None:
-    box.identity.add_user("alice", "vic", "viewer")
-    box.identity.add_user("alice", "dee", "data-scientist")
+    box.identity.add_user(OS_USER, "vic", "viewer")
+    box.identity.add_user(OS_USER, "dee", "data-scientist")
     with pytest.raises(UsageError, match="more than"):
-        box.identity.create_token("alice", "vic", "data-scientist")
+        box.identity.create_token(OS_USER, "vic", "data-scientist")
     with pytest.raises(UsageError):
-        box.identity.create_token("alice", "vic", "service")  # service can predict, a viewer cannot
+        box.identity.create_token(OS_USER, "vic", "service")  # service can predict, a viewer cannot
     with pytest.raises(UsageError):
-        box.identity.create_token("alice", "dee", "admin")
+        box.identity.create_token(OS_USER, "dee", "admin")
     with pytest.raises(UsageError, match="unknown role"):
-        box.identity.create_token("alice", "dee", "wizard")
+        box.identity.create_token(OS_USER, "dee", "wizard")
     assert box.identity.tokens() == []
-    info, _ = box.identity.create_token("alice", "dee", "service")
+    info, _ = box.identity.create_token(OS_USER, "dee", "service")
     assert info.role == "service"
 
 
 def test_disabling_user_revokes_tokens(box: Box) -> None:
-    box.identity.add_user("alice", "bob", "ml-engineer")
-    t1, token1 = box.identity.create_token("alice", "bob")
-    t2, token2 = box.identity.create_token("alice", "bob", "viewer")
-    box.identity.disable_user("alice", "bob")
+    box.identity.add_user(OS_USER, "bob", "ml-engineer")
+    t1, token1 = box.identity.create_token(OS_USER, "bob")
+    t2, token2 = box.identity.create_token(OS_USER, "bob", "viewer")
+    box.identity.disable_user(OS_USER, "bob")
     assert {t.state for t in box.identity.tokens("bob")} == {"revoked"}
     for token in (token1, token2):
         with pytest.raises(AuthError):
@@ -242,16 +244,16 @@ def test_disabling_user_revokes_tokens(box: Box) -> None:
 
 def test_demoting_a_disabled_admin_is_not_a_last_admin_problem(box: Box) -> None:
     """A disabled admin is not an active admin, so demoting them cannot remove the last one."""
-    box.identity.add_user("alice", "old", "admin")
-    box.identity.disable_user("alice", "old")
-    assert box.identity.set_role("alice", "old", "viewer").role == "viewer"
+    box.identity.add_user(OS_USER, "old", "admin")
+    box.identity.disable_user(OS_USER, "old")
+    assert box.identity.set_role(OS_USER, "old", "viewer").role == "viewer"
 
 
 def test_audit_chain_survives_identity_work(box: Box) -> None:
-    box.identity.add_user("alice", "bob", "viewer")
-    info, _ = box.identity.create_token("alice", "bob")
-    box.identity.revoke_token("alice", info.id)
-    box.identity.disable_user("alice", "bob")
+    box.identity.add_user(OS_USER, "bob", "viewer")
+    info, _ = box.identity.create_token(OS_USER, "bob")
+    box.identity.revoke_token(OS_USER, info.id)
+    box.identity.disable_user(OS_USER, "bob")
     result = box.audit.verify()
     assert result.ok and result.checked == 5
 
@@ -260,7 +262,7 @@ def test_audit_chain_survives_identity_work(box: Box) -> None:
 
 
 def test_cli_token_create_prints_token_once(box: Box, home: Path, cli) -> None:  # type: ignore[no-untyped-def]
-    box.identity.add_user("alice", "bob", "ml-engineer")
+    box.identity.add_user(OS_USER, "bob", "ml-engineer")
     result = cli("--home", str(home), "auth", "token", "create", "--user", "bob", "--role", "viewer", "--expires", "30d")
     assert result.exit_code == 0, result.exception
     tokens = [w for w in result.stdout.split() if w.startswith("mlbx_")]
@@ -284,21 +286,21 @@ def test_cli_token_create_prints_token_once(box: Box, home: Path, cli) -> None: 
 
 
 def test_cli_token_create_json_and_never(box: Box, home: Path, cli) -> None:  # type: ignore[no-untyped-def]
-    result = cli("--home", str(home), "--json", "auth", "token", "create", "-u", "alice", "--expires", "never")
+    result = cli("--home", str(home), "--json", "auth", "token", "create", "-u", OS_USER, "--expires", "never")
     assert result.exit_code == 0, result.exception
     data = result.json()
     assert data["expires_at"] is None and data["role"] == "admin"
-    assert box.identity.authenticate(data["token"]).name == "alice"
+    assert box.identity.authenticate(data["token"]).name == OS_USER
 
 
 def test_cli_token_create_bad_duration(box: Box, home: Path, cli_run) -> None:  # type: ignore[no-untyped-def]
-    result = cli_run("--home", str(home), "auth", "token", "create", "--user", "alice", "--expires", "soon")
+    result = cli_run("--home", str(home), "auth", "token", "create", "--user", OS_USER, "--expires", "soon")
     assert result.exit_code == 2
     assert "invalid duration" in result.stderr
 
 
 def test_cli_token_revoke(box: Box, home: Path, cli, cli_run) -> None:  # type: ignore[no-untyped-def]
-    info, token = box.identity.create_token("alice", "alice")
+    info, token = box.identity.create_token(OS_USER, OS_USER)
     refused = cli_run("--home", str(home), "auth", "token", "revoke", token)
     assert refused.exit_code == 2 and "token id" in refused.stderr
     result = cli("--home", str(home), "auth", "token", "revoke", info.id)
@@ -307,34 +309,36 @@ def test_cli_token_revoke(box: Box, home: Path, cli, cli_run) -> None:  # type: 
         box.identity.authenticate(token)
 
 
-def test_cli_user_commands(box: Box, home: Path, cli) -> None:  # type: ignore[no-untyped-def]
+def test_cli_user_commands(box: Box, home: Path, cli, kernel_user) -> None:  # type: ignore[no-untyped-def]
     assert cli("--home", str(home), "auth", "user", "add", "bob", "--role", "viewer", "--os-user", "bob").exit_code == 0
     assert cli("--home", str(home), "auth", "user", "role", "bob", "data-scientist").exit_code == 0
     users = cli("--home", str(home), "--json", "auth", "user", "list").json()
-    assert [(u["name"], u["role"]) for u in users] == [("alice", "admin"), ("bob", "data-scientist")]
-    who = cli("--home", str(home), "--json", "whoami", env={"LOGNAME": "bob"}).json()
+    assert sorted((u["name"], u["role"]) for u in users) == sorted([(OS_USER, "admin"), ("bob", "data-scientist")])
+    kernel_user("bob")  # the kernel says so; no environment variable could
+    who = cli("--home", str(home), "--json", "whoami").json()
     assert who["user"] == "bob" and who["role"] == "data-scientist" and who["via"] == "os"
+    kernel_user(OS_USER)
     assert cli("--home", str(home), "auth", "user", "disable", "bob").exit_code == 0
     assert box.identity.user("bob").disabled_at is not None
 
 
 def test_cli_whoami_with_token(box: Box, home: Path, cli) -> None:  # type: ignore[no-untyped-def]
-    box.identity.add_user("alice", "svc", "service")
-    _, token = box.identity.create_token("alice", "svc")
+    box.identity.add_user(OS_USER, "svc", "service")
+    _, token = box.identity.create_token(OS_USER, "svc")
     who = cli("--home", str(home), "--json", "whoami", env={"MLBOX_TOKEN": token, "LOGNAME": "stranger"}).json()
     assert (who["user"], who["role"], who["via"]) == ("svc", "service", "token")
 
 
 def test_cli_viewer_token_cannot_add_users(box: Box, home: Path, cli_run) -> None:  # type: ignore[no-untyped-def]
-    box.identity.add_user("alice", "vic", "viewer")
-    _, token = box.identity.create_token("alice", "vic")
+    box.identity.add_user(OS_USER, "vic", "viewer")
+    _, token = box.identity.create_token(OS_USER, "vic")
     result = cli_run("--home", str(home), "auth", "user", "add", "eve", "--role", "admin", env={"MLBOX_TOKEN": token})
     assert result.exit_code == PermissionDenied.exit_code != 0
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error:"), result.stderr
     assert "vic (viewer)" in lines[0]
     assert "Traceback" not in result.stderr and result.stdout == ""
-    assert [u.name for u in box.identity.users()] == ["alice", "vic"]
+    assert sorted(u.name for u in box.identity.users()) == sorted([OS_USER, "vic"])
 
 
 def test_cli_bad_token_is_refused(box: Box, home: Path, cli_run) -> None:  # type: ignore[no-untyped-def]
@@ -343,8 +347,9 @@ def test_cli_bad_token_is_refused(box: Box, home: Path, cli_run) -> None:  # typ
     assert result.stderr.startswith("error:") and "malformed" in result.stderr
 
 
-def test_cli_unmapped_os_user_is_refused(box: Box, home: Path, cli_run) -> None:  # type: ignore[no-untyped-def]
-    result = cli_run("--home", str(home), "auth", "user", "list", env={"LOGNAME": "mallory"})
+def test_cli_unmapped_os_user_is_refused(box: Box, home: Path, cli_run, kernel_user) -> None:  # type: ignore[no-untyped-def]
+    kernel_user("mallory")
+    result = cli_run("--home", str(home), "auth", "user", "list")
     assert result.exit_code == AuthError.exit_code
     assert "mallory" in result.stderr and len(result.stderr.strip().splitlines()) == 1
 

@@ -155,7 +155,7 @@ def test_backup_makes_a_working_copy(demo: Path, tmp_path: Path, cli) -> None:  
     result = cli("--home", "demo", "--json", "backup", str(tmp_path / "copy"))
     assert result.exit_code == 0, result.exception
     report = result.json()
-    assert report["dest"] == str(tmp_path / "copy") and report["databases"] == 1
+    assert report["dest"] == str(tmp_path / "copy") and report["databases"] == 2  # meta.db and online.db, both made (0600) with the box
 
     copy = tmp_path / "copy"
     assert not list(copy.glob("meta.db-*"))
@@ -166,7 +166,7 @@ def test_backup_makes_a_working_copy(demo: Path, tmp_path: Path, cli) -> None:  
         assert restored.db.integrity() == []
         verify = restored.audit.verify()
         assert verify.ok and verify.checked == 23
-        assert [u.name for u in restored.identity.users()] == [OS_USER, "bob"]
+        assert sorted(u.name for u in restored.identity.users()) == sorted([OS_USER, "bob"])
     with Box(load_settings(demo)) as box:  # the backup itself is audited in the original
         assert box.audit.entries(limit=1)[0].action == "box.backup"
         assert box.audit.verify().ok
@@ -189,12 +189,13 @@ def test_backup_into_non_empty_folder_is_refused(demo: Path, tmp_path: Path, cli
     assert (tmp_path / "full" / "x").read_text() == "keep"
 
 
-def test_backup_needs_admin(demo: Path, tmp_path: Path, cli) -> None:  # type: ignore[no-untyped-def]
+def test_backup_needs_admin(demo: Path, tmp_path: Path, cli, kernel_user) -> None:  # type: ignore[no-untyped-def]
     from mlbox.errors import PermissionDenied
 
     with Box(load_settings(demo)) as box:
         box.identity.add_user(OS_USER, "eng", "ml-engineer", os_user="eng")
-    result = cli("--home", "demo", "backup", str(tmp_path / "b2"), env={"LOGNAME": "eng"})
+    kernel_user("eng")
+    result = cli("--home", "demo", "backup", str(tmp_path / "b2"))
     assert isinstance(result.exception, PermissionDenied)
     assert not (tmp_path / "b2").exists()
 

@@ -11,6 +11,8 @@ from pathlib import Path
 from mlbox.box import Box
 from mlbox.config import load_settings
 
+from .conftest import OS_USER
+
 PROCESSES = 4
 WRITES = 500
 
@@ -66,7 +68,7 @@ def test_processes_write_concurrently_without_lock_errors(box: Box, home: Path, 
             (p, n) for p in range(PROCESSES) for n in range(0, WRITES, 2)
         ]
         users = {u.name for u in after.identity.users()}
-        assert users == {"alice"} | {f"p{p}_u{n}" for p in range(PROCESSES) for n in range(1, WRITES, 2)}
+        assert users == {OS_USER} | {f"p{p}_u{n}" for p in range(PROCESSES) for n in range(1, WRITES, 2)}
         assert len(after.audit.entries(action="auth.user.add", limit=10_000)) == 1 + PROCESSES * WRITES // 2
         seqs = [r["seq"] for r in after.db.query("SELECT seq FROM audit ORDER BY seq")]
         assert seqs == list(range(1, len(seqs) + 1))

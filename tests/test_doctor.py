@@ -204,10 +204,10 @@ def test_doctor_reports_and_repairs_leftovers(box: Box, cli) -> None:  # type: i
     assert box.audit.verify().ok
 
 
-def test_doctor_repair_needs_an_admin(box: Box, cli) -> None:  # type: ignore[no-untyped-def]
+def test_doctor_repair_needs_an_admin(box: Box, cli, kernel_user) -> None:  # type: ignore[no-untyped-def]
     box.identity.add_user(OS_USER, "vic", "viewer", "bob")
-    env = {var: "bob" for var in ("LOGNAME", "USER", "LNAME", "USERNAME")}
-    result = cli("--home", str(box.paths.home), "doctor", "--repair", env=env)
+    kernel_user("bob")
+    result = cli("--home", str(box.paths.home), "doctor", "--repair")
     assert result.exit_code != 0 and "box.admin" in (getattr(result.exception, "hint", None) or "")
 
 

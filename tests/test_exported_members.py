@@ -6,6 +6,8 @@ import pytest
 
 import mlbox
 
+from .conftest import OS_USER
+
 
 def test_all_is_sorted() -> None:
     assert mlbox.__all__ == sorted(mlbox.__all__)
@@ -48,7 +50,7 @@ def test_open_box(tmp_path) -> None:  # type: ignore[no-untyped-def]
 
     with pytest.raises(NotFound):
         mlbox.open_box(str(tmp_path / "none"))
-    Box.create(mlbox.load_settings(tmp_path / "b"), "alice").close()
+    Box.create(mlbox.load_settings(tmp_path / "b"), OS_USER).close()
     with mlbox.open_box(str(tmp_path / "b")) as box:
         assert isinstance(box, mlbox.Box)
         assert box.paths.home == (tmp_path / "b").resolve()

@@ -23,7 +23,7 @@ import pytest
 from mlbox.cli import _common, _tables
 from mlbox.cli._tables import IDENTIFIERS, TABLE_COMMANDS, Layout, layout
 
-from .conftest import MLBOX_SCRIPT
+from .conftest import MLBOX_SCRIPT, OS_USER
 from .serve.conftest import Template, sample_rows, serve_template  # noqa: F401  (the session fixture)
 
 WIDTH = 80
@@ -34,7 +34,7 @@ def home(serve_template: Template, tmp_path: Path, cli: Any) -> Path:  # noqa: F
     home = Path(shutil.copytree(serve_template.home, tmp_path / "box"))
     for args in (
         ["deploy", "create", "churn_service_with_a_long_name", "--model", "churn:1", "--sticky-key", "customer_id"],
-        ["auth", "token", "create", "--user", "alice", "--description", "nightly scoring job for the regional churn dashboard " * 2],
+        ["auth", "token", "create", "--user", OS_USER, "--description", "nightly scoring job for the regional churn dashboard " * 2],
         ["jobs", "submit", "command", "--", sys.executable, "-c", "pass"],
         ["jobs", "submit", "materialize", "customer_profile", "--priority", "5"],
     ):

@@ -2,6 +2,7 @@
 
 One dispatcher (`Api`) fronts every route: the predict route is a raw ASGI endpoint
 (api/predict.py) reached without the router, every other route is a plain Starlette route.
+Every POST first passes the edge's Host/Origin/Content-Type checks (api/edge.py).
 Every error, from every route, is one JSON envelope: `{"error": {"status", "code",
 "message", "hint"}}`. The BentoML service serves this app; tests drive it in-process
 through httpx.
@@ -18,8 +19,9 @@ from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response
 from starlette.routing import Route
 
-from mlbox.api.asgi import ClientGone, Receive, Scope, Send, error_body, read_body
+from mlbox.api.asgi import ClientGone, Receive, Scope, Send, error_body, read_body, send_bytes
 from mlbox.api.context import ServeContext
+from mlbox.api.edge import EdgePolicy
 from mlbox.api.jsonrows import check_rows
 from mlbox.api.openapi import api_facts, openapi_document
 from mlbox.api.openapi import bentoml_schema as bentoml_service_schema
@@ -32,7 +34,8 @@ ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 
 def error_response(exc: MlboxError, headers: dict[str, str] | None = None) -> Response:
-    return Response(error_body(exc), status_code=exc.status, headers=headers, media_type="application/json")
+    merged = {**exc.headers, **(headers or {})}  # e.g. WWW-Authenticate on a 401
+    return Response(error_body(exc), status_code=exc.status, headers=merged, media_type="application/json")
 
 
 def _json(data: Any, status: int = 200) -> Response:
@@ -57,6 +60,15 @@ class Api:
         self.starlette = starlette
         self.lifespan: ASGIApp = lifespan or starlette
         self.routes = starlette.routes
+        self._policy = EdgePolicy()
+        self._policy_of: ServeContext | None = None  # the context _policy was read from: recomputed when it changes
+
+    def policy(self) -> EdgePolicy:
+        """The Host/Origin allow-lists of the worker's settings (the defaults while it starts)."""
+        ctx = self.predict.ref.ctx
+        if ctx is not self._policy_of:
+            self._policy, self._policy_of = (EdgePolicy() if ctx is None else EdgePolicy.from_settings(ctx.settings)), ctx
+        return self._policy
 
     def around(self, lifespan: ASGIApp) -> Api:
         """This dispatcher with `lifespan` (BentoML's own app) answering every scope that is not HTTP."""
@@ -65,6 +77,10 @@ class Api:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             return await self.lifespan(scope, receive, send)
+        if scope["method"] == "POST":  # every state-changing route, predict too (api/edge.py)
+            refusal = self.policy().refusal(scope)
+            if refusal is not None:
+                return await send_bytes(send, refusal.status, error_body(refusal))
         name = predict_name(scope)
         if name is not None:
             return await self.predict.handle(name, scope, receive, send)
@@ -98,7 +114,7 @@ def build_app(source: ServeContext | ContextRef) -> Api:
 
     async def online_features(request: Request) -> Response:
         ctx = ref.get()
-        ctx.authenticate(request.headers.get("authorization"), "features.read_online")
+        ctx.authenticate(request.headers.getlist("authorization"), "features.read_online")
         body = parse_json(await _body(request, ctx.max_body))
         if not isinstance(body, dict) or set(body) != {"features", "entities"}:
             raise UsageError('send {"features": ["view:field", ...], "entities": [{"key": value}, ...]}')
@@ -115,7 +131,7 @@ def build_app(source: ServeContext | ContextRef) -> Api:
 
     async def push_features(request: Request) -> Response:
         ctx = ref.get()
-        who = ctx.authenticate(request.headers.get("authorization"), "features.write")
+        who = ctx.authenticate(request.headers.getlist("authorization"), "features.write")
         body = parse_json(await _body(request, ctx.max_body))
         if not isinstance(body, dict):
             raise UsageError('send {"view": "name", "rows": [{field: value}, ...]}')
@@ -136,12 +152,12 @@ def build_app(source: ServeContext | ContextRef) -> Api:
 
     async def list_deployments(request: Request) -> Response:
         ctx = ref.get()
-        ctx.authenticate(request.headers.get("authorization"), "read")
+        ctx.authenticate(request.headers.getlist("authorization"), "read")
         return _json({"deployments": [d.as_dict() for d in ctx.deployments.all()]})
 
     async def get_deployment(request: Request) -> Response:
         ctx = ref.get()
-        ctx.authenticate(request.headers.get("authorization"), "read")
+        ctx.authenticate(request.headers.getlist("authorization"), "read")
         d = ctx.deployments.get(request.path_params["name"])
         live = ctx.runtime.live.get(d.name)
         return _json({**d.as_dict(), "serving_revision": live.deployment.revision if live else None})
@@ -150,12 +166,12 @@ def build_app(source: ServeContext | ContextRef) -> Api:
         from mlbox.api.monitoring import monitoring_view
 
         ctx = ref.get()
-        ctx.authenticate(request.headers.get("authorization"), "read")
+        ctx.authenticate(request.headers.getlist("authorization"), "read")
         return _json(monitoring_view(ctx.box, request.path_params["name"]))
 
     async def manage(request: Request) -> Response:
         ctx = ref.get()
-        who = ctx.authenticate(request.headers.get("authorization"), "deploy.manage")
+        who = ctx.authenticate(request.headers.getlist("authorization"), "deploy.manage")
         name, action = request.path_params["name"], request.path_params["action"]
         raw = await _body(request, ctx.max_body)
         body = parse_json(raw) if raw.strip() else {}
@@ -192,12 +208,12 @@ def build_app(source: ServeContext | ContextRef) -> Api:
 
     async def openapi(request: Request) -> Response:
         ctx = ref.get()
-        ctx.authenticate(request.headers.get("authorization"), "read")  # it names every deployment's input fields
+        ctx.authenticate(request.headers.getlist("authorization"), "read")  # it names every deployment's input fields
         return _json(openapi_document(api_facts(ctx)))
 
     async def bentoml_schema(request: Request) -> Response:
         ctx = ref.get()
-        ctx.authenticate(request.headers.get("authorization"), "read")
+        ctx.authenticate(request.headers.getlist("authorization"), "read")
         return _json(bentoml_service_schema(api_facts(ctx)))
 
     async def not_found(request: Request, exc: Exception) -> Response:

@@ -30,6 +30,11 @@ def error_body(exc: MlboxError) -> bytes:
     return orjson.dumps({"error": {"status": exc.status, "code": exc.code, "message": exc.message, "hint": exc.hint}})
 
 
+def error_headers(exc: MlboxError) -> tuple[tuple[bytes, bytes], ...]:
+    """The headers `exc` asks its answer to carry (WWW-Authenticate on a 401), as ASGI pairs."""
+    return tuple((k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in exc.headers.items())
+
+
 async def read_body(declared: bytes | str | None, receive: Receive, limit: int) -> bytes:
     """The request body; 413 from the declared Content-Length or, without one, from the bytes counted so far."""
     if declared is not None:

@@ -13,12 +13,14 @@ import os
 import secrets
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from mlbox.box import Box
 from mlbox.config import Settings, child_env, env_value
-from mlbox.errors import MlboxError, Overloaded
+from mlbox.errors import AuthError, MlboxError, Overloaded, UsageError
+from mlbox.security.identity import Grant
 from mlbox.security.roles import require
 from mlbox.serve.metrics import Labels, Metrics
 from mlbox.serve.predlog.worker import Offload
@@ -26,7 +28,12 @@ from mlbox.serve.runtime import ModelCache, Runtime
 from mlbox.types import Actor
 
 log = logging.getLogger("mlbox.serve")
-AUTH_CACHE_SECONDS = 5.0
+# How stale a worker's view of users and tokens may be: it reads meta.db's auth revision at most this often
+# (one indexed read) and drops its token cache when the revision moved. Revocation, disabling and demotion
+# reach every worker within this; expiry is checked against the clock on every request.
+AUTH_RECHECK_SECONDS = 0.25
+REALM = 'Bearer realm="mlbox"'
+BEARER_HINT = "send Authorization: Bearer mlbx_..."
 
 
 def sidecar_env() -> dict[str, str]:
@@ -60,7 +67,9 @@ class ServeContext:
         self.max_body = int(settings["serve.max_body_bytes"])
         self.max_concurrency = int(settings["serve.max_concurrency"])
         self.in_flight = 0
-        self._auth_cache: dict[str, tuple[Actor, float]] = {}
+        self._auth_cache: dict[str, Grant] = {}
+        self._auth_revision = -1
+        self._auth_checked = float("-inf")
         self.started = False
         prefix = secrets.token_hex(6)  # unique per worker start; a counter makes each id unique within it
         self.request_ids = (f"{prefix}{n:010x}" for n in itertools.count())
@@ -153,26 +162,35 @@ class ServeContext:
         self.metrics.inc("mlbox_requests_total", (("route", route), ("status", str(exc.status)), *labels))
         return exc
 
-    def authenticate(self, header: str | None, action: str) -> Actor:
-        """The actor behind `Authorization: Bearer <token>`, checked for `action` (cached for 5 s)."""
+    def authenticate(self, header: str | Sequence[str] | None, action: str) -> Actor:
+        """The actor behind `Authorization: Bearer <token>` (every value the request sent: a str or a list of
+        them), checked for `action`. A valid token is cached until meta.db's auth revision moves (read at most
+        every AUTH_RECHECK_SECONDS) or it expires; failures are never cached."""
         if not self.auth_required:
             return Actor("anonymous", "admin", "system")
-        from mlbox.errors import AuthError
-
-        if not header or not header.startswith("Bearer "):
-            raise AuthError("missing API token", hint="send Authorization: Bearer mlbx_...")
-        token = header[7:].strip()
+        token = bearer_token(header)
         now = time.monotonic()
-        cached = self._auth_cache.get(token)
-        if cached is None or cached[1] < now:
-            actor = self.box.identity.authenticate(token, touch=False)
-            if len(self._auth_cache) > 10_000:
+        if now - self._auth_checked >= AUTH_RECHECK_SECONDS:
+            revision = self.box.identity.revision()
+            if revision != self._auth_revision:
                 self._auth_cache.clear()
-            self._auth_cache[token] = (actor, now + AUTH_CACHE_SECONDS)
-        else:
-            actor = cached[0]
-        require(actor, action)
-        return actor
+                self._auth_revision = revision
+            self._auth_checked = now
+        grant = self._auth_cache.get(token)
+        try:
+            if grant is None:
+                grant = self.box.identity.grant(token, touch=False)
+                if len(self._auth_cache) > 10_000:
+                    self._auth_cache.clear()
+                self._auth_cache[token] = grant
+            elif grant.expired():
+                del self._auth_cache[token]
+                raise AuthError("this API token has expired", hint="ask an admin for a new one")
+        except AuthError as exc:
+            exc.headers.setdefault("WWW-Authenticate", f'{REALM}, error="invalid_token"')
+            raise
+        require(grant.actor, action)
+        return grant.actor
 
     def readiness(self) -> tuple[bool, dict[str, Any]]:
         problems = dict(self.runtime.errors)
@@ -180,3 +198,31 @@ class ServeContext:
             problems["sidecar"] = "the prediction log and shadow process is not running; it is being started again"
         ready = self.started and not problems
         return ready, {"deployments": sorted(self.runtime.live), "models": self.runtime.serving(), "problems": problems}
+
+
+def bearer_token(header: str | Sequence[str] | None) -> str:
+    """The token of an `Authorization: Bearer <token>` request, parsed the same way on every route: exactly one
+    Authorization header, the scheme in any case (RFC 7235), the token after it. A 401 names the realm in
+    WWW-Authenticate (RFC 6750); more than one header is a 400, since routes could read different ones."""
+    values = [header] if isinstance(header, str) else list(header or ())
+    if len(values) > 1:
+        raise UsageError(
+            f"{len(values)} Authorization headers; send exactly one",
+            hint="Authorization: Bearer mlbx_...", headers={"WWW-Authenticate": f'{REALM}, error="invalid_request"'},
+        )
+    value = values[0].strip() if values else ""
+    if not value:
+        raise AuthError("missing API token", hint=BEARER_HINT, headers={"WWW-Authenticate": REALM})
+    scheme, _, token = value.partition(" ")
+    if scheme.lower() != "bearer":
+        raise AuthError(
+            f"missing API token: the authorization scheme {scheme[:20]!r} is not supported", hint=BEARER_HINT,
+            headers={"WWW-Authenticate": REALM},
+        )
+    token = token.strip()
+    if not token:
+        raise AuthError(
+            "missing API token after Bearer", hint=BEARER_HINT,
+            headers={"WWW-Authenticate": f'{REALM}, error="invalid_token"'},
+        )
+    return token

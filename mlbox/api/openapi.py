@@ -107,8 +107,10 @@ def api_facts(ctx: ServeContext) -> ApiFacts:
 
 def _errors(*codes: int) -> dict[str, Any]:
     out: dict[str, Any] = {}
-    for c in codes:
-        out[str(c)] = {"description": STATUS_TEXT[c], "content": {"application/json": {"schema": ERROR}}}
+    # every route taking a body (so 413) also answers 415 to a declared type other than JSON (api/edge.py)
+    for c in sorted({*codes, 415}) if 413 in codes else codes:
+        text = STATUS_TEXT.get(c, "Body not declared as application/json")
+        out[str(c)] = {"description": text, "content": {"application/json": {"schema": ERROR}}}
         if c == 405:
             out[str(c)]["headers"] = {"Allow": {"required": True, "description": "the methods the path takes",
                                                 "schema": {"type": "string"}}}  # fmt: skip

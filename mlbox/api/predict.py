@@ -21,7 +21,9 @@ from typing import Any
 
 import orjson
 
-from mlbox.api.asgi import JSON_HEADERS, RETRY_AFTER, ClientGone, Receive, Scope, Send, error_body, read_body, send_bytes
+from mlbox.api.asgi import (
+    JSON_HEADERS, RETRY_AFTER, ClientGone, Receive, Scope, Send, error_body, error_headers, read_body, send_bytes,
+)  # fmt: skip
 from mlbox.api.context import ServeContext
 from mlbox.errors import Overloaded, UsageError, ValidationError
 from mlbox.serve.predlog.wire import Record
@@ -30,6 +32,7 @@ from mlbox.serve.validation import encode_rows, parse_json, predict_request, sti
 
 PREFIX, SUFFIX = "/v1/deployments/", "/predict"
 NUMPY = orjson.OPT_SERIALIZE_NUMPY
+NO_HEADERS: tuple[tuple[bytes, bytes], ...] = ()
 REQUEST_ID = re.compile(r"[A-Za-z0-9._:\-]{1,128}")
 
 
@@ -74,29 +77,30 @@ class PredictEndpoint:
         started = time.perf_counter()
         try:
             body, request_id = await self.predict(ctx, name, scope, receive, routed)
-            status = 200
+            status, extra = 200, NO_HEADERS
         except ClientGone:
             return
         except Exception as exc:
             error = ctx.failed("predict", exc, scope["path"], name, routed[0] if routed else "")
-            status, body, request_id = error.status, error_body(error), ""
+            status, body, request_id, extra = error.status, error_body(error), "", error_headers(error)
             if routed:  # a routed failure is logged with its variant: monitoring's canary error rate reads it
                 latency = (time.perf_counter() - started) * 1000
                 ctx.offload.append(Record(time.time(), next(ctx.request_ids), name, routed[1], routed[0], False, latency,
                                           None, "[]", None, f"{error.status} {error.code}: {error}"[:500]))  # fmt: skip
         finally:
             ctx.in_flight -= 1
-        headers = JSON_HEADERS if not request_id else (*JSON_HEADERS, (b"x-request-id", request_id.encode()))
+        headers = (*JSON_HEADERS, *extra) if not request_id else (*JSON_HEADERS, (b"x-request-id", request_id.encode()))
         await send_bytes(send, status, body, headers)
 
     async def predict(
         self, ctx: ServeContext, name: str, scope: Scope, receive: Receive, routed: list[str]
     ) -> tuple[bytes, str]:
         started = time.perf_counter()
-        auth = length = request_id = None
+        length = request_id = None
+        auth: list[str] = []  # every Authorization header: more than one is refused (ctx.authenticate)
         for key, value in scope["headers"]:
             if key == b"authorization":
-                auth = value.decode("latin-1")
+                auth.append(value.decode("latin-1"))
             elif key == b"content-length":
                 length = value
             elif key == b"x-request-id":

@@ -10,7 +10,8 @@ is not served.) This wraps one internal method, `Service.to_asgi`, so bentoml is
 1.4.40; if the patch ever stops applying, the app is still mounted at `/` and every route
 keeps working, only slower (a test checks the patch applies). BentoML's own client finds
 the predict endpoints in mlbox's `/schema.json` (api/openapi.py), not in `@bentoml.api`
-methods: those would run through the middleware above.
+methods: those would run through the middleware above. A second patch, on uvicorn.Config,
+bounds request heads in size and time (api/edge.py): BentoML passes no such option.
 
 The box is the one bundled in a Bento (`src/box`, next to this package), else MLBOX_HOME,
 which `mlbox serve` sets; each worker opens it in `__init__` (workers are separate
@@ -26,10 +27,12 @@ from pathlib import Path
 from typing import Any
 
 import bentoml
+import uvicorn
 from _bentoml_sdk.service.factory import Service as _BentoService
 
 from mlbox.api.app import build_app
 from mlbox.api.context import ServeContext
+from mlbox.api.edge import uvicorn_options
 from mlbox.api.predict import ContextRef
 from mlbox.config import load_settings, serve_home
 
@@ -53,6 +56,18 @@ def _to_asgi(self: Any, is_main: bool = True) -> Any:
 _BentoService.to_asgi = _to_asgi
 
 _settings = load_settings(serve_home(BUNDLED_BOX))
+
+# BentoML's worker builds uvicorn.Config itself and exposes neither the protocol nor a head limit:
+# mlbox's options (api/edge.py) go in here, after BentoML's, so they win.
+_original_config_init = uvicorn.Config.__init__
+_EDGE_OPTIONS = uvicorn_options(_settings)
+
+
+def _config_init(self: Any, *args: Any, **kwargs: Any) -> None:
+    _original_config_init(self, *args, **{**kwargs, **_EDGE_OPTIONS})
+
+
+uvicorn.Config.__init__ = _config_init  # type: ignore[method-assign]
 
 
 @bentoml.service(

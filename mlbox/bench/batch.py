@@ -9,7 +9,7 @@ use the same onnxruntime threads; they take turns, and each figure is the median
 
 from __future__ import annotations
 
-import getpass
+
 import os
 import shutil
 import statistics
@@ -26,6 +26,7 @@ from mlbox.bench.report import Row, settle
 from mlbox.bench.train import TrainScale, _make
 from mlbox.box import Box
 from mlbox.config import load_settings
+from mlbox.security.osuser import effective_os_user
 from mlbox.serve.batch import BATCH_ROWS, encode_batch, score_file
 from mlbox.serve.runtime import LoadedModel, ModelCache
 from mlbox.train.runner import train
@@ -48,7 +49,7 @@ QUICK = BatchScale(20_000, 20, 3)
 def _model(work: Path, scale: BatchScale, threads: int) -> LoadedModel:
     data = work / "train.parquet"
     _make(data, TrainScale(20_000, 20, scale.trees, 0))
-    me = getpass.getuser()
+    me = effective_os_user()
     box = Box.create(load_settings(work / "box", environ={}), me)
     try:
         spec = {"experiment": "bench", "task": "classification", "target": "y", "flavor": "xgboost",

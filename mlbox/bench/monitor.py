@@ -21,7 +21,7 @@ The table is `monitor_data`, the floor `monitor_floor`, the reported rows `monit
 
 from __future__ import annotations
 
-import getpass
+
 import json
 import resource
 import shutil
@@ -42,6 +42,7 @@ from mlbox.bench.monitor_floor import floor_check
 from mlbox.bench.monitor_report import PHASES, report
 from mlbox.bench.report import Recorder, Row, settle
 from mlbox.config import child_env, load_settings
+from mlbox.security.osuser import effective_os_user
 
 DEPLOYMENT = "bench"
 CANARY_SHARE = 0.10
@@ -131,7 +132,7 @@ def prepare(work: Path, scale: MonitorScale, stage: Callable[[str], None]) -> Pr
     from mlbox.flavors.profile import build_profile
     from mlbox.serve.predlog.writer import PredictionLog
 
-    me = getpass.getuser()
+    me = effective_os_user()
     stage(f"generating {scale.rows:,} reference and {scale.rows:,} current rows")
     data = synthesize(scale.rows, seed=11)
     ref_X, cur_X = data.reference.encoded(), data.current.encoded()

@@ -17,7 +17,7 @@ medians over the same rounds; errors are summed).
 
 from __future__ import annotations
 
-import getpass
+
 import json
 import shutil
 import statistics
@@ -34,6 +34,7 @@ from mlbox.bench.report import Recorder, Row
 from mlbox.bench.train import TrainScale, _make
 from mlbox.box import Box
 from mlbox.config import child_env, load_settings
+from mlbox.security.osuser import effective_os_user
 from mlbox.serve import process as server
 from mlbox.train.runner import train
 from mlbox.train.spec import parse_spec
@@ -87,7 +88,7 @@ def prepare(work: Path, scale: ServeScale) -> Prepared:
     data = work / "train.parquet"
     _make(data, TrainScale(20_000, 20, scale.trees, 0))
     home = work / "box"
-    me = getpass.getuser()
+    me = effective_os_user()
     box = Box.create(load_settings(home, environ={}), me)  # `mlbox serve` acts as this OS user
     try:
         spec = {"experiment": "bench", "task": "classification", "target": "y", "flavor": "xgboost",

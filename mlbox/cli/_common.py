@@ -7,10 +7,8 @@ MlboxError and `main.run` turns it into one red line and an exit code.
 
 from __future__ import annotations
 
-import getpass
 import json
 import math
-import os
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -35,6 +33,7 @@ class State:
     json: bool = False
     debug: bool = False
     wide: bool = False
+    token_file: str | None = None
 
 
 state = State()
@@ -45,10 +44,19 @@ def settings() -> Settings:
 
 
 def os_user() -> str:
-    try:
-        return getpass.getuser()
-    except (KeyError, OSError):
-        return str(os.getuid())
+    """The effective OS user, from the kernel (never LOGNAME/USER: any process can set those)."""
+    from mlbox.security import osuser
+
+    return osuser.effective_os_user()
+
+
+def token() -> str | None:
+    """The API token the CLI acts with: `--token-file`'s content, else MLBOX_TOKEN, else None."""
+    if state.token_file:
+        from mlbox.security.osuser import read_token_file
+
+        return read_token_file(state.token_file)
+    return token_from_env()
 
 
 @contextmanager
@@ -63,11 +71,11 @@ def open_box() -> Iterator[Box]:
 
 
 def actor(box: Box, action: str | None = None) -> Actor:
-    """The acting user (MLBOX_TOKEN's user, else the OS user's box user), checked for `action`."""
+    """The acting user (the token's user, else the effective OS user's box user), checked for `action`."""
     from mlbox.security.roles import require
 
-    token = token_from_env()
-    who = box.identity.authenticate(token) if token else box.identity.actor_for_os_user(os_user())
+    given = token()
+    who = box.identity.authenticate(given) if given else box.identity.actor_for_os_user(os_user())
     if action:
         require(who, action)
     return who

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -36,6 +37,42 @@ def audit_verify() -> None:
     if state.json:
         emit_json({"ok": result.ok, "checked": result.checked, "bad_entry": result.bad_seq, "problem": result.problem})
     if not result.ok:
-        raise StoreError(f"audit log verification failed at entry {result.bad_seq}: {result.problem}")
+        where = f" at entry {result.bad_seq}" if result.bad_seq is not None else ""
+        raise StoreError(f"audit log verification failed{where}: {result.problem}")
     if not state.json:
         console.print(f"[green]✓[/green] audit chain intact: {result.checked} entries verified")
+
+
+@app.command("export")
+def audit_export(
+    out: Annotated[Path, typer.Option("--out", "-o", help="Where to write the bundle (JSON).")],
+    since: Annotated[str | None, typer.Option("--since", help="ISO time; entries at or after it.")] = None,
+    until: Annotated[str | None, typer.Option("--until", help="ISO time; entries before it.")] = None,
+) -> None:
+    """Write a signed evidence bundle (entries, chain link, head) an auditor verifies without mlbox."""
+    from mlbox.store.evidence import export
+
+    with open_box() as box:
+        who = actor(box, "audit.read")
+        evidence = export(box.audit, box.paths.keys / "audit-sign.key", out, since=since, until=until)
+        box.audit.record(
+            who.name,
+            "audit.export",
+            str(out),
+            {"first_seq": evidence.first_seq, "last_seq": evidence.last_seq, "fingerprint": evidence.fingerprint},
+        )
+    if state.json:
+        emit_json(
+            {
+                "path": str(evidence.path),
+                "first_seq": evidence.first_seq,
+                "last_seq": evidence.last_seq,
+                "fingerprint_sha256": evidence.fingerprint,
+            }
+        )
+        return
+    console.print(
+        f"[green]✓[/green] wrote {evidence.path}: entries {evidence.first_seq}..{evidence.last_seq}, signed"
+    )
+    console.print(f"signing key fingerprint (SHA-256): {evidence.fingerprint}")
+    console.print("verify with: python3 docs/tools/verify_evidence.py BUNDLE --public-key-fingerprint FINGERPRINT")

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import shlex
+from pathlib import Path
 from typing import Annotated
 
 import typer
 
-from mlbox.cli._common import actor, console, done, emit_json, ok, open_box, state, table
+from mlbox.cli._common import actor, console, done, emit_json, ok, open_box, settings, state, table
 from mlbox.errors import UsageError
 from mlbox.types import parse_duration
 
@@ -100,3 +102,32 @@ def token_revoke(token_id: Annotated[str, typer.Argument(help="Token id from `ml
     with open_box() as box:
         info = box.identity.revoke_token(actor(box, "auth.manage").name, token_id)
     done(info.as_dict(), f"revoked token {info.id} of {info.user}")
+
+
+@app.command("selfsigned")
+def selfsigned(
+    out: Annotated[Path | None, typer.Option("--out", "-o", help="Folder for cert.pem and key.pem (default: <box>/tls).")] = None,
+    hosts: Annotated[
+        list[str] | None,
+        typer.Option("--host", help="DNS name or IP address to cover (repeatable; default: localhost, 127.0.0.1, ::1, this host)."),
+    ] = None,
+    days: Annotated[int, typer.Option("--days", help="Days the certificate is valid.")] = 90,
+    force: Annotated[bool, typer.Option("--force", help="Replace an existing cert.pem/key.pem.")] = False,
+) -> None:
+    """Write a self-signed TLS certificate and key (0600) for trying `mlbox serve` over HTTPS."""
+    from mlbox.clock import now
+    from mlbox.security.certs import default_hosts, generate_selfsigned
+
+    # no box permission is checked: this only writes two files, and the file system decides who may write there
+    folder = (out or settings().home / "tls").absolute()
+    info = generate_selfsigned(folder, list(hosts or default_hosts()), days, now(), force=force)
+    cert, key = shlex.quote(str(info.cert)), shlex.quote(str(info.key))
+    line = f"mlbox serve --ssl-certfile {cert} --ssl-keyfile {key}"
+    if state.json:
+        emit_json({**info.as_dict(), "serve": line})
+        return
+    ok(f"self-signed certificate for {', '.join(info.hosts)}, valid until {info.not_after:%Y-%m-%d}")
+    console.print(f"  certificate {info.cert}\n  key         {info.key} (mode 0600)\n  sha256      {info.sha256}", soft_wrap=True, highlight=False)
+    console.print("  Serve with it:")
+    console.print(f"  [bold]{line}[/bold]", soft_wrap=True, highlight=False)
+    console.print(f"  Clients trust it with: curl --cacert {cert} https://localhost:3000/healthz", soft_wrap=True, highlight=False)

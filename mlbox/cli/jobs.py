@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 from mlbox.cli._common import actor, console, done, emit_json, open_box, record, state, table
-from mlbox.errors import NotFound, UsageError
+from mlbox.errors import Conflict, NotFound, PermissionDenied, UsageError
 from mlbox.jobs.queue import Job
 from mlbox.jobs.worker import die_with_parent
 from mlbox.types import parse_duration
@@ -180,7 +180,8 @@ def logs(
 def cancel(job_id: Annotated[int, typer.Argument(help="Job id.")]) -> None:
     """Cancel a queued job, or stop a running one and its children."""
     with open_box() as box:
-        job = box.jobs.cancel(job_id, actor(box, "jobs.submit").name)
+        who = actor(box, "jobs.submit")
+        job = box.jobs.cancel(job_id, who.name, owner=who)
     done(_row(job), f"job {job.id}: {'cancelled' if job.status == 'cancelled' else 'stopping'}")
 
 
@@ -188,7 +189,8 @@ def cancel(job_id: Annotated[int, typer.Argument(help="Job id.")]) -> None:
 def retry(job_id: Annotated[int, typer.Argument(help="Job id.")]) -> None:
     """Queue a failed, cancelled or timed-out job again."""
     with open_box() as box:
-        job = box.jobs.retry(job_id, actor(box, "jobs.submit").name)
+        who = actor(box, "jobs.submit")
+        job = box.jobs.retry(job_id, who.name, owner=who)
     done(_row(job), f"job {job.id} queued again")
 
 
@@ -210,7 +212,9 @@ def exec_job(job_id: Annotated[int, typer.Argument(help="Job id.")]) -> None:
     from mlbox.box import Box
 
     with open_box() as probe:
+        who = actor(probe, "jobs.submit")  # what the worker itself needs (the worker drops MLBOX_TOKEN)
         job = probe.jobs.get(job_id)
+        _check_exec(job, who.name)
         settings = probe.settings
     with Box(settings, actor=job.submitted_by) as box:
         console.print(f"job {job.id}: {job.type} {json.dumps(job.payload)}")
@@ -251,6 +255,26 @@ def exec_job(job_id: Annotated[int, typer.Argument(help="Job id.")]) -> None:
             console.print(f"scored {scored.rows} rows with {scored.model} into {scored.output} ({scored.rows_per_s:,.0f} rows/s)")
         elif job.type == "command":
             sys.exit(subprocess.call(list(job.payload["argv"]), preexec_fn=die_with_parent))
+
+
+def _check_exec(job: Job, who: str) -> None:
+    """Only the worker holding a running job's lease starts it: this process's parent must be that worker
+    (its name is host:pid:nonce, see jobs/worker.py), so nobody runs a queued or someone else's job by hand."""
+    import os
+    import socket
+
+    if job.status != "running" or not job.worker:
+        raise Conflict(
+            f"job {job.id} is {job.status}; `jobs exec` runs only a job a worker has leased",
+            hint="`mlbox worker` starts queued jobs",
+        )
+    host, _, rest = job.worker.partition(":")
+    pid = rest.partition(":")[0]
+    if host != socket.gethostname() or pid != str(os.getppid()):
+        raise PermissionDenied(
+            f"{who} may not run job {job.id}: only its worker {job.worker} starts it",
+            hint="`mlbox jobs exec` is the worker's; use `mlbox worker`",
+        )
 
 
 def _log_progress() -> Callable[[int, int | None], None]:

@@ -44,8 +44,13 @@ def main(
     json_output: Annotated[bool, typer.Option("--json", help="Print machine-readable JSON instead of tables.")] = False,
     debug: Annotated[bool, typer.Option("--debug", help="Show full tracebacks on errors.")] = False,
     wide: Annotated[bool, typer.Option("--wide", help=WIDE_HELP)] = False,
+    token_file: Annotated[
+        str | None,
+        typer.Option("--token-file", help="Act with the API token in this file (mode 0600) instead of as the OS user."),
+    ] = None,
 ) -> None:
     state.home, state.json, state.debug, state.wide = home, json_output, debug, wide
+    state.token_file = token_file
 
 
 def _register() -> None:

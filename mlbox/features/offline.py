@@ -27,6 +27,9 @@ from mlbox.features.catalog import Batch, Catalog, ViewVersion
 from mlbox.features.definitions import DTYPES
 from mlbox.features.pit import lit
 from mlbox.features.pit import q as _q
+from mlbox.features.sandbox import check_select as check_select  # re-exported: `features sql` checks with it
+from mlbox.features.sandbox import check_transformation, sandbox, sandbox_error
+from mlbox.features.sandbox import first_line as _first_line
 from mlbox.features.stats import batch_stats
 from mlbox.store.artifacts import file_sha256, pid_alive
 from mlbox.store.audit import AuditLog
@@ -194,11 +197,19 @@ class OfflineStore:
         try:
             step("reading source")
             label = register_source(con, source, base_dir or Path.cwd(), sub_micros="ceil")
+            folder = self.root / view.name / f"v{version.version}"
+            name = uuid.uuid4().hex
+            tmp = folder / f"{TMP_PREFIX}{os.getpid()}-{name}.parquet"
+            # From here on DuckDB reaches only the declared source file and this batch's own
+            # temporary file (for COPY and the statistics): the transformation is user SQL.
+            sandbox(con, [Path(label), tmp] if isinstance(source, (str, os.PathLike)) else [tmp])
             if view.transformation:
-                check_select(con, view.transformation, f"transformation of {view.name}")
+                check_transformation(con, view.name, view.transformation)
                 try:
                     con.execute(f"CREATE TEMP VIEW __out AS {view.transformation}")
                     con.execute("SELECT * FROM __out LIMIT 0").fetchall()
+                except duckdb.PermissionException as exc:
+                    raise sandbox_error(view.name, exc) from None
                 except duckdb.Error as exc:
                     raise ValidationError(f"transformation of {view.name!r} failed on {label}: {_first_line(exc)}") from None
                 relation = "__out"
@@ -215,10 +226,7 @@ class OfflineStore:
                     f"QUALIFY row_number() OVER (PARTITION BY {checked.key_cols} ORDER BY __ord DESC) = 1"
                 )
             step("writing batch")
-            folder = self.root / view.name / f"v{version.version}"
             folder.mkdir(parents=True, exist_ok=True)
-            name = uuid.uuid4().hex
-            tmp = folder / f"{TMP_PREFIX}{os.getpid()}-{name}.parquet"
             target = folder / f"{name}.parquet"
             try:
                 written = first(con.execute(f"COPY ({final}) TO {lit(tmp)} ({BATCH_FORMAT}, RETURN_STATS)")) or ()
@@ -255,6 +263,8 @@ class OfflineStore:
                 if target.exists() and str(target.relative_to(self.home)) not in self.catalog.all_batch_paths():
                     target.unlink(missing_ok=True)
                 raise
+        except duckdb.PermissionException as exc:  # a lazily scanned path of the transformation
+            raise sandbox_error(view.name, exc) from None
         finally:
             con.close()
         return IngestResult(batch, time.perf_counter() - started, notes)
@@ -287,20 +297,6 @@ def first(cursor: duckdb.DuckDBPyConnection) -> tuple[Any, ...] | None:
     """The first row of a result, fetching it completely (DuckDB 2 refuses new work on a half-read result)."""
     rows = cursor.fetchall()
     return rows[0] if rows else None
-
-
-def _first_line(exc: BaseException) -> str:
-    return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-
-
-def check_select(con: duckdb.DuckDBPyConnection, sql: str, what: str) -> None:
-    """Refuse anything but one SELECT statement."""
-    try:
-        statements = con.extract_statements(sql)
-    except duckdb.Error as exc:
-        raise UsageError(f"{what}: {_first_line(exc)}") from None
-    if len(statements) != 1 or statements[0].type != duckdb.StatementType.SELECT:
-        raise UsageError(f"{what} must be a single SELECT statement")
 
 
 def _round_pandas(frame: Any, rounding: str) -> Any:

@@ -30,6 +30,7 @@ from mlbox.features.online import Lookup, OnlineStore, coerce_key, micros_to_dat
 from mlbox.features.online import sweep as sweep_online
 from mlbox.features.pit import lit
 from mlbox.features.plan import Change, plan
+from mlbox.features.sandbox import sandbox
 from mlbox.store.audit import AuditLog
 from mlbox.store.layout import BoxPaths
 from mlbox.store.sqlite import Database
@@ -472,9 +473,7 @@ class FeatureStore:
                 body = f"SELECT * FROM read_parquet([{', '.join(lit(f) for f in files)}])" if files else f"SELECT {cols} WHERE false"
                 con.execute(f'CREATE OR REPLACE TEMP VIEW "{v.name}_v{v.version}" AS {body}')
                 con.execute(f'CREATE OR REPLACE TEMP VIEW "{v.name}" AS {body}')
-            con.execute("SET allowed_directories = ?", [[str(self.offline.root) + "/"]])
-            con.execute("SET enable_external_access = false")
-            con.execute("SET lock_configuration = true")
+            sandbox(con, directories=[self.offline.root])  # the lockdown transformations run under, too
             try:
                 cur = con.execute(query)
             except duckdb.Error as exc:

@@ -15,11 +15,12 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from mlbox.errors import Conflict, NotFound, UsageError
+from mlbox.errors import Conflict, NotFound, PermissionDenied, UsageError
 from mlbox.jobs.placement import GpuState, Placement, QueuedJob, Quota, Snapshot, Usage, place
+from mlbox.security.roles import allowed
 from mlbox.store.audit import AuditLog
 from mlbox.store.sqlite import Database
-from mlbox.types import NAME_PATTERN, check_name
+from mlbox.types import NAME_PATTERN, Actor, check_name
 
 TYPES = ("train", "materialize", "monitor", "retention", "command", "predict")
 AVAILABLE = ("train", "materialize", "monitor", "command", "predict")
@@ -143,9 +144,21 @@ class JobQueue:
             )
             self.audit.record(actor, "jobs.quota", project, {"max_running": max_running, "max_gpus": max_gpus})
 
-    def cancel(self, job_id: int, actor: str) -> Job:
+    @staticmethod
+    def check_owner(job: Job, who: Actor, verb: str) -> None:
+        """Users act on their own jobs; `box.admin` on anyone's. PermissionDenied otherwise."""
+        if who.name != job.submitted_by and not allowed(who.role, "box.admin"):
+            raise PermissionDenied(
+                f"{who.name} ({who.role}) may not {verb} job {job.id}: it was submitted by {job.submitted_by}",
+                hint="users cancel and retry their own jobs; an admin (box.admin) any",
+            )
+
+    def cancel(self, job_id: int, actor: str, *, owner: Actor | None = None) -> Job:
+        """Cancel a queued job or ask its worker to stop a running one; with `owner`, only if that user may."""
         with self.db.atomic():
             job = self.get(job_id)
+            if owner is not None:
+                self.check_owner(job, owner, "cancel")
             if job.status == "queued":
                 self.db.execute("UPDATE jobs SET status = 'cancelled', ended_at = ? WHERE id = ?", (time.time(), job_id))
             elif job.status == "running":
@@ -155,9 +168,12 @@ class JobQueue:
             self.audit.record(actor, "jobs.cancel", f"job:{job_id}", {"was": job.status})
         return self.get(job_id)
 
-    def retry(self, job_id: int, actor: str) -> Job:
+    def retry(self, job_id: int, actor: str, *, owner: Actor | None = None) -> Job:
+        """Queue an ended job again; with `owner`, only if that user may (see `check_owner`)."""
         with self.db.atomic():
             job = self.get(job_id)
+            if owner is not None:
+                self.check_owner(job, owner, "retry")
             if job.status not in ("failed", "cancelled", "timed_out"):
                 raise Conflict(f"job {job_id} is {job.status}; only failed, cancelled or timed-out jobs are retried")
             self.db.execute(

@@ -2,12 +2,16 @@
 
 A token is `mlbx_<id>_<secret>`: the id is public (shown in listings, used to revoke), the
 secret is 256 random bits and only its SHA-256 is stored, so a copy of meta.db grants
-nothing. A token carries a role no more powerful than its user's. The local CLI acts as the
-box user mapped to the OS user running it; `MLBOX_TOKEN` acts as that token's user instead.
+nothing. A token acts with the lower of its own role and its user's role at the time of use,
+so demoting a user demotes their tokens; a disabled user's tokens fail. The local CLI acts as
+the box user mapped to the OS user running it; `MLBOX_TOKEN` acts as that token's user instead.
+Every change to users and tokens moves `auth_state.revision` (triggers, migration 0012_auth),
+which a serving worker compares before trusting what it cached.
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import hmac
 import re
@@ -18,7 +22,7 @@ from typing import Any
 
 from mlbox import clock
 from mlbox.errors import AuthError, Conflict, NotFound, UsageError
-from mlbox.security.roles import PERMISSIONS
+from mlbox.security.roles import PERMISSIONS, lower_role
 from mlbox.store.audit import AuditLog
 from mlbox.store.sqlite import Database
 from mlbox.types import ROLES, USER_PATTERN, Actor, Role, check_name
@@ -59,6 +63,24 @@ class TokenInfo:
 
     def as_dict(self) -> dict[str, Any]:
         return {**asdict(self), "state": self.state}
+
+
+@dataclass(frozen=True)
+class Grant:
+    """What a valid token grants now: its actor (at the effective role), its id and when it expires."""
+
+    actor: Actor
+    token_id: str
+    expires_at: str | None  # clock.iso() text
+
+    @functools.cached_property
+    def _expires_ts(self) -> float | None:
+        return None if self.expires_at is None else clock.parse_iso(self.expires_at).timestamp()
+
+    def expired(self) -> bool:
+        """Whether the token has expired by now (a float comparison: this runs on every served request)."""
+        ts = self._expires_ts
+        return ts is not None and clock.now().timestamp() >= ts
 
 
 def check_role(role: str) -> Role:
@@ -195,20 +217,31 @@ class Identity:
         return self.token(token_id)
 
     # authentication ------------------------------------------------------
+    def revision(self) -> int:
+        """The auth revision: it moves with every change to users and tokens (see the module docstring)."""
+        return int(self.db.scalar("SELECT revision FROM auth_state WHERE id = 1") or 0)
+
     def authenticate(self, token: str, *, touch: bool = True) -> Actor:
         """The actor a token stands for; AuthError for anything unknown, revoked, expired or disabled."""
+        return self.grant(token, touch=touch).actor
+
+    def grant(self, token: str, *, touch: bool = True) -> Grant:
+        """What `token` grants now, at the lower of its role and its user's current role; AuthError for a
+        token that is unknown, revoked, expired or whose user is disabled."""
         match = TOKEN_PATTERN.match(token.strip() if isinstance(token, str) else "")
         if not match:
             raise AuthError("malformed API token", hint="tokens look like mlbx_<id>_<secret>")
         token_id, secret = match.groups()
         row = self.db.one(
-            "SELECT t.secret_hash, t.role, t.user, t.expires_at, t.revoked_at, u.disabled_at "
+            "SELECT t.secret_hash, t.role, t.user, t.expires_at, t.revoked_at, u.role AS user_role, u.disabled_at "
             "FROM tokens t JOIN users u ON u.name = t.user WHERE t.id = ?",
             (token_id,),
         )
         if row is None or not hmac.compare_digest(row["secret_hash"], _hash(secret)):
             raise AuthError("invalid API token")
-        if row["revoked_at"] or row["disabled_at"]:
+        if row["disabled_at"]:
+            raise AuthError(f"user {row['user']!r} is disabled", hint="ask an admin")
+        if row["revoked_at"]:
             raise AuthError("this API token has been revoked")
         now = clock.iso()
         if row["expires_at"] and row["expires_at"] <= now:
@@ -216,7 +249,8 @@ class Identity:
         if touch:
             with self.db.atomic():
                 self.db.execute("UPDATE tokens SET last_used_at = ? WHERE id = ?", (now, token_id))
-        return Actor(row["user"], row["role"], "token")
+        role = lower_role(check_role(row["role"]), check_role(row["user_role"]))
+        return Grant(actor=Actor(row["user"], role, "token"), token_id=token_id, expires_at=row["expires_at"])
 
     def actor_for_os_user(self, os_user: str) -> Actor:
         row = self.db.one("SELECT name, role, disabled_at FROM users WHERE os_user = ?", (os_user,))

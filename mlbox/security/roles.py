@@ -43,6 +43,19 @@ PERMISSIONS: dict[Role, frozenset[str]] = {
 assert set(PERMISSIONS) == set(ROLES)
 
 
+def lower_role(a: Role, b: Role) -> Role:
+    """The lower of two roles: the one whose permissions the other includes (a token's effective role is the
+    lower of its own and its user's current one). Should the table ever hold two roles neither of which
+    includes the other, the largest role within both wins, so the result never grants more than either."""
+    if PERMISSIONS[a] <= PERMISSIONS[b]:
+        return a
+    if PERMISSIONS[b] <= PERMISSIONS[a]:
+        return b
+    both = PERMISSIONS[a] & PERMISSIONS[b]
+    # viewer ({read}) always fits: every role may read
+    return max((r for r in ROLES if PERMISSIONS[r] <= both), key=lambda r: len(PERMISSIONS[r]))
+
+
 def allowed(role: str, action: str) -> bool:
     """Whether `role` may perform `action`. Unknown roles and actions are never allowed."""
     if action not in ACTIONS:

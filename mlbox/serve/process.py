@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import signal
 import socket
+import ssl
 import subprocess
 import time
 import urllib.request
@@ -19,8 +20,16 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def start(cmd: list[str], env: dict[str, str], port: int, log: Path | None = None, timeout: float = 120) -> subprocess.Popen[bytes]:
-    """Start `cmd` in its own process group and wait until GET /readyz answers 200."""
+def start(
+    cmd: list[str], env: dict[str, str], port: int, log: Path | None = None, timeout: float = 120, *, cafile: Path | None = None
+) -> subprocess.Popen[bytes]:
+    """Start `cmd` in its own process group and wait until GET /readyz answers 200.
+
+    With `cafile` the server speaks HTTPS and is trusted through that certificate (or CA bundle)
+    alone, host name checked: it must cover 127.0.0.1, as `mlbox auth selfsigned` certificates do.
+    """
+    context = ssl.create_default_context(cafile=str(cafile)) if cafile else None
+    url = f"{'https' if cafile else 'http'}://127.0.0.1:{port}/readyz"
     out = log.open("wb") if log else subprocess.DEVNULL
     try:
         proc = subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
@@ -33,11 +42,14 @@ def start(cmd: list[str], env: dict[str, str], port: int, log: Path | None = Non
             tail = " | ".join(log.read_text(errors="replace").strip().splitlines()[-5:]) if log else ""
             raise MlboxError(f"{' '.join(cmd[:4])} exited with {proc.returncode}" + (f": {tail}" if tail else ""))
         try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=2) as r:
+            with urllib.request.urlopen(url, timeout=2, context=context) as r:
                 if r.status == 200:
                     return proc
-        except OSError:
-            pass
+        except OSError as exc:
+            reason = getattr(exc, "reason", exc)  # urllib wraps the TLS error in a URLError
+            if isinstance(reason, ssl.SSLCertVerificationError):  # waiting longer cannot fix a certificate
+                stop(proc)
+                raise MlboxError(f"the server's certificate is not trusted through {cafile}: {reason.verify_message}") from None
         if time.time() > deadline:
             stop(proc)
             raise MlboxError(f"{' '.join(cmd[:4])} was not ready after {timeout:.0f} s")

@@ -1,8 +1,8 @@
 """Request bodies checked against a model's signature, and encoded straight to the model's float matrix.
 
 Every problem is a 4xx `MlboxError` naming the field and what to fix; nothing in a request
-is ever evaluated or unpickled. JSON's non-standard NaN/Infinity literals are refused at
-parse time.
+is ever evaluated or unpickled. JSON's non-standard NaN/Infinity literals and strings that are
+not Unicode text (a lone surrogate escape such as "\\ud800") are refused at parse time.
 """
 
 from __future__ import annotations
@@ -31,13 +31,35 @@ def parse_json(body: bytes) -> Any:
     except orjson.JSONDecodeError:
         pass  # the standard parser names the problem; it also reads what orjson refuses (1e999, lone surrogates)
     try:
-        return json.loads(body, parse_constant=_no_constants)
+        value = json.loads(body, parse_constant=_no_constants)
     except UnicodeDecodeError:
         raise UsageError("request body is not UTF-8 text") from None
     except RecursionError:
         raise UsageError("malformed JSON: nested too deeply") from None
     except ValueError as exc:
         raise UsageError(f"malformed JSON: {exc}") from None
+    _check_text(value)
+    return value
+
+
+def _check_text(value: Any) -> None:
+    """Refuse a string (or key) holding a lone surrogate: it is no Unicode text, and would fail later as UTF-8."""
+    stack = [value]  # iterative: the parser already bounded the depth, this keeps the check off the C stack
+    while stack:
+        item = stack.pop()
+        if isinstance(item, str):
+            if not item.isascii():
+                try:
+                    item.encode("utf-8")
+                except UnicodeEncodeError:
+                    raise UsageError(
+                        f"invalid Unicode in a JSON string: {item!r:.40}", hint="a lone surrogate escape (\\ud800-\\udfff) is not text"
+                    ) from None
+        elif isinstance(item, dict):
+            stack.extend(item.keys())
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
 
 
 def predict_request(body: Any, max_rows: int) -> tuple[str, list[Mapping[str, Any]]]:

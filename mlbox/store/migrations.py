@@ -427,6 +427,22 @@ CREATE TABLE monitor_actions (
 CREATE INDEX monitor_actions_deployment ON monitor_actions(deployment, id)
 """
 
+# One counter that every change to who may do what moves, in the same transaction (triggers, so no code
+# path can forget it): a serving worker compares it instead of trusting a cache for seconds. Touching
+# `last_used_at` is not such a change and leaves it alone.
+AUTH = """
+CREATE TABLE auth_state (id INTEGER PRIMARY KEY CHECK (id = 1), revision INTEGER NOT NULL);
+INSERT INTO auth_state (id, revision) VALUES (1, 0);
+CREATE TRIGGER auth_users_insert AFTER INSERT ON users BEGIN UPDATE auth_state SET revision = revision + 1; END;
+CREATE TRIGGER auth_users_delete AFTER DELETE ON users BEGIN UPDATE auth_state SET revision = revision + 1; END;
+CREATE TRIGGER auth_users_update AFTER UPDATE OF name, role, os_user, disabled_at ON users
+    BEGIN UPDATE auth_state SET revision = revision + 1; END;
+CREATE TRIGGER auth_tokens_insert AFTER INSERT ON tokens BEGIN UPDATE auth_state SET revision = revision + 1; END;
+CREATE TRIGGER auth_tokens_delete AFTER DELETE ON tokens BEGIN UPDATE auth_state SET revision = revision + 1; END;
+CREATE TRIGGER auth_tokens_update AFTER UPDATE OF id, user, role, secret_hash, expires_at, revoked_at ON tokens
+    BEGIN UPDATE auth_state SET revision = revision + 1; END
+"""
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration("0001_core", _sql(CORE)),
     Migration("0002_features", _sql(FEATURES)),
@@ -437,6 +453,7 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration("0008_feature_push", _sql(FEATURE_PUSH)),
     Migration("0010_jobs_predict", _sql(JOBS_PREDICT)),
     Migration("0011_monitoring", _sql(MONITORING)),
+    Migration("0012_auth", _sql(AUTH)),
 )
 
 

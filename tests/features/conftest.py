@@ -1,7 +1,7 @@
 """Fixtures and helpers of the feature-store tests: a real box in tmp_path, frame normalisation.
 
 The root tests/conftest.py already gives every test a clean environment (no MLBOX_*
-variables, HOME inside tmp_path, OS user alice) and the `home`/`box` fixtures.
+variables, HOME inside tmp_path, the kernel OS user `OS_USER`) and the `home`/`box` fixtures.
 """
 
 from __future__ import annotations
@@ -21,6 +21,8 @@ from mlbox.box import Box
 from mlbox.config import load_settings
 from mlbox.features.store import FeatureStore
 
+from ..conftest import OS_USER
+
 HERE = Path(__file__).resolve().parent
 WORKER = HERE / "_worker.py"
 UTC_BASE = pd.Timestamp("2025-03-01T00:00:00Z")
@@ -33,7 +35,7 @@ def fs(box: Box) -> FeatureStore:
 
 def open_box(home: Path, environ: dict[str, str] | None = None) -> Box:
     """A new Box object on an existing (or new) box: its feature store sweeps on first use."""
-    return Box.create(load_settings(home, environ=environ if environ is not None else {}), "alice")
+    return Box.create(load_settings(home, environ=environ if environ is not None else {}), OS_USER)
 
 
 @pytest.fixture

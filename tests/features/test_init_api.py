@@ -10,6 +10,8 @@ from typer.testing import CliRunner
 import mlbox
 from mlbox.errors import Conflict, NotFound, UsageError
 
+from ..conftest import OS_USER
+
 
 def test_init_creates_the_project_and_returns_the_open_box(tmp_path: Path) -> None:
     dest = tmp_path / "churn"
@@ -18,7 +20,7 @@ def test_init_creates_the_project_and_returns_the_open_box(tmp_path: Path) -> No
         assert box.paths.home == dest.resolve()
         assert (dest / "mlbox.toml").is_file() and (dest / "features.yaml").is_file()
         admins = [u for u in box.identity.users() if u.role == "admin"]
-        assert [u.os_user for u in admins] == ["alice"]  # the OS user, as with the CLI
+        assert [u.os_user for u in admins] == [OS_USER]  # the kernel OS user, as with the CLI (LOGNAME says otherwise)
         events = box.audit.entries(action="box.init")
         assert [(e.target, e.details["template"]) for e in events] == [(str(dest.resolve()), "tabular-classification")]
         # the box is usable at once: the template's feature file applies

@@ -1,7 +1,7 @@
 """Fixtures of the job-queue tests: a real box in tmp_path, the real `mlbox` CLI and worker processes.
 
 The root tests/conftest.py gives every test a clean environment: no MLBOX_* variables, the OS
-user alice (the box's admin here), HOME inside tmp_path and a PATH holding only an empty folder,
+user `OS_USER` (the kernel's, the box's admin here), HOME inside tmp_path and a PATH holding only an empty folder,
 so `nvidia-smi` is absent unless a test writes a fake one there. Command jobs therefore name the
 interpreter by its absolute path (`PY`). GPUs are simulated only: GpuState lists, an
 `inventory=` callable, or a fake `nvidia-smi`.
@@ -162,12 +162,9 @@ def procs() -> Iterator[Procs]:
 
 @pytest.fixture
 def jbox(tmp_path: Path, procs: Procs) -> Iterator[JobBox]:
-    """A fresh box in tmp_path whose admin is the OS user (alice)."""
-    import getpass
-
-    assert getpass.getuser() == OS_USER
+    """A fresh box in tmp_path whose admin is the OS user (`OS_USER`)."""
     home = tmp_path / "box"
-    box = Box.create(load_settings(home, environ={}), getpass.getuser())
+    box = Box.create(load_settings(home, environ={}), OS_USER)
     work = tmp_path / "work"
     work.mkdir()
     try:

@@ -11,9 +11,10 @@ from mlbox.errors import Conflict, NotFound, UsageError
 from mlbox.jobs.placement import GpuState
 from mlbox.jobs.queue import JobQueue
 
+from ..conftest import OS_USER
 from .conftest import JobBox
 
-ADMIN = "alice"
+ADMIN = OS_USER
 GPUS = [GpuState(0, 24_000, 24_000), GpuState(1, 80_000, 80_000)]
 
 

@@ -15,8 +15,8 @@ _errors and _routing share one (`shared_server`), each test adding deployments o
 a running server picks them up without a restart; the shadow and prediction-log modules
 start their own with the settings they need. Teardown stops every process a server started.
 
-The root tests/conftest.py pins the OS user to alice during tests (getpass reads LOGNAME),
-so the box's admin is alice and every subprocess runs with LOGNAME=alice, no MLBOX_TOKEN.
+The box's admin is the kernel OS user of the test process (`OS_USER`); every subprocess runs
+as that user with LOGNAME/USER naming someone else (tests/conftest.py) and no MLBOX_TOKEN.
 """
 
 from __future__ import annotations
@@ -152,15 +152,13 @@ def copy_box(template: Template, dest: Path) -> Path:
 
 
 def subprocess_env(home: Path, **settings: str) -> dict[str, str]:
-    """The environment of a `mlbox` subprocess: this box, OS user alice, no MLBOX_TOKEN, extra MLBOX_* settings."""
+    """The environment of a `mlbox` subprocess: this box, the kernel OS user, no MLBOX_TOKEN, extra MLBOX_* settings."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("MLBOX_")}
     private_home = home.parent / "_home"
     private_home.mkdir(exist_ok=True)
     env.update(
         MLBOX_HOME=str(home),
         HOME=str(private_home),
-        LOGNAME=OS_USER,
-        USER=OS_USER,
         PATH=os.pathsep.join([str(Path(sys.executable).parent), "/usr/local/bin", "/usr/bin", "/bin"]),
         NO_COLOR="1",
         COLUMNS="250",

@@ -1,5 +1,5 @@
-"""`mlbox package NAME` builds a Bento offline that plain `bentoml serve` runs outside the box: same routes, same
-tokens, the deployment's models, its sidecar (prediction log and shadow) working from inside the Bento, and
+"""`mlbox package NAME` builds a Bento offline that plain `bentoml serve` runs outside the box: same routes, its own
+service token (the box's users and token hashes never leave the box), the deployment's models, its sidecar (prediction log and shadow) working from inside the Bento, and
 BentoML's own client discovering its predict endpoint; the Bento's service file writes no environment.
 """
 
@@ -30,7 +30,12 @@ def packaged(serve_template: Template, tmp_path_factory: pytest.TempPathFactory)
         box.deployments.create("other", "churn_fs:1", OS_USER)
     result = mlbox(home, "--json", "package", "packed", timeout=600)
     assert result.returncode == 0, result.stderr[-2000:]
-    return home, json.loads(result.stdout)["tag"]
+    built = json.loads(result.stdout)
+    PACKAGED_TOKEN["token"], PACKAGED_TOKEN["id"] = built["token"], built["token_id"]
+    return home, built["tag"]
+
+
+PACKAGED_TOKEN: dict[str, str] = {}
 
 
 def test_the_bento_holds_only_the_deployment_and_its_models(packaged: tuple[Path, str]) -> None:
@@ -45,12 +50,17 @@ def test_the_bento_holds_only_the_deployment_and_its_models(packaged: tuple[Path
     try:
         assert [r[0] for r in db.execute("SELECT name FROM deployments")] == ["packed"]
         versions = {f"{n}:{v}" for n, v in db.execute("SELECT name, version FROM model_versions")}
+        # its own credentials only: one service user, one token; none of the box's users or token hashes
+        assert [r[0] for r in db.execute("SELECT id FROM tokens")] == [PACKAGED_TOKEN["id"]]
+        assert {r[0] for r in db.execute("SELECT name FROM users WHERE role != 'admin'")} == {"bento_packed"}
     finally:
         db.close()
+    with open_box(home) as box:  # made in the box, so it is listed and revocable there
+        assert PACKAGED_TOKEN["id"] in {t.id for t in box.identity.tokens("bento_packed")}
     assert versions == {"churn:1", "churn:2", "churn_bc:1"}
 
 
-def test_plain_bentoml_serve_runs_it_with_the_boxs_tokens(packaged: tuple[Path, str], serve_template: Template, tmp_path: Path) -> None:
+def test_plain_bentoml_serve_runs_it_with_its_own_token(packaged: tuple[Path, str], serve_template: Template, tmp_path: Path) -> None:
     home, tag = packaged
     env = {k: v for k, v in subprocess_env(home).items() if not k.startswith("MLBOX_")}  # outside any box
     env.update(BENTOML_HOME=str(home / "bentoml"), BENTOML_DO_NOT_TRACK="True")
@@ -59,7 +69,9 @@ def test_plain_bentoml_serve_runs_it_with_the_boxs_tokens(packaged: tuple[Path, 
                         env, port, tmp_path / "bento.log")  # fmt: skip
     try:
         client = httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30)
-        token = {"Authorization": f"Bearer {serve_template.tokens['service']}"}
+        token = {"Authorization": f"Bearer {PACKAGED_TOKEN['token']}"}
+        box_token = {"Authorization": f"Bearer {serve_template.tokens['service']}"}
+        assert client.post("/v1/deployments/packed/predict", json={"rows": sample_rows(1)}, headers=box_token).status_code == 401
         variants = set()
         for row in sample_rows(20, seed=3):
             response = client.post("/v1/deployments/packed/predict", json={"rows": [row]}, headers=token)
@@ -79,7 +91,7 @@ def test_plain_bentoml_serve_runs_it_with_the_boxs_tokens(packaged: tuple[Path, 
         for _ in range(30):  # half the requests go to the canary: collect both variants' answers
             answer = client.post("/v1/deployments/packed/predict", json={"rows": row}, headers=token).json()
             by_model[answer["model"]] = answer["predictions"]
-        with bentoml.SyncHTTPClient(f"http://127.0.0.1:{port}", token=serve_template.tokens["service"]) as bento_client:
+        with bentoml.SyncHTTPClient(f"http://127.0.0.1:{port}", token=PACKAGED_TOKEN["token"]) as bento_client:
             assert set(bento_client.endpoints) == {"packed"}
             for _ in range(6):
                 answer = bento_client.packed(rows=row)

@@ -4,7 +4,7 @@ Building a box from a template (init, apply, ingest 26,000 rows) takes about a s
 registered model a few more, so each is built once per session under tmp_path_factory and
 copied into the test's own tmp_path: every test gets a private, real box (SQLite, Parquet,
 artifact files) without paying for the setup again. The root tests/conftest.py still gives
-every test a clean environment (no MLBOX_* variables, OS user alice, no nvidia-smi on PATH).
+every test a clean environment (no MLBOX_* variables, the login variables lying about the OS user, no nvidia-smi on PATH).
 """
 
 from __future__ import annotations

@@ -36,7 +36,8 @@ def test_quickstart(tmp_path: Path) -> None:
     promote_line = next(line for line in lines if line.startswith("✓ promote "))
     assert re.search(r"churn:[12] is staging \(best roc_auc 0\.\d{3}\)", promote_line)
     serve_line = next(line for line in lines if line.startswith("✓ serve "))
-    split = re.search(r"answered 400 requests \(the last 200 shifted\): canary (\d+) \(\d+%\), primary (\d+)", serve_line)
+    assert "mlbox serve over TLS (self-signed, tls/cert.pem)" in serve_line
+    split = re.search(r"answered 400 token-authenticated requests \(the last 200 shifted\): canary (\d+) \(\d+%\), primary (\d+)", serve_line)
     assert split and int(split.group(1)) + int(split.group(2)) == 400 and 30 <= int(split.group(1)) <= 130
     drift_line = next(line for line in lines if line.startswith("✓ drift check "))
     assert re.search(r"primary churn:1: DRIFT over \d+ rows, [3-9]/9 features drifted \(.*monthly_charges", drift_line)
