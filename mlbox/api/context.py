@@ -19,7 +19,7 @@ from typing import Any
 
 from mlbox.box import Box
 from mlbox.config import Settings, child_env, env_value
-from mlbox.errors import AuthError, MlboxError, Overloaded, UsageError
+from mlbox.errors import AuthError, MlboxError, Overloaded, PermissionDenied, UsageError
 from mlbox.security.identity import Grant
 from mlbox.security.roles import require
 from mlbox.serve.metrics import Labels, Metrics
@@ -32,6 +32,7 @@ log = logging.getLogger("mlbox.serve")
 # (one indexed read) and drops its token cache when the revision moved. Revocation, disabling and demotion
 # reach every worker within this; expiry is checked against the clock on every request.
 AUTH_RECHECK_SECONDS = 0.25
+LOGIN_AUDIT_SECONDS = 3600.0  # a token login is audited at most once an hour per token
 REALM = 'Bearer realm="mlbox"'
 BEARER_HINT = "send Authorization: Bearer mlbx_..."
 
@@ -183,13 +184,20 @@ class ServeContext:
                 if len(self._auth_cache) > 10_000:
                     self._auth_cache.clear()
                 self._auth_cache[token] = grant
+                # a login by token: audited at most once an hour per token (the cache makes this rare)
+                self.box.audit.record_throttled(grant.actor.name, "auth.token_login", grant.token_id, {"via": "http"},
+                                                every_s=LOGIN_AUDIT_SECONDS)  # fmt: skip
             elif grant.expired():
                 del self._auth_cache[token]
                 raise AuthError("this API token has expired", hint="ask an admin for a new one")
         except AuthError as exc:
             exc.headers.setdefault("WWW-Authenticate", f'{REALM}, error="invalid_token"')
             raise
-        require(grant.actor, action)
+        try:
+            require(grant.actor, action)
+        except PermissionDenied:
+            self.box.audit.record_throttled(grant.actor.name, "auth.denied", action, {"role": grant.actor.role, "via": "http"})
+            raise
         return grant.actor
 
     def readiness(self) -> tuple[bool, dict[str, Any]]:

@@ -72,12 +72,17 @@ def open_box() -> Iterator[Box]:
 
 def actor(box: Box, action: str | None = None) -> Actor:
     """The acting user (the token's user, else the effective OS user's box user), checked for `action`."""
+    from mlbox.errors import PermissionDenied
     from mlbox.security.roles import require
 
     given = token()
     who = box.identity.authenticate(given) if given else box.identity.actor_for_os_user(os_user())
     if action:
-        require(who, action)
+        try:
+            require(who, action)
+        except PermissionDenied:  # audited, at most once a minute per user and action (a refusal is cheap to repeat)
+            box.audit.record_throttled(who.name, "auth.denied", action, {"role": who.role, "via": "cli"})
+            raise
     return who
 
 

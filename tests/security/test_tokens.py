@@ -269,3 +269,33 @@ def test_running_server_follows_auth_changes_within_1s(box: Box, people: dict[st
         # expiry: the token was cached while valid; it fails once its time is up, with no change in meta.db
         time.sleep(max(0.0, 8.0 - (time.monotonic() - made)))
         within(1.0, lambda: status(expiring) == 401, "expiry")
+
+
+# audited refusals and logins ------------------------------------------------------------------
+
+
+def _entries(box: Box, action: str) -> list[Any]:
+    return [e for e in box.audit.entries(limit=10_000) if e.action == action]
+
+
+def test_http_refusals_and_token_logins_are_audited_and_rate_limited(box: Box, ctx: ServeContext, people: dict[str, str]) -> None:
+    from mlbox.errors import PermissionDenied
+
+    for _ in range(5):  # a data scientist tries to manage deployments, again and again
+        assert refused(ctx, people["carol"], "deploy.manage", PermissionDenied)
+    denied = _entries(box, "auth.denied")
+    assert [(e.actor, e.target) for e in denied] == [("carol", "deploy.manage")]  # one entry, not five
+    assert denied[0].details["via"] == "http" and denied[0].details["role"] == "data-scientist"
+    ctx.authenticate(header(people["bob"]), "read")
+    ctx.authenticate(header(people["bob"]), "read")
+    logins = [e for e in _entries(box, "auth.token_login") if e.actor == "bob"]
+    assert len(logins) == 1 and logins[0].details == {"via": "http"}
+    assert box.audit.verify().ok
+
+
+def test_cli_refusals_are_audited_once_a_minute(box: Box, people: dict[str, str], cli_run: Any) -> None:
+    for _ in range(3):
+        r = cli_run("--home", str(box.paths.home), "deploy", "create", "x", "--model", "m:1", env={"MLBOX_TOKEN": people["carol"]})
+        assert r.exit_code == 5
+    denied = _entries(box, "auth.denied")
+    assert [(e.actor, e.target, e.details["via"]) for e in denied] == [("carol", "deploy.manage", "cli")]
