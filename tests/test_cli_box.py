@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import json
 from pathlib import Path
 
@@ -171,6 +173,21 @@ def test_backup_makes_a_working_copy(demo: Path, tmp_path: Path, cli) -> None:  
         assert box.audit.entries(limit=1)[0].action == "box.backup"
         assert box.audit.verify().ok
     assert not [p for p in tmp_path.iterdir() if ".tmp-" in p.name]
+
+
+def test_a_backup_made_under_a_loose_umask_opens_as_a_box(demo: Path, tmp_path: Path, cli) -> None:  # type: ignore[no-untyped-def]
+    """Its databases are 0600 and its folder 0700 whatever the umask, so the box's own check passes."""
+    old = os.umask(0o002)
+    try:
+        result = cli("--home", "demo", "backup", str(tmp_path / "copy"))
+    finally:
+        os.umask(old)
+    assert result.exit_code == 0, result.exception
+    copy = tmp_path / "copy"
+    assert copy.stat().st_mode & 0o777 == 0o700
+    assert {(copy / n).stat().st_mode & 0o777 for n in ("meta.db", "online.db")} == {0o600}
+    with Box(load_settings(copy)) as restored:
+        assert restored.audit.verify().ok
 
 
 def test_backup_into_the_box_is_refused(demo: Path, cli, cli_run) -> None:  # type: ignore[no-untyped-def]

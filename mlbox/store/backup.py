@@ -39,6 +39,8 @@ def _is_temporary(path: Path) -> bool:
 
 def _snapshot(src: Path, dst: Path) -> None:
     source = sqlite3.connect(f"file:{src}?mode=ro", uri=True, timeout=30)
+    # 0600 whatever the umask: a restored copy must pass the box's own check (no group/world write)
+    os.close(os.open(dst, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
     target = sqlite3.connect(dst)
     try:
         source.backup(target)  # one step: a consistent snapshot under a read transaction
@@ -62,7 +64,8 @@ def backup_box(home: Path, dest: Path, progress: Callable[[str, int], None] | No
         raise UsageError(f"backup destination {dest} is inside the box; choose a folder outside it")
     tmp = dest.parent / f"{dest.name}{TMP_MARK}{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
+    tmp.mkdir(parents=True, mode=0o700)
+    os.chmod(tmp, 0o700)  # mkdir's mode is filtered by the umask
     databases = files = nbytes = 0
     try:
         for name in DATABASES:
