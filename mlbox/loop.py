@@ -11,7 +11,6 @@ registered before profiles existed, from its pinned training snapshot.
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from pathlib import Path
@@ -221,7 +220,3 @@ def rebuild_profile(box: Box, ref: str, actor: str) -> dict[str, Any]:
     profile = build_profile(X, signature, task=version.task, predictions=np.asarray(predictions), importance=None)
     box.monitor.save_profile(version.ref, profile, actor)
     return {"model": version.ref, "rows": profile["rows"], "features": len(profile["features"]), "snapshot": lineage.get("snapshot")}
-
-
-def jsonable(value: Any) -> Any:
-    return json.loads(json.dumps(value, default=str))

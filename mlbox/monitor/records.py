@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -89,14 +88,6 @@ class Records:
     def policy(self, deployment: str) -> dict[str, Any] | None:
         row = self.db.one("SELECT * FROM monitor_policies WHERE deployment = ?", (deployment,))
         return None if row is None else {**row, "policy": json.loads(row["policy"])}
-
-    def due(self, now: float | None = None) -> list[str]:
-        """Deployments whose scheduled check is due."""
-        rows = self.db.query(
-            "SELECT deployment FROM monitor_policies WHERE next_run IS NOT NULL AND next_run <= ? ORDER BY next_run",
-            (time.time() if now is None else now,),
-        )
-        return [r["deployment"] for r in rows]
 
     def claim_due(self, deployment: str, seen: float, next_run: float) -> bool:
         """Move a due schedule on (compare-and-set: one of several workers wins)."""
