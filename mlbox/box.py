@@ -79,7 +79,7 @@ class Box:
     def tracking(self) -> TrackingStore:
         from mlbox.tracking.store import TrackingStore
 
-        return TrackingStore(self.db, self.artifacts)
+        return TrackingStore(self.db, self.artifacts, self.audit)
 
     @cached_property
     def registry(self) -> Registry:

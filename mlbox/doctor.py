@@ -4,6 +4,11 @@ It also finds what crashed writers leave behind (`find_leftovers`): runs still `
 whose process died, artifact files no run or model version names, temporary files of dead
 processes and leftover online-store tables. They are warnings; `repair` (`mlbox doctor
 --repair`) marks the runs `killed`, deletes the files, drops the tables and audits it.
+
+`check_artifacts` verifies every artifact the catalog names (sha256 and HMAC, see
+store/artifacts.py) and fails on any that a load would refuse. Artifacts written before
+artifacts were signed have no HMAC: `repair` records one, but only for a file whose sha256
+still matches its catalog row (a file that fails its sha256 is never signed).
 """
 
 from __future__ import annotations
@@ -170,6 +175,7 @@ class Repair:
     removed_bytes: int
     removed_temporary: int
     dropped_tables: list[str]
+    signed_artifacts: int = 0
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -244,6 +250,23 @@ def check_leftovers(found: Leftovers) -> list[Check]:
     return checks
 
 
+def check_artifacts(paths: BoxPaths, db: Database, audit: AuditLog) -> Check:
+    """Verify the sha256 and HMAC of every artifact a run, model version or profile names."""
+    artifacts, tracking, registry = _stores(paths, db, audit)
+    with db.snapshot():
+        names = registry.artifact_names()
+        for sha256 in tracking.artifact_hashes():
+            names.setdefault(sha256, []).append("a run artifact")
+    bad = [(sha, problem) for sha in sorted(names) if (problem := artifacts.problem(sha))]
+    if not bad:
+        return Check("artifact integrity", "ok", f"{len(names)} artifact(s): sha256 and HMAC verified")
+    unsigned = [sha for sha, problem in bad if problem.kind == "unsigned"]
+    shown = "; ".join(f"{names[sha][0]} ({sha[:12]}) {problem.text}" for sha, problem in bad[:5])
+    more = f" (and {len(bad) - 5} more)" if len(bad) > 5 else ""
+    fix = f"; `mlbox doctor --repair` signs the {len(unsigned)} unsigned one(s) whose sha256 verifies" if unsigned else ""
+    return Check("artifact integrity", "fail", f"{len(bad)} of {len(names)} artifact(s) would be refused: {shown}{more}{fix}")
+
+
 def repair(settings: Settings, paths: BoxPaths, db: Database, audit: AuditLog, actor: str) -> Repair:
     """Fix every leftover: mark stale runs killed, delete unreferenced and temporary files, drop leftover tables."""
     artifacts, tracking, registry = _stores(paths, db, audit)
@@ -252,6 +275,7 @@ def repair(settings: Settings, paths: BoxPaths, db: Database, audit: AuditLog, a
         referenced = tracking.artifact_hashes() | registry.artifact_hashes()
         removed = artifacts.remove_unreferenced(referenced, float(settings["doctor.artifact_grace_s"]))
     temporary = artifacts.sweep_temporary()
+    signed = artifacts.sign_unsigned(referenced)
     dropped = _online_tables(paths, settings, online.sweep)
     result = Repair(
         killed_runs=killed,
@@ -259,6 +283,7 @@ def repair(settings: Settings, paths: BoxPaths, db: Database, audit: AuditLog, a
         removed_bytes=sum(f.size for f in removed),
         removed_temporary=len(temporary),
         dropped_tables=dropped,
+        signed_artifacts=len(signed),
     )
     audit.record(actor, "box.repair", str(paths.home), result.as_dict())
     return result
@@ -277,5 +302,6 @@ def run_checks(
     checks += check_box(paths, db, audit)
     if db is not None and audit is not None:
         checks += check_leftovers(find_leftovers(settings, paths, db, audit))
+        checks.append(check_artifacts(paths, db, audit))
     checks.append(Check("cpu", "ok", f"{os.cpu_count()} cores, {platform.machine()}, {platform.system()} {platform.release()}"))
     return checks

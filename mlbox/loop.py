@@ -84,7 +84,7 @@ def run_policy(box: Box, deployment: str, actor: str) -> dict[str, Any]:
     decided = plan(policy, evidence, past, now)
     if check["drifted"]:
         alert("drift", deployment, {"reason": _drift_summary(check), "window": check["window"]}, policy.alerts,
-              environ=process_environ())  # fmt: skip
+              environ=process_environ(), gate=_webhook_gate(box))  # fmt: skip
     taken = [carry_out(box, policy, d, actor) for d in decided.decisions]
     for hold in decided.held:
         log.info("monitor %s on %s held: %s", hold.action, deployment, hold.reason)
@@ -123,7 +123,7 @@ def carry_out(box: Box, policy: Policy, decision: Decision, actor: str) -> dict[
         box.audit.record(actor, f"monitor.{decision.action}", deployment,
                          {"status": status, "reason": decision.reason, "job": job_id, "model": model, "evidence": evidence})  # fmt: skip
     alert(decision.action, deployment, {"reason": decision.reason, "status": status, "job": job_id, "evidence": evidence},
-          policy.alerts, environ=process_environ())  # fmt: skip
+          policy.alerts, environ=process_environ(), gate=_webhook_gate(box))  # fmt: skip
     return {"action": decision.action, "status": status, "reason": decision.reason, "job": job_id, "model": model, "error": error}
 
 
@@ -161,7 +161,8 @@ def deploy_retrained(box: Box, payload: dict[str, Any], version_ref: str, gate_p
 
 
 def schedule_due(box: Box, now: float | None = None) -> list[int]:
-    """Queue a `monitor` job for each deployment whose schedule is due (one worker wins each); the job ids."""
+    """Queue a `monitor` job for each deployment whose schedule is due, and each due queue schedule (one worker
+    wins each); the job ids."""
     now = time.time() if now is None else now
     submitted = []
     for stored in box.monitor.records.policies():
@@ -173,7 +174,9 @@ def schedule_due(box: Box, now: float | None = None) -> list[int]:
         if box.monitor.records.claim_due(stored["deployment"], due, now + parse_duration(schedule)):
             job = box.jobs.submit("monitor", {"deployment": stored["deployment"]}, stored["updated_by"])
             submitted.append(job.id)
-    return submitted
+    from mlbox.jobs.schedules import Schedules
+
+    return submitted + Schedules(box.jobs).run_due(now)  # the queue's own schedules (`jobs submit retention --every`)
 
 
 def _drift_summary(check: dict[str, Any]) -> str:
@@ -215,8 +218,15 @@ def rebuild_profile(box: Box, ref: str, actor: str) -> dict[str, Any]:
     rows = np.arange(len(X)) if spec.split.method == "kfold" else splits[-1].train
     X = X[rows]
     sample = X[:: max(1, len(X) // 100_000)]
-    onnx = box.registry.artifacts.open_verified(version.artifacts["model.onnx"]["sha256"])
+    onnx = box.registry.artifacts.open_verified(version.artifacts["model.onnx"]["sha256"], f"model {version.ref} file model.onnx")
     predictions = run(session(onnx, providers=["CPUExecutionProvider"]), sample)
     profile = build_profile(X, signature, task=version.task, predictions=np.asarray(predictions), importance=None)
     box.monitor.save_profile(version.ref, profile, actor)
     return {"model": version.ref, "rows": profile["rows"], "features": len(profile["features"]), "snapshot": lineage.get("snapshot")}
+
+
+def _webhook_gate(box: Box) -> Any:
+    """The residency check an alert's webhook passes before it is posted (security/residency.py)."""
+    from mlbox.security.residency import Residency
+
+    return Residency(box.db, box.audit).webhook_gate()

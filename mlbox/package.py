@@ -25,6 +25,8 @@ from pathlib import Path
 from mlbox.box import Box
 from mlbox.config import child_env, load_settings
 from mlbox.errors import MlboxError, StoreError
+from mlbox.security.residency import Residency
+from mlbox.store.artifacts import ArtifactStore
 
 SERVING_PACKAGES = (
     "onnxruntime", "numpy", "pandas", "pyarrow", "duckdb", "starlette", "uvloop", "httptools", "orjson",
@@ -67,13 +69,14 @@ def _installed(name: str) -> bool:
 
 
 def service_credentials(box: Box, deployment: str, actor: str, ttl_days: int | None) -> tuple[str, str, str]:
-    """(user, token id, token) for a Bento of `deployment`: its own service user, a fresh `predict` token."""
+    """(user, token id, token) for a Bento of `deployment`: its own service user, a fresh `predict` token
+    scoped to that one deployment."""
     user = f"bento_{deployment}"[:64]
     if user not in {u.name for u in box.identity.users()}:
         box.identity.add_user(actor, user, "service")
     info, token = box.identity.create_token(
         actor, user, "service", expires_in_s=None if ttl_days is None else ttl_days * 86400, never_expires=ttl_days is None,
-        description=f"packaged service for deployment {deployment}",
+        description=f"packaged service for deployment {deployment}", deployments=[deployment],
     )  # fmt: skip
     return user, info.id, token
 
@@ -82,6 +85,8 @@ def build_package(box: Box, name: str, actor: str, *, token_ttl_days: int | None
     deployment = box.deployments.get(name)
     refs = sorted({r for r in (deployment.primary_model, deployment.canary_model, deployment.shadow_model) if r})
     versions = [box.registry.get(r) for r in refs]
+    # the Bento is written to the box's bentoml/ store: checked like any destination (it may be a mounted bucket)
+    where = Residency(box.db, box.audit).check_path(box.paths.bentoml, "package")
     user, token_id, token = service_credentials(box, name, actor, token_ttl_days)
     with tempfile.TemporaryDirectory(prefix="mlbox-package-") as tmp:
         ctx = Path(tmp)
@@ -95,6 +100,7 @@ def build_package(box: Box, name: str, actor: str, *, token_ttl_days: int | None
             # the Bento's own service user and its one token: never the box's users or token hashes
             _copy(src, dst, "users", "name = ?", (user,))
             _copy(src, dst, "tokens", "id = ?", (token_id,))
+            _copy(src, dst, "token_scopes", "token_id = ?", (token_id,))
             exp_ids = {r[0] for r in src.execute(f"SELECT experiment_id FROM runs WHERE id IN ({_marks(runs)})", runs)}
             _copy(src, dst, "experiments", f"id IN ({_marks(exp_ids)})", tuple(exp_ids))
             _copy(src, dst, "runs", f"id IN ({_marks(runs)})", tuple(runs))
@@ -106,11 +112,12 @@ def build_package(box: Box, name: str, actor: str, *, token_ttl_days: int | None
         finally:
             src.close()
             dst.close()
+        # verified (sha256 + HMAC) here, then stored and signed under the bundled box's own artifact key:
+        # this box's key never leaves it, and the Bento checks its copies before loading them
+        bundled = ArtifactStore(home / "artifacts")
         for v in versions:
-            for meta in v.artifacts.values():
-                target = home / "artifacts" / meta["sha256"][:2] / meta["sha256"]
-                target.parent.mkdir(parents=True, exist_ok=True)
-                shutil.copyfile(box.artifacts.open_verified(meta["sha256"]), target)
+            for fname, meta in v.artifacts.items():
+                bundled.put(box.artifacts.open_verified(meta["sha256"], f"model {v.ref} file {fname}"))
         package_dir = Path(__file__).resolve().parent
         shutil.copytree(package_dir, ctx / "mlbox", ignore=shutil.ignore_patterns("__pycache__", "_templates"))
         (ctx / "service.py").write_text(SERVICE)
@@ -134,7 +141,8 @@ def build_package(box: Box, name: str, actor: str, *, token_ttl_days: int | None
         tag = next((line.split("__tag__:", 1)[1].strip() for line in proc.stdout.splitlines() if "__tag__:" in line), "")
         if not tag:
             raise StoreError(f"bentoml build printed no tag: {proc.stdout.strip()[-200:]}")
-    box.audit.record(actor, "deploy.package", name, {"bento": tag, "models": refs, "user": user, "token": token_id})
+    box.audit.record(actor, "deploy.package", name, {"bento": tag, "models": refs, "user": user, "token": token_id,
+                                                      **where.audit()})  # fmt: skip
     return PackageResult(tag, refs, str(box.paths.bentoml / "bentos" / tag.replace(":", "/")), user, token_id, token)
 
 

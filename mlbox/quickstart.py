@@ -17,12 +17,14 @@ from mlbox.box import Box
 from mlbox.config import child_env, load_settings
 from mlbox.doctor import run_checks
 from mlbox.errors import MlboxError, UsageError
+from mlbox.features.store import FeatureStore
 from mlbox.project import init_project
 from mlbox.serve import process as server
 from mlbox.store.backup import backup_box
 from mlbox.train.metrics import LOWER_IS_BETTER
 from mlbox.train.runner import train
 from mlbox.train.spec import TrainSpec, load_spec
+from mlbox.types import Actor
 
 
 @dataclass
@@ -87,7 +89,7 @@ def run_quickstart(root: Path, os_user: str, template: str = "tabular-classifica
                 d.append(f"{v.ref} +{result.batch.row_count:,} rows")
         labels, features, label_ts = _train_data(home)
         with step("training set") as d:
-            ts = fs.training_set(home / labels, features, timestamp=label_ts, out=home / "training_set.parquet")
+            ts = fs.training_set(home / labels, features, timestamp=label_ts, out=home / "training_set.parquet", protected="raw")
             d.append(f"{ts.label_rows:,} rows × {len(ts.features)} features, fingerprint {ts.fingerprint[:16]}")
         with step("materialize") as d:
             results = fs.materialize(actor=admin)
@@ -123,7 +125,7 @@ def run_quickstart(root: Path, os_user: str, template: str = "tabular-classifica
             d.append(f"churn_api: primary {primary}, 20% canary {challenger_ref}, shadow {challenger_ref}")
         with step("serve") as d:
             box.identity.add_user(admin, "churn_app", "service")
-            _, token = box.identity.create_token(admin, "churn_app", "service", 3600)
+            _, token = box.identity.create_token(admin, "churn_app", "service", 3600, deployments=["churn_api"])
             signature = box.registry.get(primary).signature
             inputs = [c["name"] for c in signature["columns"]]
             rows, truth = _request_rows(home / "training_set.parquet", inputs, spec.target, 400)
@@ -149,7 +151,8 @@ def run_quickstart(root: Path, os_user: str, template: str = "tabular-classifica
             served_labels = home / "served_labels.csv"
             lines = ["request_id,label", *(f"{a['request_id']},{truth[i]}" for i, a in enumerate(answers))]
             served_labels.write_text("\n".join(lines) + "\n")
-            matched = ingest_labels(box.db, box.audit, box.paths.predictions, "churn_api", served_labels, admin)
+            matched = ingest_labels(box.db, box.audit, box.paths.predictions, "churn_api", served_labels, admin,
+                                    limits=fs.offline.limits)  # fmt: skip
             ab = box.monitor.ab("churn_api", Window.parse(last="1h"), actor=admin)
             d.append(f"{matched.matched} labels matched; {ab['metric']} canary {_num(ab['canary']['value'])} vs primary "
                      f"{_num(ab['primary']['value'])} ({ab['canary']['n']} and {ab['primary']['n']} rows): {ab['verdict']}")  # fmt: skip
@@ -158,6 +161,14 @@ def run_quickstart(root: Path, os_user: str, template: str = "tabular-classifica
             info, token = box.identity.create_token(admin, "analyst", "viewer", 3600)
             who = box.identity.authenticate(token)
             d.append(f"user analyst (data-scientist), viewer token {info.id} authenticates as {who.name}/{who.role}")
+            d.extend(_masked_for(fs, who, box.settings["privacy.protected_reads"]))
+        with step("privacy report") as d:
+            from mlbox.privacy.report import report as privacy_report
+
+            found = privacy_report(box)
+            fields = ", ".join(f"{r['view']}:{r['field']}" for r in found["fields"]) or "none"
+            held = ", ".join(_count(len(found[s]), s.replace("_", " ").rstrip("s")) for s in found if s != "fields")
+            d.append(f"protected fields: {fields}; held in {held} (mlbox privacy report lists them)")
         with step("audit verify") as d:
             chain = box.audit.verify()
             if not chain.ok:
@@ -167,9 +178,42 @@ def run_quickstart(root: Path, os_user: str, template: str = "tabular-classifica
             b = backup_box(home, root / "backup")
             box.audit.record(admin, "box.backup", str(b.dest), {"files": b.files})
             d.append(f"{b.files} files, {b.bytes / 1e6:.1f} MB to {b.dest}")
+        with step("erasure") as d:
+            from mlbox.privacy import certificate
+            from mlbox.privacy.erase import erase
+
+            subject = {k: str(v) for k, v in zip(keys, sample, strict=True)}  # the customer looked up online
+            named = ", ".join(f"{k}={v}" for k, v in subject.items())
+            dry = erase(box, subject, actor=admin, dry_run=True)["payload"]["totals"]
+            d.append(f"dry run for {named}: {dry['offline_rows']} offline rows, {dry['online_rows']} online rows, "
+                     f"{dry['source_file_rows']} rows of project files")  # fmt: skip
+            document = erase(box, subject, actor=admin)
+            payload = certificate.verify(document, document["payload"]["public_key"]["fingerprint_sha256"])
+            cert = certificate.write(root / "erasure-certificate.json", document, subject)
+            d.append(f"erased; certificate {cert.name} (Ed25519 {payload['public_key']['fingerprint_sha256'][:16]}, verifies): "
+                     f"{_count(len(payload['models_to_review']), 'model version')} to review, "
+                     f"{_count(len(payload['out_of_reach']), 'backup')} out of reach")  # fmt: skip
     finally:
         box.close()
     return report
+
+
+def _masked_for(fs: FeatureStore, who: Actor, setting: str) -> list[str]:
+    """One protected (pii or restricted) field as `features sql` shows it to `who`, and as an admin sees it."""
+    from mlbox.features.privacy import protected
+    from mlbox.features.pit import q
+    from mlbox.security.roles import disclosure
+
+    for version in fs.catalog.latest_views():
+        hidden = protected(version)
+        if hidden:
+            name = next(iter(hidden))
+            sql = f"SELECT {q(name)} FROM {q(version.name)} WHERE {q(name)} IS NOT NULL LIMIT 1"
+            raw = fs.sql(sql, protected="raw")[1]
+            seen = fs.sql(sql, protected=disclosure(who, setting))[1]
+            if raw and seen:
+                return [f"{version.name}.{name} is protected: an admin reads {raw[0][0]!r}, the {who.role} reads {seen[0][0]!r}"]
+    return ["no protected fields in this project"]
 
 
 def _challenger(spec: TrainSpec) -> TrainSpec:
@@ -200,6 +244,10 @@ def _shifted(rows: list[dict[str, object]], columns: list[str]) -> list[dict[str
             if isinstance(r.get(column), (int, float)):
                 r[column] = float(r[column]) + sd  # type: ignore[arg-type]
     return out
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}{'' if n == 1 else 's'}"
 
 
 def _num(value: object) -> str:

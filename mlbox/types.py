@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Literal
 
 from mlbox.errors import UsageError
@@ -28,6 +29,39 @@ def check_name(value: str, what: str = "name", pattern: re.Pattern[str] = NAME_P
             else "use letters, digits, '.', '_' and '-', at most 64 characters",
         )
     return value
+
+
+# C0/C1 controls (ESC starts ANSI/OSC sequences), bidi overrides and isolates, zero-width characters.
+_UNPRINTABLE = re.compile("[\x00-\x1f\x7f-\x9f\u200b-\u200f\u202a-\u202e\u2066-\u2069\ufeff]")
+
+
+def printable(value: object) -> str:
+    """`value` as text safe to print on a terminal: control, bidi and zero-width characters as `\\xNN`/`\\uNNNN`."""
+    return _UNPRINTABLE.sub(lambda m: m.group().encode("unicode_escape").decode("ascii"), str(value))
+
+
+MAX_TEXT_FILE_BYTES = 16 * 1024 * 1024  # a YAML/JSON file mlbox reads whole: larger is a mistake or an attack
+
+
+def read_text_file(path: Path, what: str, max_bytes: int = MAX_TEXT_FILE_BYTES) -> str:
+    """A small UTF-8 file's text, or one UsageError: missing, not a regular file (a device would never end),
+    too large, too long a name, or not UTF-8 — never a raw OSError or MemoryError."""
+    shown = printable(path)
+    try:
+        if not path.is_file():
+            raise UsageError(f"{what} {shown} not found", hint="it must be a regular file")
+        if path.stat().st_size > max_bytes:
+            raise UsageError(f"{what} {shown} is larger than {max_bytes:,} bytes")
+        with path.open("rb") as fh:
+            data = fh.read(max_bytes + 1)  # the size may have grown since stat
+    except (OSError, ValueError) as exc:  # ENAMETOOLONG, ELOOP, EACCES, a NUL byte
+        raise UsageError(f"cannot read {what} {shown}: {printable(getattr(exc, 'strerror', None) or exc)}") from None
+    if len(data) > max_bytes:
+        raise UsageError(f"{what} {shown} is larger than {max_bytes:,} bytes")
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError:
+        raise UsageError(f"{what} {shown} is not UTF-8 text") from None
 
 
 @dataclass(frozen=True)

@@ -52,3 +52,42 @@ def test_bench_serve_quick(monkeypatch: pytest.MonkeyPatch) -> None:
     assert log.ok, log
     hot = next(r for r in rows if r.unit == "us")
     assert 0 < hot.mlbox < 100, hot  # measured; the <= 5 us target is the full run's to judge on a quiet machine
+
+
+def _round(unloaded_p99: float, capacity_rps: float, flood_p99: float, shed: int, errors: int = 0) -> dict[str, dict[str, float]]:
+    return {"unloaded": {"p99_ms": unloaded_p99, "errors": 0, "requests": 1000, "rps": 1000.0},
+            "capacity": {"rps": capacity_rps, "requests": 1000, "errors": 0},
+            "flood": {"p99_ms": flood_p99, "shed": shed, "requests": 1000, "errors": errors, "ok_rps": 500.0,
+                      "rate": 2 * capacity_rps, "shed_p99_ms": flood_p99 / 2}}  # fmt: skip
+
+
+def test_overload_rows_are_medians_of_rounds_with_the_2x_target() -> None:
+    from mlbox.bench import overload
+    from mlbox.bench.report import Recorder
+
+    rec = Recorder(None, None)
+    rounds = [_round(2.0, 900.0, 3.0, 400), _round(4.0, 1000.0, 6.0, 500), _round(1.0, 1100.0, 50.0, 600, errors=1)]
+    overload.overload_rows(rounds, 2.0, rec)
+    capacity, unloaded, ratio, shed, floor, errors = rec.rows
+    assert capacity.mlbox == 1000.0 and unloaded.mlbox == 2.0
+    assert ratio.mlbox == 1.5 and ratio.target == "<= 2" and ratio.ok  # the median of 1.5, 1.5 and 50
+    assert "serve.max_queue_ms 2" in ratio.name and "median of 3 rounds" in ratio.name
+    assert shed.mlbox == 50.0 and shed.unit == "%"
+    assert floor.mlbox == 6.0 and floor.floor == 3.0 and floor.ratio == 2.0  # admitted p99 against the 429s' p99
+    assert errors.mlbox == 1.0 and errors.ok is False  # errors are summed: one is a failure
+    assert overload.ok_rps({"rps": 1000.0, "requests": 100, "errors": 25}) == 750.0
+
+
+@pytest.mark.slow
+def test_bench_serve_overload_quick(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A real `mlbox serve` flooded at 2x its measured capacity: some requests are shed with 429, none fails."""
+    from mlbox.bench import overload
+
+    monkeypatch.delenv("MLBOX_HOME", raising=False)
+    rows = overload.run(overload.QUICK)
+    assert [r.unit for r in rows] == ["req/s", "ms", "x unloaded p99", "%", "ms", "errors"]
+    assert rows[0].mlbox > 0 and rows[1].mlbox > 0
+    assert rows[3].mlbox > 0, rows[3]  # at 2x capacity some are answered 429
+    assert rows[5].mlbox == 0 and rows[5].ok, rows[5]  # every request is answered 200 or 429
+    # the 2x target is the full run's to judge on a quiet machine; measured here
+    assert rows[2].mlbox > 0

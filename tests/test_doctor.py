@@ -195,6 +195,7 @@ def test_doctor_reports_and_repairs_leftovers(box: Box, cli) -> None:  # type: i
         "removed_bytes": 6,
         "removed_temporary": 1,
         "dropped_tables": ["fv_usage_v1__rebuild"],
+        "signed_artifacts": 0,
     }
     after = {c["name"]: c["status"] for c in cli("--home", home, "--json", "doctor").json()}
     assert all(after[n] == "ok" for n in ("stale runs", "unreferenced artifacts", "temporary files", "online tables"))

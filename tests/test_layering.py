@@ -39,6 +39,7 @@ LAYERS: dict[str, int] = {
     "mlbox.project": 3,
     "mlbox.bench": 4,  # composes workflows (features, train, serve) like quickstart
     "mlbox.box": 4,
+    "mlbox.privacy": 4,  # joins features, registry and deployments into the personal-data report
     "mlbox.quickstart": 4,
     "mlbox.package": 4,
     "mlbox.loop": 4,  # carries out monitoring's decisions on deployments, jobs and training

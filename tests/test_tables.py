@@ -92,6 +92,13 @@ def table_invocations(home: Path, cli: Any) -> dict[str, list[str]]:
         "monitor quality": ["monitor", "quality", "churn_service_with_a_long_name"],
         "monitor serving": ["monitor", "serving", "churn_service_with_a_long_name"],
         "monitor actions": ["monitor", "actions", "churn_service_with_a_long_name"],
+        "privacy report": ["privacy", "report"],
+        "privacy record": ["privacy", "record"],
+        "privacy erase": ["privacy", "erase", "--entity", "customer_id=1001", "--dry-run"],
+        "privacy purge": ["privacy", "purge", "--dry-run"],
+        "privacy region list": ["privacy", "region", "list"],
+        "privacy transfer list": ["privacy", "transfer", "list"],
+        "jobs schedules": ["jobs", "schedules"],
     }
 
 

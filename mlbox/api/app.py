@@ -10,6 +10,8 @@ through httpx.
 
 from __future__ import annotations
 
+import asyncio
+import dataclasses
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -20,13 +22,14 @@ from starlette.responses import PlainTextResponse, Response
 from starlette.routing import Route
 
 from mlbox.api.asgi import ClientGone, Receive, Scope, Send, error_body, read_body, send_bytes
-from mlbox.api.context import ServeContext
+from mlbox.api.context import ServeContext, bearer_token
 from mlbox.api.edge import EdgePolicy
 from mlbox.api.jsonrows import check_rows
-from mlbox.api.openapi import api_facts, openapi_document
+from mlbox.api.openapi import ApiFacts, api_facts, openapi_document
 from mlbox.api.openapi import bentoml_schema as bentoml_service_schema
 from mlbox.api.predict import ContextRef, PredictEndpoint, predict_name
 from mlbox.errors import MlboxError, PayloadTooLarge, UsageError, ValidationError
+from mlbox.security.scopes import Scopes
 from mlbox.serve.validation import parse_json
 
 Handler = Callable[[Request], Awaitable[Response]]
@@ -92,29 +95,55 @@ def build_app(source: ServeContext | ContextRef) -> Api:
     ref = source if isinstance(source, ContextRef) else ContextRef(source)
 
     def guarded(fn: Handler, route: str, *, limited: bool = False) -> Handler:
-        """One admission and failure path, the same as predict's: 429 at capacity, errors counted by ctx.failed."""
+        """One admission and failure path, the same as predict's (api/admission.py): a `limited` route's body is
+        read first (an upload holds no slot), then the token's outstanding requests and the expected queue time
+        are checked (429 with Retry-After); errors are counted by ctx.failed."""
 
         async def endpoint(request: Request) -> Response:
             try:
                 ctx = ref.get()
             except MlboxError as exc:
                 return error_response(exc, headers={"Retry-After": "1"})
-            busy = ctx.busy(route) if limited else None
-            if busy is not None:
-                return error_response(busy, headers={"Retry-After": "1"})
-            ctx.in_flight += 1
+            if not limited:
+                try:
+                    return await fn(request)
+                except Exception as exc:
+                    return error_response(ctx.failed(route, exc, request.url.path))
+            admission, token, admitted = ctx.admission, None, False
             try:
-                return await fn(request)
+                if ctx.auth_required:  # keyed by the token sent; fn authenticates it (an unknown one gets its 401 there)
+                    token = bearer_token(request.headers.getlist("authorization"))
+                    refusal = admission.token_refusal(token)
+                    if refusal is not None:
+                        raise refusal
+                    admission.token_enter(token)
+                body = await _body(request, ctx.max_body)
+                refusal = admission.refusal()
+                if refusal is not None:
+                    raise refusal
+                admission.admit()
+                admitted = True
+                await asyncio.sleep(0)  # those admitted before run first
+                turn = admission.turn()
+                try:
+                    return await fn(Request(request.scope, _replay(body)))
+                finally:
+                    admitted = False
+                    admission.finish(turn)
             except Exception as exc:
                 return error_response(ctx.failed(route, exc, request.url.path))
             finally:
-                ctx.in_flight -= 1
+                if admitted:  # its client left while it waited for its turn
+                    admission.cancel()
+                if token is not None:
+                    admission.token_leave(token)
 
         return endpoint
 
     async def online_features(request: Request) -> Response:
         ctx = ref.get()
-        ctx.authenticate(request.headers.getlist("authorization"), "features.read_online")
+        grant = ctx.grant(request.headers.getlist("authorization"), "features.read_online")
+        who = grant.actor
         body = parse_json(await _body(request, ctx.max_body))
         if not isinstance(body, dict) or set(body) != {"features", "entities"}:
             raise UsageError('send {"features": ["view:field", ...], "entities": [{"key": value}, ...]}')
@@ -125,13 +154,18 @@ def build_app(source: ServeContext | ContextRef) -> Api:
             raise ValidationError('"entities" must be a non-empty list of objects')
         if len(entities) > ctx.max_rows:
             raise PayloadTooLarge(f"{len(entities)} entities in one request; at most {ctx.max_rows}")
-        values = ctx.box.features.get_online_features(features, entities, with_timestamps=True)
+        ctx.require_scope(grant, [("view", view_of(f)) for f in features])  # every view asked for must be in scope
+        from mlbox.security.roles import disclosure  # pii/restricted: raw only with features.read_pii
+
+        protected = disclosure(who, ctx.settings["privacy.protected_reads"])
+        values = ctx.box.features.get_online_features(features, entities, with_timestamps=True, protected=protected)
         ctx.metrics.inc("mlbox_requests_total", (("route", "features"), ("status", "200")))
         return _json({"features": values})
 
     async def push_features(request: Request) -> Response:
         ctx = ref.get()
-        who = ctx.authenticate(request.headers.getlist("authorization"), "features.write")
+        grant = ctx.grant(request.headers.getlist("authorization"), "features.write")
+        who = grant.actor
         body = parse_json(await _body(request, ctx.max_body))
         if not isinstance(body, dict):
             raise UsageError('send {"view": "name", "rows": [{field: value}, ...]}')
@@ -139,6 +173,7 @@ def build_app(source: ServeContext | ContextRef) -> Api:
         view, rows = body["view"], body["rows"]
         if not isinstance(view, str):
             raise ValidationError('"view" must be the name of a feature view')
+        ctx.require_scope(grant, [("view", view)])
         if not isinstance(rows, list) or not rows or not all(isinstance(r, dict) for r in rows):
             raise ValidationError('"rows" must be a non-empty list of objects')
         if len(rows) > ctx.max_rows:
@@ -152,12 +187,14 @@ def build_app(source: ServeContext | ContextRef) -> Api:
 
     async def list_deployments(request: Request) -> Response:
         ctx = ref.get()
-        ctx.authenticate(request.headers.getlist("authorization"), "read")
-        return _json({"deployments": [d.as_dict() for d in ctx.deployments.all()]})
+        grant = ctx.grant(request.headers.getlist("authorization"), "read")
+        scopes = grant.scopes  # a scoped token sees only its own deployments
+        shown = [d for d in ctx.deployments.all() if scopes is None or scopes.allows("deployment", d.name)]
+        return _json({"deployments": [d.as_dict() for d in shown]})
 
     async def get_deployment(request: Request) -> Response:
         ctx = ref.get()
-        ctx.authenticate(request.headers.getlist("authorization"), "read")
+        ctx.authenticate(request.headers.getlist("authorization"), "read", [("deployment", request.path_params["name"])])
         d = ctx.deployments.get(request.path_params["name"])
         live = ctx.runtime.live.get(d.name)
         return _json({**d.as_dict(), "serving_revision": live.deployment.revision if live else None})
@@ -166,13 +203,13 @@ def build_app(source: ServeContext | ContextRef) -> Api:
         from mlbox.api.monitoring import monitoring_view
 
         ctx = ref.get()
-        ctx.authenticate(request.headers.getlist("authorization"), "read")
+        ctx.authenticate(request.headers.getlist("authorization"), "read", [("deployment", request.path_params["name"])])
         return _json(monitoring_view(ctx.box, request.path_params["name"]))
 
     async def manage(request: Request) -> Response:
         ctx = ref.get()
-        who = ctx.authenticate(request.headers.getlist("authorization"), "deploy.manage")
         name, action = request.path_params["name"], request.path_params["action"]
+        who = ctx.authenticate(request.headers.getlist("authorization"), "deploy.manage", [("deployment", name)])
         raw = await _body(request, ctx.max_body)
         body = parse_json(raw) if raw.strip() else {}
         if not isinstance(body, dict):
@@ -198,9 +235,17 @@ def build_app(source: ServeContext | ContextRef) -> Api:
         return _json({"status": "ok"})
 
     async def readyz(request: Request) -> Response:
+        """Public for probes: ready or not and how many deployments and problems; the names of deployments and
+        models and the problems' text (which may name paths) only for a caller who may `read` (auth off: all)."""
         ctx = ref.get()
         ready, detail = ctx.readiness()
-        return _json({"status": "ready" if ready else "not ready", **detail}, 200 if ready else 503)
+        status = {"status": "ready" if ready else "not ready"}
+        try:
+            ctx.authenticate(request.headers.getlist("authorization"), "read")
+        except MlboxError:  # no token, a bad one, or too little: the probe's answer only
+            counts = {"deployments": len(detail["deployments"]), "problems": len(detail["problems"])}
+            return _json({**status, **counts, "detail": "send a token with 'read' for names"}, 200 if ready else 503)
+        return _json({**status, **detail}, 200 if ready else 503)
 
     async def metrics(request: Request) -> Response:
         ctx = ref.get()
@@ -208,13 +253,13 @@ def build_app(source: ServeContext | ContextRef) -> Api:
 
     async def openapi(request: Request) -> Response:
         ctx = ref.get()
-        ctx.authenticate(request.headers.getlist("authorization"), "read")  # it names every deployment's input fields
-        return _json(openapi_document(api_facts(ctx)))
+        grant = ctx.grant(request.headers.getlist("authorization"), "read")  # it names every deployment's input fields
+        return _json(openapi_document(scoped_facts(api_facts(ctx), grant.scopes)))
 
     async def bentoml_schema(request: Request) -> Response:
         ctx = ref.get()
-        ctx.authenticate(request.headers.getlist("authorization"), "read")
-        return _json(bentoml_service_schema(api_facts(ctx)))
+        grant = ctx.grant(request.headers.getlist("authorization"), "read")
+        return _json(bentoml_service_schema(scoped_facts(api_facts(ctx), grant.scopes)))
 
     async def not_found(request: Request, exc: Exception) -> Response:
         from mlbox.errors import NotFound
@@ -249,6 +294,20 @@ def build_app(source: ServeContext | ContextRef) -> Api:
     return Api(PredictEndpoint(ref), starlette)
 
 
+def _replay(body: bytes) -> Receive:
+    """A `receive` giving the body already read in one message, then a disconnect."""
+    sent = False
+
+    async def receive() -> dict[str, Any]:
+        nonlocal sent
+        if sent:
+            return {"type": "http.disconnect"}
+        sent = True
+        return {"type": "http.request", "body": body, "more_body": False}
+
+    return receive
+
+
 class MethodNotAllowed(MlboxError):
     """A 405: the path exists, the method does not (the answer carries `Allow`)."""
     status = 405
@@ -264,6 +323,23 @@ def _only(handler: Handler, actions: set[str]) -> Handler:
         return await handler(request)
 
     return endpoint
+
+
+def view_of(ref: str) -> str:
+    """The view a feature reference names: `view@2:field` -> `view`."""
+    return ref.partition(":")[0].partition("@")[0]
+
+
+def scoped_facts(facts: ApiFacts, scopes: Scopes | None) -> ApiFacts:
+    """The document's facts as a scoped token may see them: only its deployments and views."""
+    if scopes is None:
+        return facts
+    return dataclasses.replace(
+        facts,
+        deployments={n: m for n, m in facts.deployments.items() if scopes.allows("deployment", n)},
+        views=tuple(v for v in facts.views if scopes.allows("view", v.name)),
+        features=tuple(f for f in facts.features if scopes.allows("view", view_of(f))),
+    )
 
 
 def _keys(body: dict[str, Any], allowed: set[str], required: set[str]) -> None:

@@ -13,15 +13,19 @@ import os
 import secrets
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
+from mlbox.api import admission
+from mlbox.api.admission import Admission
 from mlbox.box import Box
 from mlbox.config import Settings, child_env, env_value
 from mlbox.errors import AuthError, MlboxError, Overloaded, PermissionDenied, UsageError
 from mlbox.security.identity import Grant
+from mlbox.security.oidc import OidcVerifier, looks_like_jwt
 from mlbox.security.roles import require
+from mlbox.security.scopes import ScopeKind, refusal
 from mlbox.serve.metrics import Labels, Metrics
 from mlbox.serve.predlog.worker import Offload
 from mlbox.serve.runtime import ModelCache, Runtime
@@ -67,10 +71,15 @@ class ServeContext:
         self.max_rows = int(settings["serve.max_rows"])
         self.max_body = int(settings["serve.max_body_bytes"])
         self.max_concurrency = int(settings["serve.max_concurrency"])
-        self.in_flight = 0
+        # requests are admitted by expected queue time, the cap and per-token limits (api/admission.py)
+        self.admission = Admission(
+            max_queue_ms=float(settings["serve.max_queue_ms"]), max_concurrency=self.max_concurrency,
+            per_token=int(settings["serve.max_concurrency_per_token"]),
+        )  # fmt: skip
         self._auth_cache: dict[str, Grant] = {}
         self._auth_revision = -1
         self._auth_checked = float("-inf")
+        self.oidc = OidcVerifier(settings) if self.auth_required else None  # a bad oidc.yaml stops the worker here
         self.started = False
         prefix = secrets.token_hex(6)  # unique per worker start; a counter makes each id unique within it
         self.request_ids = (f"{prefix}{n:010x}" for n in itertools.count())
@@ -136,20 +145,29 @@ class ServeContext:
         self.runtime.start()
         self.offload.start()
         self.metrics.start()
+        # the edge protocol of this worker process sheds with it too (api/admission.py), counted as predict 429s
+        shed = (("route", "predict"), ("status", "429"))
+        self.admission.on_shed = functools.partial(self.metrics.inc, "mlbox_requests_total", shed)
+        admission.WORKER = self.admission
         self.started = True
 
     def close(self) -> None:
+        if admission.WORKER is self.admission:
+            admission.WORKER = None
         self.runtime.stop()
         self.offload.close()
         self.metrics.close()
         self.box.close()
 
-    def busy(self, route: str) -> Overloaded | None:
-        """The 429 to answer with when this worker is at `serve.max_concurrency` (counted), else None."""
-        if self.in_flight < self.max_concurrency:
-            return None
-        self.metrics.inc("mlbox_requests_total", (("route", route), ("status", "429")))
-        return Overloaded("the server is at capacity", hint="retry after a second")
+    @property
+    def in_flight(self) -> int:
+        """Requests admitted and not answered yet (queued for their turn or running); uploads are not counted."""
+        return self.admission.waiting
+
+    def busy(self) -> Overloaded | None:
+        """The 429 (with Retry-After) for a request ready to run now when its expected queue time is over
+        `serve.max_queue_ms` or `serve.max_concurrency` are admitted, else None; counted by the caller's failed()."""
+        return self.admission.refusal()
 
     def failed(self, route: str, exc: Exception, path: str, deployment: str = "", variant: str = "") -> MlboxError:
         """The error to answer `exc` with, counted (with the deployment and variant when known); anything
@@ -163,13 +181,46 @@ class ServeContext:
         self.metrics.inc("mlbox_requests_total", (("route", route), ("status", str(exc.status)), *labels))
         return exc
 
-    def authenticate(self, header: str | Sequence[str] | None, action: str) -> Actor:
+    def authenticate(
+        self, header: str | Sequence[str] | None, action: str, resources: Iterable[tuple[ScopeKind, str]] = ()
+    ) -> Actor:
         """The actor behind `Authorization: Bearer <token>` (every value the request sent: a str or a list of
-        them), checked for `action`. A valid token is cached until meta.db's auth revision moves (read at most
-        every AUTH_RECHECK_SECONDS) or it expires; failures are never cached."""
+        them), checked for `action` and, for a scoped token, for every (kind, name) in `resources`."""
+        grant = self.grant(header, action)
+        self.require_scope(grant, resources)
+        return grant.actor
+
+    def grant(self, header: str | Sequence[str] | None, action: str) -> Grant:
+        """What the request's token grants, checked for `action` (not yet for any resource: see require_scope).
+        An `mlbx_` token is cached until meta.db's auth revision moves (read at most every AUTH_RECHECK_SECONDS)
+        or it expires; a JWT goes to the OIDC verifier, whose cache drops on any change of oidc.yaml or of an
+        issuer's keys. Failures are never cached."""
         if not self.auth_required:
-            return Actor("anonymous", "admin", "system")
+            return Grant(actor=Actor("anonymous", "admin", "system"), token_id="", expires_at=None)
         token = bearer_token(header)
+        try:
+            grant = self._oidc_grant(token) if self.oidc is not None and looks_like_jwt(token) else self._token_grant(token)
+        except AuthError as exc:
+            exc.headers.setdefault("WWW-Authenticate", f'{REALM}, error="invalid_token"')
+            raise
+        except PermissionDenied as exc:  # an OIDC identity whose claims map to no role
+            self.box.audit.record_throttled("oidc", "auth.denied", "role mapping", {"via": "http", "reason": exc.message})
+            raise
+        try:
+            require(grant.actor, action)
+        except PermissionDenied:
+            self.box.audit.record_throttled(grant.actor.name, "auth.denied", action, {"role": grant.actor.role, "via": "http"})
+            raise
+        return grant
+
+    def require_scope(self, grant: Grant, resources: Iterable[tuple[ScopeKind, str]]) -> None:
+        """403 (audited) unless `grant`'s scopes cover every (kind, name); an unscoped grant covers all."""
+        denied = refusal(grant.scopes, resources)
+        if denied is not None:
+            self.box.audit.record_throttled(grant.actor.name, "auth.denied", "scope", {"via": "http", "reason": denied.message})
+            raise denied
+
+    def _token_grant(self, token: str) -> Grant:
         now = time.monotonic()
         if now - self._auth_checked >= AUTH_RECHECK_SECONDS:
             revision = self.box.identity.revision()
@@ -178,27 +229,27 @@ class ServeContext:
                 self._auth_revision = revision
             self._auth_checked = now
         grant = self._auth_cache.get(token)
-        try:
-            if grant is None:
-                grant = self.box.identity.grant(token, touch=False)
-                if len(self._auth_cache) > 10_000:
-                    self._auth_cache.clear()
-                self._auth_cache[token] = grant
-                # a login by token: audited at most once an hour per token (the cache makes this rare)
-                self.box.audit.record_throttled(grant.actor.name, "auth.token_login", grant.token_id, {"via": "http"},
-                                                every_s=LOGIN_AUDIT_SECONDS)  # fmt: skip
-            elif grant.expired():
-                del self._auth_cache[token]
-                raise AuthError("this API token has expired", hint="ask an admin for a new one")
-        except AuthError as exc:
-            exc.headers.setdefault("WWW-Authenticate", f'{REALM}, error="invalid_token"')
-            raise
-        try:
-            require(grant.actor, action)
-        except PermissionDenied:
-            self.box.audit.record_throttled(grant.actor.name, "auth.denied", action, {"role": grant.actor.role, "via": "http"})
-            raise
-        return grant.actor
+        if grant is None:
+            grant = self.box.identity.grant(token, touch=False)
+            if len(self._auth_cache) > 10_000:
+                self._auth_cache.clear()
+            self._auth_cache[token] = grant
+            # a login by token: audited at most once an hour per token (the cache makes this rare)
+            self.box.audit.record_throttled(grant.actor.name, "auth.token_login", grant.token_id, {"via": "http"},
+                                            every_s=LOGIN_AUDIT_SECONDS)  # fmt: skip
+        elif grant.expired():
+            del self._auth_cache[token]
+            raise AuthError("this API token has expired", hint="ask an admin for a new one")
+        return grant
+
+    def _oidc_grant(self, token: str) -> Grant:
+        assert self.oidc is not None
+
+        def login(grant: Grant) -> None:  # a verified (not cached) OIDC token: audited at most once an hour per identity
+            self.box.audit.record_throttled(grant.actor.name, "auth.oidc_login", grant.token_id, {"via": "http"},
+                                            every_s=LOGIN_AUDIT_SECONDS)  # fmt: skip
+
+        return self.oidc.grant(token, on_verified=login)
 
     def readiness(self) -> tuple[bool, dict[str, Any]]:
         problems = dict(self.runtime.errors)

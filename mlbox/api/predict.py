@@ -3,9 +3,9 @@
 Measured on 2 cores (docs/serving.md), Starlette's router, middleware and Request/Response
 objects cost about as much as a 200-tree model; this endpoint reads and writes the ASGI
 messages itself. It keeps everything the other routes have: the error envelope, auth, the
-body and row limits, 429 at capacity and the metrics. The request path does only what
-the answer needs plus one append of its log record; the prediction log and the shadow run
-in the worker's sidecar process (serve/predlog/).
+body and row limits, admission by queue time (api/admission.py) and the metrics. The
+request path does only what the answer needs plus one append of its log record; the
+prediction log and the shadow run in the worker's sidecar process (serve/predlog/).
 
 A request is routed as a whole: the first row's value of the deployment's sticky key picks the
 variant for every row. Rows may carry the sticky key besides the model's inputs when it is not
@@ -14,6 +14,7 @@ one of them; it is never fed to the model, and the log records it for every row.
 
 from __future__ import annotations
 
+import asyncio
 import re
 import time
 from collections.abc import Mapping, Sequence
@@ -27,7 +28,7 @@ from mlbox.api.asgi import (
 from mlbox.api.context import ServeContext
 from mlbox.errors import Overloaded, UsageError, ValidationError
 from mlbox.serve.predlog.wire import Record
-from mlbox.serve.runtime import LoadedModel
+from mlbox.serve.runtime import LiveDeployment, LoadedModel
 from mlbox.serve.validation import encode_rows, parse_json, predict_request, sticky_extra, without
 
 PREFIX, SUFFIX = "/v1/deployments/", "/predict"
@@ -59,7 +60,7 @@ def predict_name(scope: Scope) -> str | None:
 
 
 class PredictEndpoint:
-    """The predict route as ASGI: admission, auth, body limits, routing, inference, the answer and one log record."""
+    """The predict route as ASGI: auth, per-token limit, body, admission by queue time, inference, answer, log record."""
 
     def __init__(self, ref: ContextRef) -> None:
         self.ref = ref
@@ -67,12 +68,8 @@ class PredictEndpoint:
     async def handle(self, name: str, scope: Scope, receive: Receive, send: Send) -> None:
         try:
             ctx = self.ref.get()
-            busy = ctx.busy("predict")
         except Overloaded as exc:
-            busy = exc
-        if busy is not None:
-            return await send_bytes(send, 429, error_body(busy), (*JSON_HEADERS, *RETRY_AFTER))
-        ctx.in_flight += 1
+            return await send_bytes(send, 429, error_body(exc), (*JSON_HEADERS, *RETRY_AFTER))
         routed: list[str] = []  # the variant and its model, once the request is routed: its errors are counted with it
         started = time.perf_counter()
         try:
@@ -87,8 +84,6 @@ class PredictEndpoint:
                 latency = (time.perf_counter() - started) * 1000
                 ctx.offload.append(Record(time.time(), next(ctx.request_ids), name, routed[1], routed[0], False, latency,
                                           None, "[]", None, f"{error.status} {error.code}: {error}"[:500]))  # fmt: skip
-        finally:
-            ctx.in_flight -= 1
         headers = (*JSON_HEADERS, *extra) if not request_id else (*JSON_HEADERS, (b"x-request-id", request_id.encode()))
         await send_bytes(send, status, body, headers)
 
@@ -105,11 +100,46 @@ class PredictEndpoint:
                 length = value
             elif key == b"x-request-id":
                 request_id = value.decode("latin-1")
-        ctx.authenticate(auth, "predict")
-        live = ctx.runtime.get(name)
-        if request_id is not None and not REQUEST_ID.fullmatch(request_id):
-            raise UsageError("invalid X-Request-ID header", hint="1 to 128 of A-Z a-z 0-9 . _ : -")
-        body = parse_json(await read_body(length, receive, ctx.max_body))
+        ctx.authenticate(auth, "predict", (("deployment", name),))  # a scoped token: before the name is looked up
+        admission = ctx.admission
+        token = auth[0] if ctx.auth_required else None  # one token's requests outstanding are limited (api/admission.py)
+        if token is not None:
+            refusal = admission.token_refusal(token)
+            if refusal is not None:
+                raise refusal
+            admission.token_enter(token)
+        try:
+            live = ctx.runtime.get(name)
+            if request_id is not None and not REQUEST_ID.fullmatch(request_id):
+                raise UsageError("invalid X-Request-ID header", hint="1 to 128 of A-Z a-z 0-9 . _ : -")
+            raw = await read_body(length, receive, ctx.max_body)  # before admission: an upload holds no slot
+            refusal = admission.refusal()  # admitted only if its expected queue time is under serve.max_queue_ms
+            if refusal is not None:
+                raise refusal
+            admission.admit()
+            try:
+                await asyncio.sleep(0)  # one turn of the loop: every request admitted before this one runs first
+            except BaseException:
+                admission.cancel()
+                raise
+            turn = admission.turn()
+            ready = scope.get("mlbox.ready")  # stamped by the edge protocol: when it was ready, and how many were ahead
+            if ready is not None:
+                admission.waited(turn - ready[0], ready[1])
+            try:
+                return self.answer(ctx, name, live, raw, request_id, started, routed)
+            finally:
+                admission.finish(turn)
+        finally:
+            if token is not None:
+                admission.token_leave(token)
+
+    def answer(
+        self, ctx: ServeContext, name: str, live: LiveDeployment, raw: bytes, request_id: str | None, started: float,
+        routed: list[str],
+    ) -> tuple[bytes, str]:  # fmt: skip
+        """An admitted request's work, in one go: parse, route, infer, answer, and its log record."""
+        body = parse_json(raw)
         kind, items = predict_request(body, ctx.max_rows)
         split = live.split
         sticky = split.sticky_key

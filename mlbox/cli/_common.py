@@ -70,13 +70,30 @@ def open_box() -> Iterator[Box]:
         box.close()
 
 
-def actor(box: Box, action: str | None = None) -> Actor:
-    """The acting user (the token's user, else the effective OS user's box user), checked for `action`."""
+SCOPED_COMMANDS = "predict, features get and deploy (their deployments and views)"
+
+
+def actor(box: Box, action: str | None = None, *, scoped: bool = False) -> Actor:
+    """The acting user (the token's user, else the effective OS user's box user), checked for `action`.
+
+    A scoped token (`auth token create --deployment/--view`) runs only commands that check its scope
+    against the resources they name (`scoped=True`: predict, features get, deploy); on any other
+    command, which could reach resources outside it, it is refused."""
     from mlbox.errors import PermissionDenied
     from mlbox.security.roles import require
 
     given = token()
-    who = box.identity.authenticate(given) if given else box.identity.actor_for_os_user(os_user())
+    if given:
+        grant = box.identity.grant(given)
+        who = grant.actor
+        if grant.scopes is not None and not scoped:
+            box.audit.record_throttled(who.name, "auth.denied", "scope", {"via": "cli", "reason": "command not scoped"})
+            raise PermissionDenied(
+                f"{who.name}'s token is scoped ({' '.join(grant.scopes.as_words())}); it may run only {SCOPED_COMMANDS}",
+                hint="use an unscoped token for this command",
+            )
+    else:
+        who = box.identity.actor_for_os_user(os_user())
     if action:
         try:
             require(who, action)

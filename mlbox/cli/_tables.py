@@ -34,7 +34,8 @@ TABLE_COMMANDS = frozenset(
     {"audit list", "auth user list", "auth token list", "settings", "deploy status", "features plan", "features apply",
      "features list", "features show", "features materialize", "features flush", "features get", "features sql", "jobs list",
      "models list", "models show", "models diff", "runs list", "runs compare", "monitor check", "monitor history",
-     "monitor quality", "monitor serving", "monitor actions"}
+     "monitor quality", "monitor serving", "monitor actions", "privacy report", "privacy record", "privacy erase",
+     "privacy purge", "privacy region list", "privacy transfer list", "jobs schedules"}
 )  # fmt: skip
 
 

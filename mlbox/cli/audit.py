@@ -50,16 +50,18 @@ def audit_export(
     until: Annotated[str | None, typer.Option("--until", help="ISO time; entries before it.")] = None,
 ) -> None:
     """Write a signed evidence bundle (entries, chain link, head) an auditor verifies without mlbox."""
+    from mlbox.security.residency import Residency
     from mlbox.store.evidence import export
 
     with open_box() as box:
         who = actor(box, "audit.read")
+        where = Residency(box.db, box.audit).check_path(out, "audit export")
         evidence = export(box.audit, box.paths.keys / "audit-sign.key", out, since=since, until=until)
         box.audit.record(
             who.name,
             "audit.export",
             str(out),
-            {"first_seq": evidence.first_seq, "last_seq": evidence.last_seq, "fingerprint": evidence.fingerprint},
+            {"first_seq": evidence.first_seq, "last_seq": evidence.last_seq, "fingerprint": evidence.fingerprint, **where.audit()},
         )
     if state.json:
         emit_json(

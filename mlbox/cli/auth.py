@@ -4,13 +4,18 @@ from __future__ import annotations
 
 import shlex
 from pathlib import Path
-from typing import Annotated
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from mlbox.cli._common import actor, console, done, emit_json, ok, open_box, settings, state, table
+from mlbox.cli._common import actor, console, done, emit_json, ok, open_box, settings, state, table, token
 from mlbox.errors import UsageError
 from mlbox.types import parse_duration
+
+if TYPE_CHECKING:
+    from mlbox.box import Box
+    from mlbox.security.scopes import ScopeKind, Scopes
 
 app = typer.Typer(help="Users, roles and API tokens.", no_args_is_help=True)
 user_app = typer.Typer(help="Box users and their roles.", no_args_is_help=True)
@@ -19,7 +24,7 @@ app.add_typer(user_app, name="user")
 app.add_typer(token_app, name="token")
 
 USER_COLUMNS = ["name", "role", "os_user", "created_at", "disabled_at"]
-TOKEN_COLUMNS = ["id", "user", "role", "state", "expires_at", "last_used_at", "description"]
+TOKEN_COLUMNS = ["id", "user", "role", "state", "scope", "expires_at", "last_used_at", "description"]
 
 
 @user_app.command("add")
@@ -70,19 +75,29 @@ def token_create(
         str | None, typer.Option("--expires", help="Lifetime such as 30d or 12h, or 'never' (default: auth.token_ttl_days).")
     ] = None,
     description: Annotated[str, typer.Option("--description", "-d", help="What the token is for.")] = "",
+    deployments: Annotated[
+        list[str] | None,
+        typer.Option("--deployment", help="Limit the token to this deployment (repeatable; with any scope, only those named)."),
+    ] = None,
+    views: Annotated[
+        list[str] | None, typer.Option("--view", help="Limit the token to this feature view (repeatable; online read and push).")
+    ] = None,
 ) -> None:
     """Create an API token. It is shown once and stored only as a hash."""
     never = expires == "never"
     seconds = None if expires is None or never else parse_duration(expires)
     with open_box() as box:
         who = actor(box, "auth.manage")
-        info, token = box.identity.create_token(who.name, user, role, seconds, never, description)
+        info, secret = box.identity.create_token(
+            who.name, user, role, seconds, never, description, deployments=deployments or (), views=views or ()
+        )
     if state.json:
-        emit_json({**info.as_dict(), "token": token})
+        emit_json({**info.as_dict(), "token": secret})
         return
-    ok(f"token {info.id} for {info.user} ({info.role}), expires {info.expires_at or 'never'}")
+    scope = info.as_dict()["scope"]
+    ok(f"token {info.id} for {info.user} ({info.role}), scope {scope}, expires {info.expires_at or 'never'}")
     console.print("  Copy it now; it is not shown again:")
-    console.print(f"  [bold]{token}[/bold]", soft_wrap=True)
+    console.print(f"  [bold]{secret}[/bold]", soft_wrap=True)
 
 
 @token_app.command("list")
@@ -91,7 +106,7 @@ def token_list(user: Annotated[str | None, typer.Option("--user", "-u", help="On
     with open_box() as box:
         actor(box, "auth.manage")
         tokens = box.identity.tokens(user)
-    table([t.as_dict() for t in tokens], TOKEN_COLUMNS, default=TOKEN_COLUMNS[:5])
+    table([t.as_dict() for t in tokens], TOKEN_COLUMNS, default=TOKEN_COLUMNS[:6])
 
 
 @token_app.command("revoke")
@@ -131,3 +146,24 @@ def selfsigned(
     console.print("  Serve with it:")
     console.print(f"  [bold]{line}[/bold]", soft_wrap=True, highlight=False)
     console.print(f"  Clients trust it with: curl --cacert {cert} https://localhost:3000/healthz", soft_wrap=True, highlight=False)
+
+
+def require_scope(box: Box, kind: ScopeKind, names: Iterable[str]) -> None:
+    """When the CLI acts by a scoped token, refuse (403, audited) a `kind` resource it is not scoped to.
+    Acting as the OS user's box user, or by an unscoped token, nothing is refused here."""
+    given = token()
+    if not given:
+        return
+    grant = box.identity.grant(given, touch=False)
+    from mlbox.security.scopes import refusal
+
+    denied = refusal(grant.scopes, [(kind, n) for n in names])
+    if denied is not None:
+        box.audit.record_throttled(grant.actor.name, "auth.denied", "scope", {"via": "cli", "reason": denied.message})
+        raise denied
+
+
+def token_scopes(box: Box) -> Scopes | None:
+    """The scopes of the token the CLI acts by (None: unrestricted, or no token)."""
+    given = token()
+    return box.identity.grant(given, touch=False).scopes if given else None

@@ -63,12 +63,26 @@ def train(quick: Annotated[bool, typer.Option("--quick", help="Small sizes (CI s
 
 
 @app.command("serve")
-def serve(quick: Annotated[bool, typer.Option("--quick", help="Short runs and a small model (CI smoke run).")] = False) -> None:
+def serve(
+    quick: Annotated[bool, typer.Option("--quick", help="Short runs and a small model (CI smoke run).")] = False,
+    overload: Annotated[
+        bool, typer.Option("--overload", help="Only the flood at 2x capacity: admitted p99 vs unloaded p99, share 429, errors.")
+    ] = False,
+    queue_ms: Annotated[
+        float, typer.Option("--queue-ms", min=0.1, help="serve.max_queue_ms of the server flooded by --overload.")
+    ] = 2.0,
+) -> None:
     """`mlbox serve` (canary, shadow, logging on) vs Starlette and BentoML; `mlbox predict` vs raw onnxruntime."""
     from mlbox.bench.batch import batch_row, run_batch_bench
     from mlbox.bench.serve import FULL, QUICK, run
 
     scale = QUICK if quick else FULL
+    if overload:
+        from mlbox.bench import overload as flood
+
+        title = f"mlbox bench serve --overload ({'quick' if quick else 'full'})"
+        _render(title, lambda **kw: flood.run(flood.QUICK if quick else flood.FULL, queue_ms, **kw))
+        return
 
     def serve_and_batch(on_row: Callable[[Any], None], on_stage: Callable[[str], None]) -> list[Any]:
         rows = run(scale, on_row=on_row, on_stage=on_stage)

@@ -15,18 +15,25 @@ from mlbox.errors import MlboxError
 def init(
     directory: Annotated[str, typer.Argument(help="Folder for the new project and box (default: the current one).")] = ".",
     template: Annotated[str, typer.Option("--template", "-t", help="Project template to copy.")] = "tabular-classification",
+    residency: Annotated[
+        str | None, typer.Option("--residency", help="ISO 3166 alpha-2 country the box's data must stay in, e.g. AE.")
+    ] = None,
 ) -> None:
     """Create a project from a template and its box; you become its admin."""
     from mlbox.box import Box
+    from mlbox.security.residency import Residency, country_code
 
+    code = country_code(residency) if residency is not None else None  # refused before anything is created
     dest = Path(directory).expanduser().resolve()
     box, files = Box.init_project(dest, template, os_user())
     try:
         admin = next(u.name for u in box.identity.users() if u.role == "admin")
+        if code is not None:
+            Residency(box.db, box.audit).set_country(admin, code)
     finally:
         box.close()
     if state.json:
-        emit_json({"home": str(dest), "template": template, "files": files, "admin": admin})
+        emit_json({"home": str(dest), "template": template, "files": files, "admin": admin, "residency": code})
         return
     ok(f"created {template} project in {dest} ({len(files)} files); {admin} is its admin")
     console.print(f"  next: cd {directory} && mlbox doctor")
@@ -71,7 +78,8 @@ def doctor(
             ok(
                 f"repaired: {len(fixed.killed_runs)} run(s) marked killed, {fixed.removed_artifacts} unreferenced artifact(s) "
                 f"({fixed.removed_bytes / 1e6:.1f} MB) and {fixed.removed_temporary} temporary file(s) deleted, "
-                f"{len(fixed.dropped_tables)} leftover table(s) dropped"
+                f"{len(fixed.dropped_tables)} leftover table(s) dropped, "
+                f"{fixed.signed_artifacts} unsigned artifact(s) given an HMAC after their sha256 verified"
             )
         style = {"ok": "green", "warn": "yellow", "fail": "red"}
         for c in checks:
@@ -85,14 +93,16 @@ def backup(dest: Annotated[str, typer.Argument(help="New folder to write the cop
     """Make a consistent copy of the box while other processes keep writing."""
     from rich.progress import Progress
 
+    from mlbox.security.residency import Residency
     from mlbox.store.backup import backup_box
 
     with open_box() as box:
         who = actor(box, "box.admin")
+        where = Residency(box.db, box.audit).check_path(Path(dest), "backup")
         with Progress(console=console, transient=True, disable=state.json) as progress:
             task = progress.add_task("backing up", total=None)
             report = backup_box(box.paths.home, Path(dest).expanduser(), lambda label, n: progress.update(task, advance=n, description=label))
-        box.audit.record(who.name, "box.backup", str(report.dest), {"files": report.files, "bytes": report.bytes})
+        box.audit.record(who.name, "box.backup", str(report.dest), {"files": report.files, "bytes": report.bytes, **where.audit()})
     result = {
         "dest": str(report.dest),
         "databases": report.databases,
@@ -130,7 +140,7 @@ def version() -> None:
 def whoami() -> None:
     """Show which box user you act as, with which role."""
     with open_box() as box:
-        who = actor(box)
+        who = actor(box, "read")  # every role may; a bad, revoked or expired token is refused
     record({"user": who.name, "role": who.role, "via": who.via, "box": str(box.paths.home)})
 
 

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from mlbox.cli._common import actor, done, open_box, table
+from mlbox.cli.auth import require_scope, token_scopes
+
+if TYPE_CHECKING:
+    from mlbox.box import Box
 
 app = typer.Typer(help="Deployments: primary, canary (weighted, sticky), shadow; promote, rollback.", no_args_is_help=True)
 STICKY_HELP = "Request field naming each row's entity: pins it to one variant and labels it in the log (need not be a model input)."
@@ -21,7 +25,7 @@ def create(
 ) -> None:
     """Create a deployment serving one model version."""
     with open_box() as box:
-        d = box.deployments.create(name, model, actor(box, "deploy.manage").name, sticky_key)
+        d = box.deployments.create(name, model, manager(box, name), sticky_key)
     done(d.as_dict(), f"deployment {d.name} serves {d.primary_model}")
 
 
@@ -34,7 +38,7 @@ def canary(
 ) -> None:
     """Send a share of traffic to a canary model (set the weight again to change it)."""
     with open_box() as box:
-        d = box.deployments.canary(name, model, weight, actor(box, "deploy.manage").name, sticky_key)
+        d = box.deployments.canary(name, model, weight, manager(box, name), sticky_key)
     done(d.as_dict(), f"{d.name}: {d.canary_weight:g}% to {d.canary_model}" + (f", sticky by {d.sticky_key}" if d.sticky_key else ""))
 
 
@@ -47,10 +51,12 @@ def sticky(
     """Set the sticky key: every request routed by its first row's value, every row's value logged."""
     from mlbox.errors import UsageError
 
-    if bool(key) == remove:
-        raise UsageError("give a KEY, or --remove")
     with open_box() as box:
-        d = box.deployments.sticky(name, None if remove else key, actor(box, "deploy.manage").name)
+        who = actor(box, "deploy.manage", scoped=True)  # before anything else, argument checks included
+        require_scope(box, "deployment", [name])
+        if bool(key) == remove:
+            raise UsageError("give a KEY, or --remove")
+        d = box.deployments.sticky(name, None if remove else key, who.name)
     done(d.as_dict(), f"{d.name}: sticky key {d.sticky_key or 'removed'}")
 
 
@@ -63,10 +69,12 @@ def shadow(
     """Mirror every request to a shadow model; its answers are logged, never returned."""
     from mlbox.errors import UsageError
 
-    if bool(model) == remove:
-        raise UsageError("give --model NAME:VERSION, or --remove")
     with open_box() as box:
-        d = box.deployments.shadow(name, None if remove else model, actor(box, "deploy.manage").name)
+        who = actor(box, "deploy.manage", scoped=True)  # before anything else, argument checks included
+        require_scope(box, "deployment", [name])
+        if bool(model) == remove:
+            raise UsageError("give --model NAME:VERSION, or --remove")
+        d = box.deployments.shadow(name, None if remove else model, who.name)
     done(d.as_dict(), f"{d.name}: shadow {d.shadow_model or 'removed'}")
 
 
@@ -74,7 +82,7 @@ def shadow(
 def promote(name: Annotated[str, typer.Argument(help="Deployment name.")]) -> None:
     """Make the canary the primary (the old primary is kept for rollback)."""
     with open_box() as box:
-        d = box.deployments.promote(name, actor(box, "deploy.manage").name)
+        d = box.deployments.promote(name, manager(box, name))
     done(d.as_dict(), f"{d.name} now serves {d.primary_model} (was {d.previous_primary})")
 
 
@@ -82,7 +90,7 @@ def promote(name: Annotated[str, typer.Argument(help="Deployment name.")]) -> No
 def rollback(name: Annotated[str, typer.Argument(help="Deployment name.")]) -> None:
     """Canary weight to 0; or, without canary traffic, the previous primary back."""
     with open_box() as box:
-        d = box.deployments.rollback(name, actor(box, "deploy.manage").name)
+        d = box.deployments.rollback(name, manager(box, name))
     done(d.as_dict(), f"{d.name}: primary {d.primary_model}, canary {d.canary_model or '-'} at {d.canary_weight:g}%")
 
 
@@ -90,7 +98,17 @@ def rollback(name: Annotated[str, typer.Argument(help="Deployment name.")]) -> N
 def status(name: Annotated[str | None, typer.Argument(help="Deployment name (default: all).")] = None) -> None:
     """Deployments with their models, weights and revision."""
     with open_box() as box:
-        actor(box, "read")
+        actor(box, "read", scoped=True)
+        require_scope(box, "deployment", [name] if name else [])
+        scopes = token_scopes(box)  # a scoped token lists only its own deployments
         deps = box.deployments
-        rows = [deps.get(name).as_dict()] if name else [d.as_dict() for d in deps.all()]
+        shown = [d for d in deps.all() if scopes is None or scopes.allows("deployment", d.name)]
+        rows = [deps.get(name).as_dict()] if name else [d.as_dict() for d in shown]
     table(rows, COLUMNS)
+
+
+def manager(box: Box, name: str) -> str:
+    """The acting user's name, checked for deploy.manage and, by a scoped token, for deployment `name`."""
+    who = actor(box, "deploy.manage", scoped=True)
+    require_scope(box, "deployment", [name])
+    return who.name

@@ -9,11 +9,19 @@ from typing import Annotated, Any
 import typer
 
 from mlbox.cli._common import actor, console, emit_json, ok, open_box, record, state, table
+from mlbox.cli.auth import require_scope
 from mlbox.errors import UsageError
 
 app = typer.Typer(help="Feature store: views, ingest, training sets, online store, lineage.", no_args_is_help=True)
 
 FileOpt = Annotated[str | None, typer.Option("--file", "-f", help="Feature file (default: the project.features setting).")]
+
+
+def _disclosure(box: Any, who: Any) -> str:
+    """How `who` reads pii/restricted fields: raw with features.read_pii, else privacy.protected_reads."""
+    from mlbox.security.roles import disclosure
+
+    return disclosure(who, box.settings["privacy.protected_reads"])
 
 
 def _changes(changes: list[Any], title: str) -> None:
@@ -51,17 +59,20 @@ def list_cmd() -> None:
 def show_cmd(view: Annotated[str, typer.Argument(help="View name, or NAME@VERSION.")]) -> None:
     """Versions, fields with tags and classification, batch history and statistics of a view."""
     with open_box() as box:
-        actor(box, "read")
-        info = box.features.show(view)
+        who = actor(box, "read")
+        info = box.features.show(view, protected=_disclosure(box, who))
     if state.json:
         emit_json(info)
         return
-    record({k: info[k] for k in ("view", "entity", "timestamp", "ttl", "owner", "classification", "source", "description")})
+    record({k: info[k] for k in ("view", "entity", "timestamp", "ttl", "retention", "purpose", "legal_basis", "owner",
+                                 "classification", "source", "description")})  # fmt: skip
+    for line in info["purges"]:
+        console.print(f"[yellow]purged[/yellow] {line}")
     table(info["versions"], ["version", "hash", "created_at", "created_by"], title="versions")
     rows = []
     for f in info["fields"]:
         s = f["stats"]
-        summary = (
+        summary = "masked (protected field)" if s.get("masked") else (
             f"mean {s['mean']:.4g} std {s['std'] or 0:.4g} [{s['min']}, {s['max']}]"
             if s.get("mean") is not None
             else (", ".join(f"{v} ({n})" for v, n in s.get("top", [])[:3]) if s.get("top") else "")
@@ -127,11 +138,19 @@ def training_set_cmd(
     timestamp: Annotated[str | None, typer.Option("--timestamp", help="Label timestamp column (default: the only one).")] = None,
 ) -> None:
     """Build a point-in-time correct training set and write it as Parquet."""
+    from mlbox.security.residency import Residency
+
     refs = [r for item in features for r in item.replace(",", " ").split()]
     with open_box() as box:
         who = actor(box, "train.run")
+        where = Residency(box.db, box.audit).check_path(Path(out), "training set")
         with console.status("joining", spinner="dots"):
-            ts = box.features.training_set(labels, refs, snapshot, timestamp=timestamp, out=Path(out), actor=who.name)
+            ts = box.features.training_set(
+                labels, refs, snapshot, timestamp=timestamp, out=Path(out), actor=who.name, protected=_disclosure(box, who)
+            )
+        # features.training_set (recorded by the store) does not take the destination: its region goes in its own entry
+        box.audit.record(who.name, "privacy.destination", str(ts.path), {"purpose": "training set", "fingerprint": ts.fingerprint,
+                                                                         **where.audit()})  # fmt: skip
     info = {
         "path": str(ts.path),
         "rows": ts.label_rows,
@@ -139,12 +158,15 @@ def training_set_cmd(
         "snapshot": ts.snapshot,
         "features": ts.features,
         "batches": ts.batches,
+        "purged": ts.purged,
     }
     if state.json:
         emit_json(info)
     else:
         ok(f"wrote {ts.label_rows:,} rows × {len(ts.features)} features to {ts.path}")
         console.print(f"  fingerprint {ts.fingerprint}  snapshot {ts.snapshot}  batches {ts.batches}")
+        for line in ts.purged:
+            console.print(f"  [yellow]purged[/yellow] {line}")
 
 
 @app.command("materialize")
@@ -185,10 +207,13 @@ def get_cmd(
     entity: Annotated[list[str], typer.Option("--entity", "-e", help="key=value[,key2=value2]; repeatable.")],
 ) -> None:
     """Read online feature values for one or more entities, with each view's event time and status."""
-    rows = _parse_entities(entity)
     with open_box() as box:
-        actor(box, "features.read_online")
-        result = box.features.get_online_features(features, rows, with_timestamps=True, native=True)
+        who = actor(box, "features.read_online", scoped=True)  # before anything else, argument checks included
+        require_scope(box, "view", [f.partition(":")[0].partition("@")[0] for f in features])
+        rows = _parse_entities(entity)
+        result = box.features.get_online_features(
+            features, rows, with_timestamps=True, native=True, protected=_disclosure(box, who)
+        )
     for name in [n for n in result if n.endswith(":__status")]:
         expired = [i for i, s in enumerate(result[name]) if s == "expired"]
         if expired and not state.json:
@@ -202,19 +227,27 @@ def get_cmd(
     table(rows, order, default=values + status)  # event times with --wide
 
 
-def _read_rows(path: Path) -> Any:
-    """A JSON file's rows (a list of objects, or {"rows": [...]}); CSV and Parquet paths pass through."""
-    if not path.is_file():
-        raise UsageError(f"file {path} not found")
+def _read_rows(path: Path, max_bytes: int) -> Any:
+    """A JSON file's rows (a list of objects, or {"rows": [...]}); CSV and Parquet paths pass through (the
+    ingest limits hold them). A JSON file is read whole, so it is held to `max_bytes` first."""
+    from mlbox.types import printable, read_text_file
+
+    try:
+        is_file = path.is_file()
+    except (OSError, ValueError):  # ENAMETOOLONG, ELOOP, a NUL byte
+        is_file = False
+    if not is_file:
+        raise UsageError(f"file {printable(path)} not found", hint="it must be a regular file")
     if path.suffix.lower() != ".json":
         return str(path)
+    text = read_text_file(path, "push file", max_bytes=max_bytes)
     try:
-        data = json.loads(path.read_text())
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise UsageError(f"{path}: not valid JSON ({exc})") from None
+        data = json.loads(text)
+    except ValueError as exc:
+        raise UsageError(f"{printable(path)}: not valid JSON ({printable(exc)})") from None
     rows = data.get("rows") if isinstance(data, dict) else data
     if not isinstance(rows, list):
-        raise UsageError(f"{path}: expected a list of row objects, or {{\"rows\": [...]}}")
+        raise UsageError(f"{printable(path)}: expected a list of row objects, or {{\"rows\": [...]}}")
     return rows
 
 
@@ -226,7 +259,7 @@ def push_cmd(
     """Write rows to the online store now; they reach the offline store at the next flush."""
     with open_box() as box:
         who = actor(box, "features.write")
-        result = box.features.push(view, _read_rows(file), actor=who.name)
+        result = box.features.push(view, _read_rows(file, box.features.offline.limits.bytes), actor=who.name)
     if state.json:
         emit_json(result)
         return
@@ -261,6 +294,8 @@ def lineage_cmd(view: Annotated[str, typer.Argument(help="View name.")]) -> None
         node = tree.add(f"version {v['version']}  [dim]{v['definition_hash'][:12]}[/dim]")
         for b in v["batches"]:
             node.add(f"batch {b['id']}  {b['rows']:,} rows  ← {b['source']}  [dim]{b['sha256'][:12]}[/dim]")
+    for p in info["purges"]:
+        tree.add(f"[yellow]purged[/yellow] {p['statement']}")
     sets = tree.add("training sets")
     for s in info["training_sets"]:
         sets.add(f"{s['fingerprint'][:16]}  snapshot {s['snapshot']}  {s['rows']:,} rows  {s['created_at']}")
@@ -275,8 +310,8 @@ def sql_cmd(
 ) -> None:
     """Run read-only DuckDB SQL over the committed feature views."""
     with open_box() as box:
-        actor(box, "read")
-        columns, rows = box.features.sql(query, snapshot)
+        who = actor(box, "read")
+        columns, rows = box.features.sql(query, snapshot, protected=_disclosure(box, who))
     shown = [dict(zip(columns, r, strict=True)) for r in rows[:limit]]
     table(shown, columns)
     if len(rows) > limit and not state.json:

@@ -64,10 +64,10 @@ def _predict_payload(box: Box, args: list[str], force: bool) -> dict[str, object
 
 @app.command("submit")
 def submit(
-    type: Annotated[str, typer.Argument(help="train, materialize, predict, monitor or command.")],
+    type: Annotated[str, typer.Argument(help="train, materialize, predict, monitor, retention or command.")],
     args: Annotated[
         list[str] | None,
-        typer.Argument(help="train: SPEC; materialize: [VIEW]; predict: MODEL INPUT OUTPUT; monitor: DEPLOYMENT; command: the command line after --."),
+        typer.Argument(help="train: SPEC; materialize: [VIEW]; predict: MODEL INPUT OUTPUT; monitor: DEPLOYMENT; retention: none; command: the command line after --."),
     ] = None,
     priority: Annotated[int, typer.Option("--priority", "-p", help="Higher runs first.")] = 0,
     project: Annotated[str, typer.Option("--project", help="Quota group.")] = "default",
@@ -82,12 +82,20 @@ def submit(
     register: Annotated[bool, typer.Option("--register", help="train: register the model.")] = False,
     full: Annotated[bool, typer.Option("--full", help="materialize: rebuild from every batch.")] = False,
     force: Annotated[bool, typer.Option("--force", help="predict: replace the output file if it exists.")] = False,
+    every: Annotated[str | None, typer.Option("--every", help="retention: also queue it again this often, e.g. 1d (replaces its schedule).")] = None,
 ) -> None:
     """Queue a job."""
     args = args or []
     with open_box() as box:
         who = actor(box, "jobs.submit")
+        every_s = parse_duration(every) if every is not None else None
+        if every_s is not None:
+            from mlbox.jobs.schedules import SCHEDULABLE
+
+            if type not in SCHEDULABLE:
+                raise UsageError(f"{type} jobs cannot be scheduled", hint=f"--every applies to {', '.join(SCHEDULABLE)} jobs")
         if type == "train":
+            actor(box, "train.run")  # before reading the spec
             if len(args) != 1:
                 raise UsageError("train jobs take one argument: the training spec")
             spec = Path(args[0]).expanduser().resolve()
@@ -95,7 +103,6 @@ def submit(
 
             load_spec(spec)  # refuse a bad spec now, not in the worker
             payload: dict[str, object] = {"spec": str(spec), "register": register}
-            actor(box, "train.run")
         elif type == "materialize":
             actor(box, "features.write")
             payload = {"view": args[0] if args else None, "full": full}
@@ -110,6 +117,16 @@ def submit(
 
             load_policy(box, args[0])  # refuse a deployment without a policy now, not in the worker
             payload = {"deployment": args[0]}
+        elif type == "retention":
+            actor(box, "box.admin")  # the purge deletes data past its retention
+            if args:
+                raise UsageError("retention jobs take no arguments: what to purge is declared (view retention, privacy.* settings)")
+            from mlbox.privacy.retention import deployment_retention, log_retention
+
+            for store in ("predictions", "labels"):
+                log_retention(box, store)  # refuse a bad setting now, not in the worker
+            deployment_retention(box)
+            payload = {}
         elif type == "command":
             actor(box, "jobs.command")
             if not args:
@@ -122,7 +139,12 @@ def submit(
             gpu_memory_mb=_memory(gpu_memory), cpus=cpus, memory_mb=_memory(memory), timeout_s=parse_duration(timeout),
             cpu_fallback=not no_cpu_fallback, wait_gpu_s=parse_duration(gpu_wait), max_attempts=retries + 1,
         )  # fmt: skip
-    done(_row(job), f"queued job {job.id} ({job.type}, priority {job.priority}, {job.gpus} GPU(s))")
+        if every_s is not None:
+            from mlbox.jobs.schedules import Schedules
+
+            Schedules(box.jobs).set(type, payload, every_s, who.name)
+    again = f", then every {every}" if every_s is not None else ""
+    done(_row(job), f"queued job {job.id} ({job.type}, priority {job.priority}, {job.gpus} GPU(s)){again}")
 
 
 @app.command("list")
@@ -206,6 +228,28 @@ def quota(
     done({"project": project, "max_running": max_running, "max_gpus": max_gpus}, f"quota of {project} set")
 
 
+@app.command("schedules")
+def schedules() -> None:
+    """The queue's schedules: which job type `mlbox worker` queues again, how often, next when."""
+    from mlbox.jobs.schedules import Schedules
+
+    with open_box() as box:
+        actor(box, "read")
+        rows = [s.as_dict() for s in Schedules(box.jobs).all()]
+    table(rows, ["name", "type", "every_s", "next_run_at", "created_by"])
+
+
+@app.command("unschedule")
+def unschedule(name: Annotated[str, typer.Argument(help="Schedule name (its job type, e.g. retention).")]) -> None:
+    """Stop queueing a scheduled job type (jobs already queued stay)."""
+    from mlbox.jobs.schedules import Schedules
+
+    with open_box() as box:
+        who = actor(box, "box.admin")
+        Schedules(box.jobs).remove(name, who.name)
+    done({"name": name}, f"schedule {name} removed")
+
+
 @app.command("exec", hidden=True)
 def exec_job(job_id: Annotated[int, typer.Argument(help="Job id.")]) -> None:
     """Run one job in this process (the worker starts this; not for people)."""
@@ -252,7 +296,24 @@ def exec_job(job_id: Annotated[int, typer.Argument(help="Job id.")]) -> None:
             scored = predict_file(box.registry, p["model"], Path(p["input"]), Path(p["output"]), box=box.paths.home,
                                   roots=[Path(r) for r in p["roots"]], force=bool(p["force"]), threads=max(1, int(job.cpus)),
                                   progress=_log_progress())  # fmt: skip
+            box.audit.record(job.submitted_by, "predict.batch", scored.model,
+                             {"rows": scored.rows, "input": scored.input, "output": scored.output, "job": job.id})  # fmt: skip
             console.print(f"scored {scored.rows} rows with {scored.model} into {scored.output} ({scored.rows_per_s:,.0f} rows/s)")
+        elif job.type == "retention":
+            from mlbox.privacy.retention import purge
+            from mlbox.security.roles import allowed
+
+            owner = box.identity.user(job.submitted_by)  # a schedule outlives its setter's role: check it at each run
+            if owner.disabled_at or not allowed(owner.role, "box.admin"):
+                raise PermissionDenied(
+                    f"{owner.name} ({owner.role}) no longer holds box.admin, so this retention job does not purge",
+                    hint="an admin submits it again (`mlbox jobs submit retention --every 1d`)",
+                )
+            purged = purge(box, job.submitted_by, job_id=job.id)
+            for gone in purged.removals:
+                console.print(f"{gone.store} {gone.target}: {gone.rows} row(s) before {gone.cutoff} in {gone.files} file(s), "
+                              f"{gone.online_rows} online")  # fmt: skip
+            console.print(f"purged {purged.rows} row(s) in {purged.files} file(s)")
         elif job.type == "command":
             sys.exit(subprocess.call(list(job.payload["argv"]), preexec_fn=die_with_parent))
 
@@ -298,11 +359,11 @@ def worker(
     from mlbox.jobs.worker import Worker
 
     with open_box() as box:
-        actor(box, "jobs.submit")
+        who = actor(box, "jobs.submit")
         from mlbox.loop import schedule_due
 
         w = Worker(box.jobs, box.paths.home, gpus=gpus, slots=slots, log=lambda m: console.print(f"[dim]{time.strftime('%H:%M:%S')}[/dim] {m}"),
-                   on_tick=lambda: schedule_due(box))  # fmt: skip
+                   on_tick=lambda: schedule_due(box), actor=who.name)  # fmt: skip
         states = w.gpu_states()
         console.print(f"worker {w.name}: {len(states)} GPU(s) {[g.index for g in states] or ''} {slots} slot(s)")
         if state.json:

@@ -26,5 +26,6 @@ def ingest(
     with open_box() as box:
         who = actor(box, "features.write")
         box.deployments.get(deployment)
-        r = ingest_labels(box.db, box.audit, box.paths.predictions, deployment, Path(file), who.name, label, timestamp, key)
+        r = ingest_labels(box.db, box.audit, box.paths.predictions, deployment, Path(file), who.name, label, timestamp, key,
+                          limits=box.features.offline.limits)  # fmt: skip
     done(r.__dict__, f"{r.matched:,} of {r.rows:,} labels matched predictions of {deployment} (by {r.mode}) → {r.path}")

@@ -71,13 +71,19 @@ def _register() -> None:
     app.add_typer(audit.app, name="audit")
     app.add_typer(features.app, name="features")
     app.add_typer(bench.app, name="bench")
+    from mlbox.cli import privacy
+
+    app.add_typer(privacy.app, name="privacy")
 
 
 _register()
 
 
 def _fail(message: str, code: int) -> None:
-    err_console.print(f"[bold red]error:[/bold red] [red]{escape(message)}[/red]", soft_wrap=True)
+    from mlbox.types import printable
+
+    # whatever a message quotes (a name, a path, a file's text) reaches the terminal as text, never as escapes
+    err_console.print(f"[bold red]error:[/bold red] [red]{escape(printable(message))}[/red]", soft_wrap=True)
     sys.exit(code)
 
 

@@ -115,8 +115,11 @@ def models_export(
     dest: Annotated[str, typer.Argument(help="Destination: a .onnx file or a folder.")],
     fmt: Annotated[str, typer.Option("--format", help="onnx or native.")] = "onnx",
 ) -> None:
-    """Copy a version's ONNX or native files out (verified against their sha256)."""
+    """Copy a version's ONNX or native files out (verified against their sha256 and HMAC; residency checked)."""
+    from mlbox.security.residency import Residency
+
     with open_box() as box:
-        actor(box, "read")
-        paths = box.registry.export(ref, fmt, Path(dest).expanduser())
+        who = actor(box, "read")
+        where = Residency(box.db, box.audit).check_path(Path(dest), "models export")
+        paths = box.registry.export(ref, fmt, Path(dest).expanduser(), actor=who.name, destination=where.audit())
     done({"files": [str(p) for p in paths]}, f"exported {len(paths)} file(s) to {dest}")

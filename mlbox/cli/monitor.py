@@ -151,11 +151,16 @@ def apply(file: Annotated[Path, typer.Argument(help="Policy file (YAML).")] = Pa
     from mlbox.loop import set_policies
     from mlbox.monitor.policy import parse_policies
 
-    if not file.is_file():
-        raise UsageError(f"policy file {file} not found", hint="write monitoring.yaml (docs/monitoring-policies.md)")
-    policies = parse_policies(file.read_text(encoding="utf-8"), str(file))
     with open_box() as box:
-        set_policies(box, policies, actor(box, "deploy.manage").name)
+        who = actor(box, "deploy.manage")  # before reading the file: a refused user learns nothing of it
+        from mlbox.types import printable, read_text_file
+
+        try:
+            text = read_text_file(file, "policy file")  # a regular, bounded UTF-8 file: never a device or a binary
+        except UsageError as exc:
+            raise UsageError(exc.message, hint="write monitoring.yaml (docs/monitoring-policies.md)") from None
+        policies = parse_policies(text, printable(file))
+        set_policies(box, policies, who.name)
     done({"applied": [p.deployment for p in policies]}, f"policies set for {', '.join(p.deployment for p in policies)}")
 
 
@@ -256,7 +261,7 @@ def report(name: Name, out: Annotated[Path, typer.Option("--out", "-o", help="HT
            last: Last = None, since: Since = None, until: Until = None) -> None:  # fmt: skip
     """One self-contained offline HTML page: distributions, drift and quality over time, the A/B panel."""
     from mlbox import clock
-    from mlbox.monitor.report import render_report
+    from mlbox.monitor.report import render_report, write_report
 
     window = _window(last, since, until, None)
     with open_box() as box:
@@ -266,10 +271,8 @@ def report(name: Name, out: Annotated[Path, typer.Option("--out", "-o", help="HT
         qual = box.monitor.quality(name, window, actor=who.name)
         qual["history"] = box.monitor.history(name, "quality", 30)
         ab_result = box.monitor.ab(name, window, actor=who.name) if box.monitor.records.deployed(name).canary else None
-    page = render_report(deployment=name, latest=latest, history=past, quality=qual, ab=ab_result, generated_at=clock.iso())
-    tmp = out.with_name(f".{out.name}.tmp")
-    tmp.write_text(page, encoding="utf-8")
-    tmp.replace(out)
+        page = render_report(deployment=name, latest=latest, history=past, quality=qual, ab=ab_result, generated_at=clock.iso())
+        write_report(box.audit, who.name, name, out, page)
     done({"report": str(out), "bytes": len(page)}, f"report of {name} written to {out} ({len(page) / 1e3:.0f} kB)")
 
 

@@ -55,6 +55,14 @@ class Batch:
     stats: dict[str, Any]
     created_at: str
     created_by: str
+    visible_seq: int | None = None  # a rewritten batch: the snapshot its original became visible at
+    replaces: int | None = None  # a rewritten batch: the id of the batch it replaced
+    superseded_seq: int | None = None  # the snapshot that replaced this batch (its file is gone)
+
+    @property
+    def visible_at(self) -> int:
+        """The first snapshot that reads this batch (a rewrite keeps its original's)."""
+        return self.commit_seq if self.visible_seq is None else self.visible_seq
 
     def as_dict(self, with_stats: bool = False) -> dict[str, Any]:
         out = {k: v for k, v in self.__dict__.items() if k != "stats"}
@@ -178,15 +186,22 @@ class Catalog:
 
     # batches -------------------------------------------------------------
     def batches(self, name: str, version: int, snapshot: int | None = None) -> list[Batch]:
-        sql = "SELECT * FROM feature_batches WHERE view = ? AND version = ?"
+        """The live batches of a version (at `snapshot`: those visible then), oldest commit first.
+
+        A batch superseded by a rewrite (erasure, retention: mlbox.features.rewrite) is never
+        read again, at any snapshot: its rewritten batch stands in for it from the snapshot the
+        original became visible at, so an old snapshot reads the same rows minus the removed ones.
+        """
+        sql = "SELECT * FROM feature_batches WHERE view = ? AND version = ? AND superseded_seq IS NULL"
         params: list[Any] = [name, version]
         if snapshot is not None:
-            sql += " AND commit_seq <= ?"
+            sql += " AND coalesce(visible_seq, commit_seq) <= ?"
             params.append(snapshot)
-        return [_batch(r) for r in self.db.query(sql + " ORDER BY commit_seq", params)]
+        return [_batch(r) for r in self.db.query(sql + " ORDER BY coalesce(visible_seq, commit_seq), commit_seq", params)]
 
     def all_batch_paths(self) -> set[str]:
-        return {r["path"] for r in self.db.query("SELECT path FROM feature_batches")}
+        """Paths of live batches: a superseded batch's file is an orphan the sweep removes."""
+        return {r["path"] for r in self.db.query("SELECT path FROM feature_batches WHERE superseded_seq IS NULL")}
 
     def add_batch(
         self,
@@ -222,6 +237,24 @@ class Catalog:
             ),
         ).lastrowid
         return _batch(self.db.one("SELECT * FROM feature_batches WHERE id = ?", (batch_id,)) or {})
+
+    def mark_superseded(self, batch_ids: list[int]) -> int:
+        """Take the next snapshot and mark these batches replaced at it, clearing their statistics
+        (top values, quantiles and ranges are values); call inside the rewrite's transaction."""
+        seq = self._next_seq()
+        self.db.executemany(
+            "UPDATE feature_batches SET superseded_seq = ?, stats = '{}' WHERE id = ?", [(seq, i) for i in batch_ids]
+        )
+        return seq
+
+    def rewrites(self, name: str | None = None, after: int | None = None) -> list[dict[str, Any]]:
+        """Recorded rewrites (erasures, retention purges) of a view, or of all, committed after snapshot `after`."""
+        sql, params = "SELECT * FROM feature_rewrites WHERE 1 = 1", list[Any]()
+        if name is not None:
+            sql, params = sql + " AND view = ?", [*params, name]
+        if after is not None:
+            sql, params = sql + " AND commit_seq > ?", [*params, after]
+        return self.db.query(sql + " ORDER BY id", params)
 
     # materializations ----------------------------------------------------
     def last_materialization(self, version: ViewVersion) -> dict[str, Any] | None:

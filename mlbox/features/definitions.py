@@ -3,7 +3,8 @@
 Pure values. A view's *schema hash* covers what shapes its stored data (entity keys and
 their types, timestamp column, field names and dtypes, transformation); a change to it
 makes a new version (`customers@2`). Everything else (description, owner, tags,
-classification, TTL, source) is metadata, updated in place on the current version.
+classification, TTL, source, and the records-of-processing keys `retention`, `purpose` and
+`legal_basis`) is metadata, updated in place on the current version.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from mlbox.errors import UsageError, ValidationError
-from mlbox.types import check_keys, check_name, parse_duration
+from mlbox.types import check_keys, check_name, parse_duration, printable, read_text_file
 
 # mlbox dtype -> DuckDB type
 DTYPES: dict[str, str] = {
@@ -32,6 +33,8 @@ DTYPES: dict[str, str] = {
 }
 KEY_DTYPES = ("int64", "int32", "string")
 CLASSIFICATIONS = ("public", "internal", "confidential", "restricted")
+# GDPR Art. 6(1) (a)-(f); the UAE PDPL's Art. 4 cases of processing without consent map onto them
+LEGAL_BASES = ("consent", "contract", "legal_obligation", "vital_interests", "public_task", "legitimate_interests")
 RESERVED_PREFIX = "__"
 
 
@@ -103,6 +106,9 @@ class FeatureView:
     tags: Mapping[str, str] = field(default_factory=dict)
     classification: str = "internal"
     pii: bool = False
+    retention: str | None = None  # rows whose event time is older than this are purged (`mlbox privacy purge`)
+    purpose: str = ""  # why the data is processed (records of processing)
+    legal_basis: str = ""  # one of LEGAL_BASES, or "" when not declared
 
     def __post_init__(self) -> None:
         check_name(self.name, "feature view name")
@@ -122,6 +128,13 @@ class FeatureView:
             raise UsageError(f"feature view {self.name!r}: the timestamp column {self.timestamp!r} is not a field")
         if self.ttl is not None:
             parse_duration(self.ttl)
+        if self.retention is not None:
+            parse_duration(self.retention)
+        if self.legal_basis and self.legal_basis not in LEGAL_BASES:
+            raise UsageError(
+                f"feature view {self.name!r}: legal_basis {self.legal_basis!r} is not one of {', '.join(LEGAL_BASES)}",
+                hint="the lawful bases of GDPR Art. 6(1); leave it out when not decided",
+            )
         _check_classification(self.classification, f"feature view {self.name!r}")
         if self.transformation is not None and not self.transformation.strip():
             object.__setattr__(self, "transformation", None)
@@ -129,6 +142,10 @@ class FeatureView:
     @property
     def ttl_seconds(self) -> int | None:
         return parse_duration(self.ttl) if self.ttl else None
+
+    @property
+    def retention_seconds(self) -> int | None:
+        return parse_duration(self.retention) if self.retention else None
 
     def get_field(self, name: str) -> Field:
         for f in self.fields:
@@ -180,7 +197,7 @@ class Definitions:
 
 VIEW_KEYS = {
     "name", "entity", "timestamp", "fields", "ttl", "source", "transformation",
-    "description", "owner", "tags", "classification", "pii",
+    "description", "owner", "tags", "classification", "pii", "retention", "purpose", "legal_basis",
 }  # fmt: skip
 FIELD_KEYS = {"name", "dtype", "description", "classification", "pii", "tags"}
 ENTITY_KEYS = {"name", "join_keys", "description"}
@@ -228,7 +245,7 @@ def parse_view(data: Mapping[str, Any], where: str) -> FeatureView:
             )
         except UsageError as exc:
             raise UsageError(f"{where}: {exc.message}", hint=exc.hint) from None
-    ttl = data.get("ttl")
+    ttl, retention = data.get("ttl"), data.get("retention")
     try:
         return FeatureView(
             name=str(name),
@@ -243,6 +260,9 @@ def parse_view(data: Mapping[str, Any], where: str) -> FeatureView:
             tags=_str_map(data.get("tags"), where),
             classification=str(data.get("classification", "internal")),
             pii=bool(data.get("pii", False)),
+            retention=None if retention is None else str(retention),
+            purpose=str(data.get("purpose") or ""),
+            legal_basis=str(data.get("legal_basis") or ""),
         )
     except UsageError as exc:
         raise UsageError(f"{where}: {exc.message}", hint=exc.hint) from None
@@ -252,12 +272,11 @@ def load_definitions(path: Path) -> Definitions:
     """Read a project's feature file (YAML, safe_load only)."""
     import yaml
 
+    text = read_text_file(path, "feature file")  # a regular, bounded UTF-8 file: never a device or a binary
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    except FileNotFoundError:
-        raise UsageError(f"feature file {path} not found") from None
+        data = yaml.safe_load(text) or {}
     except yaml.YAMLError as exc:
-        raise UsageError(f"{path}: not valid YAML: {exc}") from None
+        raise UsageError(f"{printable(path)}: not valid YAML: {printable(exc)}") from None
     check_keys(data, {"entities", "views"}, str(path))
     entities = tuple(parse_entity(e, f"{path} entity {i + 1}") for i, e in enumerate(data.get("entities") or []))
     views = tuple(parse_view(v, str(path)) for v in data.get("views") or [])

@@ -25,6 +25,7 @@ import duckdb
 from mlbox.errors import UsageError, ValidationError
 from mlbox.features.catalog import Batch, Catalog, ViewVersion
 from mlbox.features.definitions import DTYPES
+from mlbox.features.limits import IngestLimits, check_file
 from mlbox.features.pit import lit
 from mlbox.features.pit import q as _q
 from mlbox.features.sandbox import check_select as check_select  # re-exported: `features sql` checks with it
@@ -33,6 +34,7 @@ from mlbox.features.sandbox import first_line as _first_line
 from mlbox.features.stats import batch_stats
 from mlbox.store.artifacts import file_sha256, pid_alive
 from mlbox.store.audit import AuditLog
+from mlbox.types import printable
 
 TMP_PREFIX = ".tmp-"
 NAIVE_TYPES = ("TIMESTAMP", "TIMESTAMP_NS", "TIMESTAMP_MS", "TIMESTAMP_S", "DATE", "TIMESTAMP WITHOUT TIME ZONE")
@@ -96,6 +98,7 @@ def check_source(
     naive_timestamps: str,
     duplicate_policy: str,
     transformed: bool = False,
+    limits: IngestLimits | None = None,
 ) -> CheckedSource:
     """Every check a batch passes before it is written (ingest and push alike), with `__typed` left as a temp view.
 
@@ -106,7 +109,11 @@ def check_source(
     columns = dict(con.execute(f"SELECT column_name, column_type FROM (DESCRIBE {relation})").fetchall())
     expected = {**keys, view.timestamp: "timestamp", **{f.name: f.dtype for f in view.fields}}
     _check_columns(columns, expected, label, transformed)
-    select, naive = _validate(con, relation, columns, keys, view, label)
+    limits = limits or IngestLimits()
+    if transformed:  # a transformation can multiply rows (a join, range()): stop counting one past the limit
+        output = first(con.execute(f"SELECT count(*) FROM (SELECT 1 FROM {relation} LIMIT {limits.rows + 1})"))
+        limits.check_rows(f"the transformation's output from {label}", int(output[0]) if output else 0)
+    select, naive = _validate(con, relation, columns, keys, view, label, limits)
     naive_csv, fine = _csv_text_checks(con, label, view.timestamp)
     naive += naive_csv
     if fine:
@@ -142,8 +149,9 @@ def check_source(
 class OfflineStore:
     """Immutable Parquet batches under `<box>/features/<view>/v<version>/`."""
 
-    def __init__(self, catalog: Catalog, audit: AuditLog, home: Path, temp_dir: Path) -> None:
+    def __init__(self, catalog: Catalog, audit: AuditLog, home: Path, temp_dir: Path, limits: IngestLimits | None = None) -> None:
         self.catalog = catalog
+        self.limits = limits or IngestLimits()
         self.audit = audit
         self.home = home
         self.root = home / "features"
@@ -196,8 +204,8 @@ class OfflineStore:
         notes: list[str] = []
         try:
             step("reading source")
-            label = register_source(con, source, base_dir or Path.cwd(), sub_micros="ceil")
-            folder = self.root / view.name / f"v{version.version}"
+            label = register_source(con, source, base_dir or Path.cwd(), sub_micros="ceil", limits=self.limits)
+            folder = inside_box(self.root / view.name / f"v{version.version}", self.home)
             name = uuid.uuid4().hex
             tmp = folder / f"{TMP_PREFIX}{os.getpid()}-{name}.parquet"
             # From here on DuckDB reaches only the declared source file and this batch's own
@@ -216,7 +224,7 @@ class OfflineStore:
             else:
                 relation = "source"
             step("validating")
-            checked = check_source(con, relation, version, label, naive_timestamps=naive_timestamps,
+            checked = check_source(con, relation, version, label, naive_timestamps=naive_timestamps, limits=self.limits,
                                    duplicate_policy=duplicate_policy, transformed=bool(view.transformation))  # fmt: skip
             notes += checked.notes
             final = "SELECT * FROM __typed"
@@ -317,37 +325,68 @@ def _round_pandas(frame: Any, rounding: str) -> Any:
 
 
 def register_source(con: duckdb.DuckDBPyConnection, source: Any, base_dir: Path, *, sub_micros: str | None = None,
-                    text_columns: tuple[str, ...] = ()) -> str:  # fmt: skip
+                    text_columns: tuple[str, ...] = (), limits: IngestLimits | None = None) -> str:  # fmt: skip
     """Expose `source` (CSV/Parquet path, pandas DataFrame, Arrow table) as the view `source`; return its label.
 
     `sub_micros` ("ceil" or "floor") rounds a pandas frame's timezone-aware nanosecond columns.
     `text_columns` of a CSV are read as text as written (the sniffer would make `yes`/`no` booleans).
+    A file over `limits` (default: the settings' defaults) is refused before its data is read.
     """
+    limits = limits or IngestLimits()
     if isinstance(source, (str, os.PathLike)):
-        path = (base_dir / Path(source).expanduser()).resolve()
-        if not path.is_file():
-            raise UsageError(f"source file {path} not found")
-        suffixes = "".join(path.suffixes[-2:]).lower()
+        path = source_path(source, base_dir)
+        parquet = path.suffix.lower() == ".parquet"
+        # the only compressed inputs: gzip, whose inflated size `check_file` bounds (no .zip, .zst, .bz2)
+        if not parquet and path.suffix.lower() not in (".csv", ".tsv") and "".join(path.suffixes[-2:]).lower() not in (".csv.gz", ".tsv.gz"):
+            raise UsageError(f"cannot read {printable(path.name)}: use a .csv, .csv.gz, .tsv or .parquet file")
+        check_file(path, limits)
         try:
-            if path.suffix.lower() == ".parquet":
+            if parquet:
                 rel = con.read_parquet(str(path))
-            elif path.suffix.lower() in (".csv", ".tsv") or suffixes in (".csv.gz", ".tsv.gz"):
+            else:
                 header = con.read_csv(str(path), header=True).columns if text_columns else []
                 types = {c: "VARCHAR" for c in text_columns if c in header}
                 rel = con.read_csv(str(path), header=True, dtype=types) if types else con.read_csv(str(path), header=True)
-            else:
-                raise UsageError(f"cannot read {path.name}: use a .csv, .csv.gz, .tsv or .parquet file")
         except duckdb.Error as exc:
-            raise ValidationError(f"cannot read {path}: {_first_line(exc)}") from None
+            raise ValidationError(f"cannot read {printable(path)}: {printable(_first_line(exc))}") from None
         rel.create_view("source")
         return str(path)
     module = type(source).__module__
     if module.startswith(("pandas", "pyarrow", "polars")):
+        if hasattr(source, "__len__"):
+            limits.check_rows(f"{type(source).__name__}", len(source))
         if sub_micros and module.startswith("pandas") and hasattr(source, "columns"):
             source = _round_pandas(source, sub_micros)
         con.register("source", source)
         return f"{type(source).__name__} ({len(source)} rows)"
     raise UsageError(f"cannot ingest a {type(source).__name__}: pass a file path, a pandas DataFrame or an Arrow table")
+
+
+def source_path(source: str | os.PathLike[str], base_dir: Path) -> Path:
+    """The regular file a source path names (symlinks followed), or a UsageError: never a raw OSError."""
+    text = os.fspath(source)
+    if "\0" in str(text):
+        raise UsageError(f"invalid source path {str(text)!r}: it contains a NUL byte")
+    try:
+        path = (base_dir / Path(text).expanduser()).resolve()
+        regular = path.is_file()
+    except (OSError, RuntimeError) as exc:  # too long, a symlink loop, an unknown ~user
+        raise UsageError(f"invalid source path {str(text)!r}: {getattr(exc, 'strerror', None) or exc}") from None
+    if not regular:
+        raise UsageError(f"source file {printable(path)} not found", hint="a source must be a regular file (not a folder, device or pipe)")
+    return path
+
+
+def inside_box(folder: Path, home: Path) -> Path:
+    """`folder` if it resolves inside the box, else a ValidationError: a symlink must not send a write elsewhere."""
+    try:
+        folder.resolve().relative_to(home.resolve())
+    except ValueError:
+        raise ValidationError(
+            f"refusing to write under {printable(folder)}: it resolves to {printable(folder.resolve())}, outside the box",
+            hint="a folder inside the box was replaced by a symlink; remove it (mlbox doctor lists the box's files)",
+        ) from None
+    return folder
 
 
 def _csv_text_checks(con: duckdb.DuckDBPyConnection, label: str, column: str) -> tuple[int, int]:
@@ -390,9 +429,10 @@ def _check_columns(columns: dict[str, str], expected: dict[str, str], label: str
 
 
 def _validate(
-    con: duckdb.DuckDBPyConnection, relation: str, columns: dict[str, str], keys: Mapping[str, str], view: Any, label: str
+    con: duckdb.DuckDBPyConnection, relation: str, columns: dict[str, str], keys: Mapping[str, str], view: Any, label: str,
+    limits: IngestLimits,
 ) -> tuple[str, int]:
-    """One pass over the data: cast failures, null keys and timestamps, naive timestamps.
+    """One pass over the data: rows, cast failures, null keys and timestamps, naive timestamps.
 
     Returns the typed SELECT list and the number of naive timestamps.
     """
@@ -433,7 +473,9 @@ def _validate(
     for col in [*keys, view.timestamp]:
         checks.append(f"count(*) FILTER (WHERE {_q(col)} IS NULL)")
         names.append((col, "a null (entity keys and timestamps are required)"))
-    row = first(con.execute(f"SELECT {', '.join([*checks, naive_expr])} FROM {relation}")) or ()
+    row = first(con.execute(f"SELECT {', '.join([*checks, naive_expr, 'count(*)'])} FROM {relation}")) or ()
+    limits.check_rows(label, int(row[-1]))  # a CSV's rows are known only now, still before anything is written
+    row = row[:-1]
     for (col, problem), count in zip(names, row[:-1], strict=True):
         if count:
             raise ValidationError(

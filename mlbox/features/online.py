@@ -23,7 +23,7 @@ exactly as in the point-in-time join at a label time of now.
 from __future__ import annotations
 
 import struct
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from functools import cached_property
@@ -172,6 +172,53 @@ class OnlineStore:
     def count(self, version: ViewVersion) -> int:
         name = table_name(version)
         return int(self.db.scalar(f"SELECT count(*) FROM {q(name)}")) if self.has_table(name) else 0
+
+    def _key_where(self, version: ViewVersion, values: Mapping[str, Any]) -> tuple[str, list[Any]]:
+        keys = version.entity.join_keys
+        given = [(k, coerce_key(v, keys[k], k)) for k, v in values.items() if k in keys]
+        return " AND ".join(f"{q(k)} = ?" for k, _ in given), [v for _, v in given]
+
+    def rows_for(self, version: ViewVersion, values: Mapping[str, Any]) -> list[dict[str, Any]]:
+        """The stored rows of `version` whose join keys equal `values` (the keys its entity has), decoded.
+
+        Each row: the keys, `__ts` (ISO-8601 event time) and every field in its native form (for
+        people: the right of access). None of `values` among the entity's keys: no rows.
+        """
+        name = table_name(version)
+        where, params = self._key_where(version, values)
+        if not where or not self.has_table(name):
+            return []
+        lookup = self.prepare(version, [f.name for f in version.view.fields])
+        rows = self.db.conn.execute(f"SELECT {lookup.select} FROM {q(name)} WHERE {where}", params).fetchall()
+        if not rows:
+            return []
+        keys = [tuple(r[: len(lookup.keys)]) for r in rows]
+        got = self.read(lookup, keys, now=-(2**62), native=True)  # no TTL: every stored value, however old
+        out = []
+        for i, key in enumerate(keys):
+            stamp = got.stamps[i]
+            out.append(
+                {
+                    **dict(zip(lookup.keys, key, strict=True)),
+                    "__ts": None if stamp is None else micros_to_datetime(stamp).isoformat(),
+                    **{f: got.values[f][i] for f in lookup.fields},
+                }
+            )
+        return out
+
+    def delete_keys(self, version: ViewVersion, values: Mapping[str, Any], *, dry_run: bool = False) -> int:
+        """Delete (dry run: count) the rows of `version` whose join keys equal `values`, in one transaction.
+
+        The freed pages keep the old bytes until `scrub`; erasure runs it afterwards.
+        """
+        name = table_name(version)
+        where, params = self._key_where(version, values)
+        if not where or not self.has_table(name):
+            return 0
+        if dry_run:
+            return int(self.db.scalar(f"SELECT count(*) FROM {q(name)} WHERE {where}", params))
+        with self.writer.atomic():
+            return int(self.writer.execute(f"DELETE FROM {q(name)} WHERE {where}", params).rowcount)
 
     def prepare(self, version: ViewVersion, fields: Sequence[str]) -> Lookup:
         name = table_name(version)

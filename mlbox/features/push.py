@@ -25,6 +25,7 @@ import pyarrow.compute as pc
 from mlbox import clock
 from mlbox.errors import UsageError, ValidationError
 from mlbox.features.catalog import Catalog, ViewVersion
+from mlbox.features.limits import IngestLimits
 from mlbox.features.offline import OfflineStore, check_source, connect, register_source
 from mlbox.features.online import OnlineStore
 from mlbox.features.pit import q
@@ -78,8 +79,12 @@ def as_source(rows: Any) -> Any:
     return pa.table(columns)
 
 
-def validate(version: ViewVersion, source: Any, *, duplicate_policy: str, naive_timestamps: str, base_dir: Path) -> tuple[pa.Table, list[str]]:
-    """The rows typed as the view stores them (keys, timestamp, fields), or a ValidationError naming the problem."""
+def validate(version: ViewVersion, source: Any, *, duplicate_policy: str, naive_timestamps: str, base_dir: Path,
+             limits: IngestLimits | None = None) -> tuple[pa.Table, list[str]]:  # fmt: skip
+    """The rows typed as the view stores them (keys, timestamp, fields), or a ValidationError naming the problem.
+
+    A pushed file is held to the ingest limits (`limits`, default: the settings' defaults) before it is read.
+    """
     view = version.view
     if view.transformation:
         raise UsageError(
@@ -89,11 +94,12 @@ def validate(version: ViewVersion, source: Any, *, duplicate_policy: str, naive_
     con = connect(threads=1)
     try:
         if isinstance(source, (str, Path)) or type(source).__module__.startswith("pandas"):
-            label = register_source(con, source, base_dir, sub_micros="ceil")  # rounds as ingest does
+            label = register_source(con, source, base_dir, sub_micros="ceil", limits=limits)  # rounds as ingest does
         else:
             con.register("source", source)
             label = f"rows pushed to {version.ref}"
-        checked = check_source(con, "source", version, label, naive_timestamps=naive_timestamps, duplicate_policy=duplicate_policy)
+        checked = check_source(con, "source", version, label, naive_timestamps=naive_timestamps,
+                               duplicate_policy=duplicate_policy, limits=limits)  # fmt: skip
         notes = checked.notes
         typed = f"SELECT {checked.select}, row_number() OVER () AS __ord FROM source"
         key_cols = checked.key_cols

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from functools import cached_property
@@ -14,7 +15,7 @@ import duckdb
 from mlbox import clock
 from mlbox.config import Settings
 from mlbox.errors import UsageError, ValidationError
-from mlbox.features import push, training
+from mlbox.features import privacy, push, training
 from mlbox.features.catalog import Catalog, ViewVersion
 from mlbox.features.definitions import (
     DTYPES,
@@ -25,6 +26,7 @@ from mlbox.features.definitions import (
     load_definitions,
 )
 from mlbox.features.materialize import MaterializeResult, materialize
+from mlbox.features.limits import IngestLimits
 from mlbox.features.offline import IngestResult, OfflineStore, check_select
 from mlbox.features.online import Lookup, OnlineStore, coerce_key, micros_to_datetime, now_us
 from mlbox.features.online import sweep as sweep_online
@@ -32,6 +34,7 @@ from mlbox.features.pit import lit
 from mlbox.features.plan import Change, plan
 from mlbox.features.sandbox import sandbox
 from mlbox.store.audit import AuditLog
+from mlbox.store import purges
 from mlbox.store.layout import BoxPaths
 from mlbox.store.sqlite import Database
 
@@ -56,7 +59,7 @@ class FeatureStore:
         self.catalog = Catalog(db)
         temp = paths.home / "tmp"
         temp.mkdir(exist_ok=True)
-        self.offline = OfflineStore(self.catalog, audit, paths.home, temp)
+        self.offline = OfflineStore(self.catalog, audit, paths.home, temp, IngestLimits.from_settings(settings))
         self.offline.sweep()
         self._online_plans: dict[tuple[str, ...], _OnlinePlan] = {}
 
@@ -157,28 +160,41 @@ class FeatureStore:
         out: str | Path | None = None,
         as_arrow: bool = False,
         actor: str | None = None,
+        protected: str = "mask",
     ) -> training.TrainingSet:
         """Point-in-time correct features for each label row, plus a reproducible fingerprint.
 
         At the current snapshot, staged pushes are flushed first, so the set sees every value served so far.
+        `protected` is the disclosure of pii/restricted fields (mlbox.features.privacy): "mask" by
+        default, "refuse", or "raw" for a reader with `features.read_pii` and for training itself.
         """
+        disclosure = privacy.check_disclosure(protected)
+        target = Path(out) if out else None
+        staged = target if target is None or disclosure == "raw" else self.offline.temp_dir / f"ts-{uuid.uuid4().hex}.parquet"
         if snapshot is None and push.pending(self.catalog):
             self.flush(actor=actor)
-        result = training.build(
-            self.catalog,
-            self.offline,
-            labels,
-            list(features),
-            snapshot=snapshot,
-            timestamp=timestamp,
-            out=Path(out) if out else None,
-            as_arrow=as_arrow,
-            base_dir=Path.cwd(),
-        )
+        try:
+            result = training.build(
+                self.catalog,
+                self.offline,
+                labels,
+                list(features),
+                snapshot=snapshot,
+                timestamp=timestamp,
+                out=staged,
+                as_arrow=as_arrow,
+                base_dir=Path.cwd(),
+            )
+            if disclosure != "raw":  # the raw set stays inside the box; only its masked copy leaves
+                result = privacy.restrict_training_set(result, self.catalog, disclosure, target)
+        finally:
+            if staged is not None and staged != target:
+                staged.unlink(missing_ok=True)
         with self.db.atomic():
             self.catalog.record_training_set(
                 result.fingerprint, result.snapshot, result.features, result.batches, result.label_rows, actor or self.actor
             )
+            self.audit.record(actor or self.actor, "features.training_set", result.fingerprint, training.audit_details(result))
         return result
 
     # online -----------------------------------------------------------------
@@ -241,6 +257,7 @@ class FeatureStore:
             duplicate_policy=self.settings["features.duplicate_policy"],
             naive_timestamps=self.settings["features.naive_timestamps"],
             base_dir=Path.cwd(),
+            limits=self.offline.limits,
         )
         push.stage(self.catalog, self.audit, version, table, actor)
         push.to_online(self.online, version, table)
@@ -323,6 +340,7 @@ class FeatureStore:
         *,
         with_timestamps: bool = False,
         native: bool = False,
+        protected: str = "raw",
     ) -> dict[str, list[Any]]:
         """Latest materialized values, columnar: {column: [value per entity row]}; missing entities get None.
 
@@ -333,6 +351,10 @@ class FeatureStore:
         `with_timestamps`, each view adds `<view@version>:__ts` (the event time of the stored
         row, ISO-8601) and `<view@version>:__status` ("ok", "expired" past the TTL, or
         "missing" for an unknown entity).
+
+        `protected` is the disclosure of pii/restricted fields: "raw" by default, because this is the
+        lookup predictions feed models with; interfaces pass "mask" or "refuse" for a caller
+        without `features.read_pii` (`mlbox.security.roles.disclosure`).
         """
         if len(entity_rows) == 1:
             result: dict[str, list[Any]] = {k: [v] for k, v in entity_rows[0].items()}
@@ -346,6 +368,7 @@ class FeatureStore:
             if not entity_rows:
                 return result
         online_plan = self._online_plan(tuple(features))
+        hidden = None if protected == "raw" else privacy.online_hidden(self.catalog, online_plan.lookups, protected)
         now = None
         for lookup, _names, key_types, ref in online_plan.lookups:
             try:
@@ -365,6 +388,8 @@ class FeatureStore:
                 result[f"{ref}:__status"] = [
                     "missing" if t is None else "expired" if e else "ok" for t, e in zip(got.stamps, expired, strict=True)
                 ]
+        if hidden:
+            privacy.mask_columns(result, hidden)
         return result
 
     # discovery ----------------------------------------------------------------
@@ -387,16 +412,29 @@ class FeatureStore:
             )
         return out
 
-    def show(self, ref: str) -> dict[str, Any]:
+    def show(self, ref: str, *, protected: str = "mask") -> dict[str, Any]:
+        """A view version's definition, versions, fields with statistics, batches and materializations.
+
+        Unless `protected` is "raw", a protected field's statistics keep only counts (its top values
+        and range are values); "refuse" masks too, since showing a view is not reading the field.
+        """
+        disclosure = privacy.check_disclosure(protected)
         version = self.view(ref)
         v = version.view
         batches = self.catalog.batches(version.name, version.version)
-        latest_stats = batches[-1].stats["fields"] if batches else {}
+        latest_stats = dict(batches[-1].stats["fields"]) if batches else {}
+        if disclosure != "raw":
+            for name in privacy.protected(version):
+                if name in latest_stats:
+                    latest_stats[name] = privacy.mask_stats(latest_stats[name])
         return {
             "view": version.ref,
             "entity": {"name": version.entity.name, "join_keys": dict(version.entity.join_keys)},
             "timestamp": v.timestamp,
             "ttl": v.ttl,
+            "retention": v.retention,
+            "purpose": v.purpose,
+            "legal_basis": v.legal_basis,
             "description": v.description,
             "owner": v.owner,
             "tags": dict(v.tags),
@@ -422,6 +460,7 @@ class FeatureStore:
             ],
             "batches": [b.as_dict() for b in batches],
             "materializations": self.catalog.materializations(version.name),
+            "purges": [p.statement() for p in purges.of(self.db, "features", [version.ref])],
         }
 
     def lineage(self, name: str) -> dict[str, Any]:
@@ -448,20 +487,33 @@ class FeatureStore:
         return {
             "view": name,
             "versions": out_versions,
+            "purges": [p.as_dict() for p in purges.of(self.db, "features", [v.ref for v in versions])],
             "training_sets": [
                 {"fingerprint": s["fingerprint"], "snapshot": s["snapshot"], "rows": s["label_rows"], "created_at": s["created_at"]}
                 for s in sets
             ],
         }
 
-    def sql(self, query: str, snapshot: int | None = None) -> tuple[list[str], list[tuple[Any, ...]]]:
-        """Run one read-only SELECT over the committed views; returns (column names, rows)."""
+    def sql(
+        self, query: str, snapshot: int | None = None, *, protected: str = "mask"
+    ) -> tuple[list[str], list[tuple[Any, ...]]]:
+        """Run one read-only SELECT over the committed views; returns (column names, rows).
+
+        `protected` is the disclosure of pii/restricted fields: "mask" by default, "refuse", or "raw"
+        for a reader with `features.read_pii`. Unless raw, DuckDB gets no path at all: each view
+        version is an Arrow dataset without its protected columns (mlbox.features.privacy).
+        """
+        disclosure = privacy.check_disclosure(protected)
         con = self.offline.connect()
         try:
             check_select(con, query, "features sql")
             snap = self.catalog.snapshot() if snapshot is None else snapshot
             for v in (v for v in self.catalog.versions() if v.commit_seq <= snap):  # oldest first: NAME ends at the latest
                 files = [str(p) for _, p in self.offline.files(v, snap)]
+                guarded = privacy.masked_relation(v, [Path(f) for f in files], disclosure) if disclosure != "raw" else None
+                if guarded is not None:
+                    con.register(guarded.data_name, guarded.dataset)
+                    files = []  # the masked relation replaces read_parquet below
                 cols = ", ".join(
                     f'NULL::{t} AS "{c}"'
                     for c, t in [
@@ -471,14 +523,19 @@ class FeatureStore:
                     ]
                 )
                 body = f"SELECT * FROM read_parquet([{', '.join(lit(f) for f in files)}])" if files else f"SELECT {cols} WHERE false"
+                body = guarded.select if guarded is not None else body
                 con.execute(f'CREATE OR REPLACE TEMP VIEW "{v.name}_v{v.version}" AS {body}')
                 con.execute(f'CREATE OR REPLACE TEMP VIEW "{v.name}" AS {body}')
-            sandbox(con, directories=[self.offline.root])  # the lockdown transformations run under, too
+            # the lockdown transformations run under, too; a non-raw reader is allowed no path at all
+            sandbox(con, directories=[self.offline.root] if disclosure == "raw" else [])
             try:
                 cur = con.execute(query)
+                columns = [d[0] for d in cur.description or []]
+                return columns, cur.fetchall()
             except duckdb.Error as exc:
+                refused = privacy.refused_column(str(exc))
+                if refused is not None:
+                    raise refused from None
                 raise UsageError(f"query failed: {str(exc).strip().splitlines()[0]}") from None
-            columns = [d[0] for d in cur.description or []]
-            return columns, cur.fetchall()
         finally:
             con.close()

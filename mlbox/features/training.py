@@ -24,10 +24,12 @@ import pyarrow as pa
 
 from mlbox.errors import UsageError, ValidationError
 from mlbox.features import fingerprint as fp
+from mlbox.features.limits import IngestLimits
 from mlbox.features.catalog import Catalog, ViewVersion
 from mlbox.features.definitions import DTYPES, FeatureRef
 from mlbox.features.offline import OfflineStore, first, micros_sql, register_source
 from mlbox.features.pit import JoinSpec, ViewJoin, build_query, lit, output_names, q
+from mlbox.store import purges
 
 TIMESTAMP_TYPES = (
     "TIMESTAMP WITH TIME ZONE", "TIMESTAMP", "TIMESTAMP_NS", "TIMESTAMPTZ_NS", "TIMESTAMP_MS", "TIMESTAMP_S", "DATE",
@@ -48,6 +50,23 @@ class TrainingSet:
     frame: Any = None  # pandas DataFrame (or pyarrow Table), unless written to a file
     path: Path | None = None
     views: list[str] = field(default_factory=list)
+    purged: list[str] = field(default_factory=list)  # retention purges of the views read: what the set cannot hold
+
+
+def audit_details(result: TrainingSet) -> dict[str, Any]:
+    """The audit entry of a built set (`features.training_set`): what it read and where it went, no values.
+
+    `out` is set when the set was written to a file, which makes the entry also the record of that export.
+    """
+    return {
+        "snapshot": result.snapshot,
+        "rows": result.label_rows,
+        "views": result.views,
+        "features": len(result.features),
+        "batches": len(result.batches),
+        "out": None if result.path is None else str(result.path),
+        "purged": result.purged,
+    }
 
 
 @dataclass(frozen=True)
@@ -187,10 +206,13 @@ class Labels:
     span: tuple[datetime, datetime] | None  # first and last label timestamp
 
 
-def register_labels(con: duckdb.DuckDBPyConnection, labels: Any, timestamp: str | None, base_dir: Path) -> Labels:
+def register_labels(
+    con: duckdb.DuckDBPyConnection, labels: Any, timestamp: str | None, base_dir: Path, limits: IngestLimits | None = None
+) -> Labels:
     """Expose the labels as `__labels`: the timestamp as UTC microseconds (floored, so a label never
-    moves later), plus the row number `__row` that restores label order after the join."""
-    label = register_source(con, labels, base_dir, sub_micros="floor")
+    moves later), plus the row number `__row` that restores label order after the join; the file is held
+    to the ingest limits (`limits`, default: the settings' defaults)."""
+    label = register_source(con, labels, base_dir, sub_micros="floor", limits=limits)
     schema = dict(con.execute("SELECT column_name, column_type FROM (DESCRIBE source)").fetchall())
     if timestamp is None:
         candidates = [c for c, t in schema.items() if t in TIMESTAMP_TYPES]
@@ -274,7 +296,7 @@ def build(
         raise UsageError(f"snapshot {snapshot} does not exist yet (latest is {catalog.snapshot()})")
     con = offline.connect()
     try:
-        lab = register_labels(con, labels, timestamp, base_dir)
+        lab = register_labels(con, labels, timestamp, base_dir, offline.limits)
         plan = resolve(catalog, offline, features, snap, lab.columns, lab.timestamp, lab.span, snapshot is not None)
         result = TrainingSet(
             fingerprint="",
@@ -284,6 +306,7 @@ def build(
             batches=sorted(b for bs in plan.batches.values() for b, _ in bs),
             label_rows=lab.rows,
             views=[v.ref for v in plan.versions],
+            purged=[p.statement() for p in purges.of(catalog.db, "features", [v.ref for v in plan.versions])],
         )
         try:
             if out is not None:

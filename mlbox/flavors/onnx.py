@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -12,18 +13,38 @@ from mlbox.errors import ValidationError
 
 
 def check_single_file(path: Path) -> None:
-    """Refuse ONNX models whose tensors live in external files (they could point anywhere)."""
+    """Refuse ONNX models whose tensors live in external files (they could point anywhere, `../../etc/passwd`).
+
+    Every tensor is checked: initializers, sparse initializers and attribute tensors of the main graph
+    and of every subgraph (If/Loop/Scan bodies), which onnxruntime would load just the same.
+    """
     import onnx
 
-    model = onnx.load(str(path), load_external_data=False)
-    tensors = list(model.graph.initializer)
-    for node in model.graph.node:
-        for attr in node.attribute:
-            if attr.HasField("t"):
-                tensors.append(attr.t)
-    for tensor in tensors:
+    try:
+        model = onnx.load(str(path), load_external_data=False)
+    except Exception as exc:  # protobuf's DecodeError and friends: not an ONNX file
+        raise ValidationError(f"{path.name}: not a readable ONNX model ({type(exc).__name__})") from None
+    if not model.graph.node:  # protobuf parses empty or foreign bytes as an empty model
+        raise ValidationError(f"{path.name}: not an ONNX model (no graph)")
+    for tensor in _tensors(model.graph):
         if tensor.data_location == onnx.TensorProto.EXTERNAL or tensor.external_data:
             raise ValidationError(f"{path.name}: ONNX models with external data are refused (tensor {tensor.name!r})")
+
+
+def _tensors(graph: Any) -> Iterator[Any]:
+    """Every TensorProto a graph holds, its subgraphs' included."""
+    yield from graph.initializer
+    for sparse in graph.sparse_initializer:
+        yield from (sparse.values, sparse.indices)
+    for node in graph.node:
+        for attr in node.attribute:
+            if attr.HasField("t"):
+                yield attr.t
+            yield from attr.tensors
+            for sparse in [*([attr.sparse_tensor] if attr.HasField("sparse_tensor") else []), *attr.sparse_tensors]:
+                yield from (sparse.values, sparse.indices)
+            for sub in [*([attr.g] if attr.HasField("g") else []), *attr.graphs]:
+                yield from _tensors(sub)
 
 
 def session(path: Path, threads: int | None = None, providers: list[str] | None = None) -> Any:

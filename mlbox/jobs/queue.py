@@ -5,6 +5,11 @@ running jobs, runs the pure placement, and marks the chosen jobs running with th
 worker's lease, so two workers never start the same job or share a GPU. A job whose
 worker stopped heartbeating (kill -9) goes back to the queue when its lease expires, or
 fails once its attempts are used up.
+
+Audited in the transaction that changes the job: submit, quota, cancel, retry (by the user),
+and on the worker side each attempt's start (`jobs.start`), end (`jobs.finish`: status, exit
+code, runtime), hand-back (`jobs.release`) and recovery (`jobs.recover`), by the worker's actor
+(the box user who runs `mlbox worker`). Lease heartbeats are bookkeeping and not audited.
 """
 
 from __future__ import annotations
@@ -23,9 +28,9 @@ from mlbox.store.sqlite import Database
 from mlbox.types import NAME_PATTERN, Actor, check_name
 
 TYPES = ("train", "materialize", "monitor", "retention", "command", "predict")
-AVAILABLE = ("train", "materialize", "monitor", "command", "predict")
 ACTIVE = ("queued", "running")
 FINAL = ("succeeded", "failed", "cancelled", "timed_out")
+WORKER_ACTOR = "mlbox-worker"  # the actor of worker-side entries when no box user is named
 
 
 @dataclass(frozen=True)
@@ -98,8 +103,6 @@ class JobQueue:
     ) -> Job:
         if type not in TYPES:
             raise UsageError(f"unknown job type {type!r}", hint=f"types are {', '.join(TYPES)}")
-        if type not in AVAILABLE:
-            raise UsageError(f"{type} jobs arrive with the data-protection features; not available yet")
         check_name(project.replace("-", "_"), "project name", NAME_PATTERN)
         if gpus < 0 or gpu_memory_mb < 0 or cpus <= 0 or memory_mb < 0 or timeout_s <= 0 or max_attempts < 1:
             raise UsageError("resources must be positive: gpus, gpu_memory, memory >= 0; cpus, timeout, attempts > 0")
@@ -136,6 +139,7 @@ class JobQueue:
         return out
 
     def set_quota(self, project: str, max_running: int | None, max_gpus: int | None, actor: str) -> None:
+        check_name(project.replace("-", "_"), "project name", NAME_PATTERN)  # as submit checks it
         with self.db.atomic():
             self.db.execute(
                 "INSERT INTO job_quotas (project, max_running, max_gpus) VALUES (?, ?, ?) ON CONFLICT(project) DO UPDATE "
@@ -186,7 +190,16 @@ class JobQueue:
         return self.get(job_id)
 
     # worker side ------------------------------------------------------------
-    def claim(self, worker: str, gpus: Sequence[GpuState], slots: int, lease_s: float, aging_per_minute: float = 1.0) -> list[tuple[Job, Placement]]:
+    def claim(
+        self,
+        worker: str,
+        gpus: Sequence[GpuState],
+        slots: int,
+        lease_s: float,
+        aging_per_minute: float = 1.0,
+        *,
+        actor: str = WORKER_ACTOR,
+    ) -> list[tuple[Job, Placement]]:
         """Place and claim queued jobs for `worker` in one transaction."""
         if slots <= 0:
             return []
@@ -216,7 +229,12 @@ class JobQueue:
                     (worker, now + lease_s, now, json.dumps(list(p.devices)), p.job_id),
                 ).rowcount
                 if changed == 1:
-                    claimed.append((self.get(p.job_id), p))
+                    job = self.get(p.job_id)
+                    claimed.append((job, p))
+                    self.audit.record(actor, "jobs.start", f"job:{job.id}", {
+                        "type": job.type, "attempt": job.attempts, "worker": worker, "devices": list(p.devices),
+                        "submitted_by": job.submitted_by,
+                    })  # fmt: skip
             return claimed
 
     def started(self, job_id: int, pid: int, log_path: str) -> None:
@@ -238,28 +256,41 @@ class JobQueue:
         lost = {int(r["id"]) for r in rows if r["worker"] != worker or r["status"] != "running"}
         return cancel - lost, lost
 
-    def finish(self, job_id: int, status: str, exit_code: int | None, error: str | None = None, *, worker: str) -> None:
+    def finish(
+        self, job_id: int, status: str, exit_code: int | None, error: str | None = None, *, worker: str, actor: str = WORKER_ACTOR
+    ) -> None:
         """Record the end of `worker`'s attempt; a worker that lost the job (lease recovered) changes nothing."""
         assert status in FINAL
+        now = time.time()
         with self.db.atomic():
-            self.db.execute(
+            changed = self.db.execute(
                 "UPDATE jobs SET status = ?, exit_code = ?, error = ?, ended_at = ?, lease_until = NULL "
                 "WHERE id = ? AND status = 'running' AND worker = ?",
-                (status, exit_code, error, time.time(), job_id, worker),
-            )
+                (status, exit_code, error, now, job_id, worker),
+            ).rowcount
+            if changed == 1:
+                job = self.get(job_id)
+                runtime = None if job.started_at is None else round(now - job.started_at, 3)
+                self.audit.record(actor, "jobs.finish", f"job:{job_id}", {
+                    "type": job.type, "status": status, "exit_code": exit_code, "runtime_s": runtime,
+                    "attempt": job.attempts, "worker": worker,
+                })  # fmt: skip
 
-    def release(self, job_id: int, why: str, *, worker: str) -> None:
+    def release(self, job_id: int, why: str, *, worker: str, actor: str = WORKER_ACTOR) -> None:
         """A job its worker gave up (worker stopping): queued again if it has attempts left, else failed."""
         with self.db.atomic():
-            self.db.execute(
+            changed = self.db.execute(
                 "UPDATE jobs SET status = CASE WHEN attempts < max_attempts THEN 'queued' ELSE 'failed' END, "
                 "error = CASE WHEN attempts < max_attempts THEN NULL ELSE ? END, worker = NULL, lease_until = NULL, "
                 "pid = NULL, devices = NULL, ended_at = CASE WHEN attempts < max_attempts THEN NULL ELSE ? END "
                 "WHERE id = ? AND status = 'running' AND worker = ?",
                 (why, time.time(), job_id, worker),
-            )
+            ).rowcount
+            if changed == 1:
+                status = self.get(job_id).status
+                self.audit.record(actor, "jobs.release", f"job:{job_id}", {"status": status, "why": why, "worker": worker})
 
-    def recover(self, now: float | None = None) -> list[int]:
+    def recover(self, now: float | None = None, *, actor: str = WORKER_ACTOR) -> list[int]:
         """Jobs whose lease expired (their worker died): back to the queue, or failed after their attempts."""
         now = time.time() if now is None else now
         with self.db.atomic():
@@ -282,5 +313,5 @@ class JobQueue:
                         "lease_until = NULL WHERE id = ?",
                         (now, r["id"]),
                     )
-                self.audit.record("mlbox-worker", "jobs.recover", f"job:{r['id']}", {"requeued": r["attempts"] < r["max_attempts"]})
+                self.audit.record(actor, "jobs.recover", f"job:{r['id']}", {"requeued": r["attempts"] < r["max_attempts"]})
         return [int(r["id"]) for r in rows]

@@ -24,7 +24,7 @@ from pathlib import Path
 from mlbox.config import child_env
 from mlbox.hardware import Gpu, Inventory, detect
 from mlbox.jobs.placement import GpuState
-from mlbox.jobs.queue import Job, JobQueue
+from mlbox.jobs.queue import WORKER_ACTOR, Job, JobQueue
 
 PR_SET_PDEATHSIG = 1
 
@@ -82,6 +82,7 @@ class Worker:
         inventory: Callable[[], Inventory] = detect,
         log: Callable[[str], None] = lambda _m: None,
         on_tick: Callable[[], list[int]] | None = None,
+        actor: str = WORKER_ACTOR,
     ) -> None:
         self.queue = queue
         self.home = home
@@ -92,6 +93,7 @@ class Worker:
         self.inventory = inventory
         self.log = log
         self.on_tick = on_tick  # queues scheduled jobs (monitoring's schedules) before each claim
+        self.actor = actor  # who the audit names for this worker's starts, ends and recoveries
         self.name = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
         self.running: dict[int, Running] = {}
         self._stop = False
@@ -148,7 +150,7 @@ class Worker:
             code = run.proc.poll()
             if code is not None:
                 status = "succeeded" if code == 0 else "failed"
-                self.queue.finish(job_id, status, code, None if code == 0 else f"exited with {code}", worker=self.name)
+                self.queue.finish(job_id, status, code, None if code == 0 else f"exited with {code}", worker=self.name, actor=self.actor)
                 del self.running[job_id]
                 self.log(f"job {job_id} {status} (exit {code})")
         cancel, lost = self.queue.heartbeat(self.name, list(self.running), self.lease_s)
@@ -159,15 +161,16 @@ class Worker:
                 self.log(f"job {job_id} lost its lease; stopped here")
             elif job_id in cancel:
                 self._kill(run)
-                self.queue.finish(job_id, "cancelled", run.proc.returncode, "cancelled", worker=self.name)
+                self.queue.finish(job_id, "cancelled", run.proc.returncode, "cancelled", worker=self.name, actor=self.actor)
                 del self.running[job_id]
                 self.log(f"job {job_id} cancelled")
             elif time.monotonic() - run.started > run.job.timeout_s:
                 self._kill(run)
-                self.queue.finish(job_id, "timed_out", run.proc.returncode, f"ran over its {run.job.timeout_s}s timeout", worker=self.name)
+                self.queue.finish(job_id, "timed_out", run.proc.returncode, f"ran over its {run.job.timeout_s}s timeout",
+                                  worker=self.name, actor=self.actor)  # fmt: skip
                 del self.running[job_id]
                 self.log(f"job {job_id} timed out")
-        for job_id in self.queue.recover():
+        for job_id in self.queue.recover(actor=self.actor):
             self.log(f"job {job_id} recovered from a dead worker")
         if self.on_tick is not None:
             try:
@@ -175,7 +178,7 @@ class Worker:
                     self.log(f"job {job_id} queued by a schedule")
             except Exception as exc:  # a broken schedule must not stop the worker from running jobs
                 self.log(f"scheduling failed: {exc}")
-        for job, placement in self.queue.claim(self.name, self.gpu_states(), self.slots - len(self.running), self.lease_s):
+        for job, placement in self.queue.claim(self.name, self.gpu_states(), self.slots - len(self.running), self.lease_s, actor=self.actor):
             self.start_job(job, placement.devices)
 
     def run(self, once: bool = False) -> None:
@@ -187,7 +190,7 @@ class Worker:
             time.sleep(self.poll_s)
         for job_id, run in list(self.running.items()):  # a stopping worker hands its jobs back
             self._kill(run)
-            self.queue.release(job_id, "its worker stopped", worker=self.name)
+            self.queue.release(job_id, "its worker stopped", worker=self.name, actor=self.actor)
 
     def stop(self) -> None:
         self._stop = True

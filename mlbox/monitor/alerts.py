@@ -5,6 +5,9 @@ POST to its own admin ports or a cloud metadata service. So the host is resolved
 resolves to must be public (unless the policy sets `allow_private`), the connection goes to exactly that
 address (a DNS answer that changes between check and connect cannot redirect it), redirects are reported,
 not followed, and proxies from the environment are not used.
+
+Residency: `alert` takes the box's destination check (`gate`, security/residency.py `Residency.check_url`);
+a webhook host outside the box's residency, or of unknown region, without a transfer basis is not posted to.
 """
 
 from __future__ import annotations
@@ -17,14 +20,14 @@ import math
 import socket
 import ssl
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 from urllib.parse import SplitResult, urlsplit
 
 from mlbox import clock
 from mlbox._version import __version__
-from mlbox.errors import UsageError
+from mlbox.errors import MlboxError, UsageError
 
 if TYPE_CHECKING:
     from mlbox.monitor.policy import AlertConfig
@@ -58,6 +61,7 @@ class WebhookResult:
     error: str | None = None
     address: str | None = None
     elapsed_ms: float = 0.0
+    region: str | None = None  # where the receiving host lies, as the residency check located it
 
     def as_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -199,10 +203,13 @@ def post_webhook(url: str, payload: Mapping[str, Any], *, allow_private: bool, t
 
 
 def alert(event: str, deployment: str, details: Mapping[str, Any], config: AlertConfig | None, log: logging.Logger = log,
-          *, environ: Mapping[str, str] | None = None) -> WebhookResult | None:  # fmt: skip
+          *, environ: Mapping[str, str] | None = None,
+          gate: Callable[[str], Mapping[str, Any]] | None = None) -> WebhookResult | None:  # fmt: skip
     """Log one WARNING line for `event` on `deployment`; POST it to the configured webhook, if any, and say how that went.
 
     `environ` resolves a `{"$env": NAME}` webhook reference (pass the settings' environment, not os.environ).
+    `gate(url)` is the residency check: it raises to refuse the destination, else returns its audit fields
+    (`region`, `transfer_basis`).
     """
     reason = details.get("reason")
     summary = reason if isinstance(reason, str) and reason else json.dumps(_finite(details), default=str)[:500]
@@ -211,7 +218,17 @@ def alert(event: str, deployment: str, details: Mapping[str, Any], config: Alert
     if config is None or url is None:
         return None
     payload = {"source": "mlbox", "version": __version__, "event": event, "deployment": deployment, "at": clock.iso(), "details": details}
-    outcome = post_webhook(url, payload, allow_private=config.allow_private, timeout_s=config.timeout_s)
+    region = None
+    if gate is not None:
+        try:
+            region = gate(url).get("region")
+        except MlboxError as exc:
+            refused = WebhookResult(ok=False, error=exc.message)
+            if config.webhook_env is not None:
+                refused = replace(refused, error=exc.message.replace(url, f"${config.webhook_env}"))
+            log.warning("monitor %s on %s: webhook not delivered: %s", event, deployment, refused.error)
+            return refused
+    outcome = replace(post_webhook(url, payload, allow_private=config.allow_private, timeout_s=config.timeout_s), region=region)
     if not outcome.ok and config.webhook_env is not None and outcome.error:
         # the URL came from the environment: never repeat it (whatever the variable holds) in a log or a result
         outcome = replace(outcome, error=outcome.error.replace(repr(url), f"${config.webhook_env}").replace(url, f"${config.webhook_env}"))

@@ -19,7 +19,7 @@ from mlbox.errors import UsageError
 from mlbox.monitor.alerts import check_url_syntax
 from mlbox.monitor.verdict import Thresholds
 from mlbox.monitor.window import Window
-from mlbox.types import check_keys, check_name, parse_duration
+from mlbox.types import check_keys, check_name, parse_duration, printable
 
 T = TypeVar("T")
 MIN_SCHEDULE_S = 60  # a check reads the whole window of the log; more often than once a minute only burns the cores
@@ -197,7 +197,7 @@ def _yaml_problem(exc: BaseException) -> str:
 
 def parse_policy(deployment: Any, data: Any, source: str) -> Policy:
     """One deployment's policy from its mapping (the YAML entry, or what `Policy.as_dict()` wrote)."""
-    where = f"{source}: deployments.{deployment}"
+    where = f"{source}: deployments.{printable(deployment)}"
     _located(where, lambda: check_name(deployment, "deployment name"))
     if data is None:
         data = {}

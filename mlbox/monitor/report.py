@@ -9,8 +9,10 @@ SVG text matplotlib writes is XML-escaped by matplotlib.
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 from mlbox.errors import ValidationError
@@ -30,6 +32,17 @@ from mlbox.monitor.report_html import (
     variant_order,
     window_text,
 )
+from mlbox.store.audit import AuditLog
+
+
+def write_report(audit: AuditLog, actor: str, deployment: str, out: Path, page: str) -> None:
+    """Write the page to `out` whole (temporary file, then rename) and audit the export (`monitor.report`)."""
+    data = page.encode("utf-8")
+    tmp = out.with_name(f".{out.name}.tmp")
+    tmp.write_bytes(data)
+    tmp.replace(out)
+    audit.record(actor, "monitor.report", deployment, {"out": str(out), "bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()})
+
 
 TOP_LINES = 10  # drift-score lines per plot: the largest in the latest check (a legend of 40 helps no one)
 METRICS = {

@@ -1,7 +1,8 @@
 """The model registry over meta.db: versions with artifacts, signature and lineage; aliases; archive.
 
 A version is registered in one transaction after its files are in the content-addressed
-artifact store, so a crash never leaves a half-registered version. Alias moves are
+artifact store, so a crash never leaves a half-registered version. Every change (register,
+profile, promote, archive) and every export is audited. Alias moves are
 compare-and-set on the alias row: two promotions that both saw the same holder cannot
 both win; the second gets a Conflict.
 """
@@ -169,7 +170,8 @@ class Registry:
             return None
         cached = self._profiles.get(row["sha256"])
         if cached is None:
-            cached = json.loads(self.artifacts.open_verified(row["sha256"]).read_text())
+            path = self.artifacts.open_verified(row["sha256"], f"reference profile of model {version.ref}")
+            cached = json.loads(path.read_text())
             self._profiles = {row["sha256"]: cached}  # one kept: a check reads one or two versions at a time
         return cached
 
@@ -181,6 +183,19 @@ class Registry:
             "UNION SELECT sha256 FROM model_profiles"
         )
         return {r["sha256"] for r in rows if r["sha256"]}
+
+    def artifact_names(self) -> dict[str, list[str]]:
+        """Each artifact a model version or profile names -> what names it ("model churn:3 file model.onnx")."""
+        out: dict[str, list[str]] = {}
+        rows = self.db.query(
+            "SELECT v.name, v.version, a.key AS file, json_extract(a.value, '$.sha256') AS sha256 "
+            "FROM model_versions v, json_each(v.artifacts) a "
+            "UNION ALL SELECT name, version, 'reference profile', sha256 FROM model_profiles ORDER BY 1, 2, 3"
+        )
+        for r in rows:
+            if r["sha256"]:
+                out.setdefault(r["sha256"], []).append(f"model {r['name']}:{r['version']} file {r['file']}")
+        return out
 
     def _aliases(self, name: str) -> dict[int, list[str]]:
         out: dict[int, list[str]] = {}
@@ -307,8 +322,13 @@ class Registry:
             },
         }
 
-    def export(self, ref: str, fmt: str, dest: Path) -> list[Path]:
-        """Copy a version's ONNX file or native files (verified against their sha256) to `dest`."""
+    def export(
+        self, ref: str, fmt: str, dest: Path, *, actor: str = "system", destination: dict[str, Any] | None = None
+    ) -> list[Path]:
+        """Copy a version's ONNX file or native files (verified: sha256 and HMAC) to `dest`; audited (`models.export`).
+
+        `destination` (the residency check's region and transfer basis) is added to the audit entry.
+        """
         version = self.get(ref)
         if fmt not in ("onnx", "native"):
             raise UsageError(f"unknown export format {fmt!r}", hint="use onnx or native")
@@ -316,11 +336,17 @@ class Registry:
         if not wanted:
             raise NotFound(f"{version.ref} has no {fmt} artifact")
         if fmt == "onnx" and dest.suffix == ".onnx":
-            return [self.artifacts.copy_to(wanted["model.onnx"]["sha256"], dest)]
-        dest.mkdir(parents=True, exist_ok=True)
-        out = []
-        for fname, meta in wanted.items():
-            out.append(self.artifacts.copy_to(meta["sha256"], dest / Path(fname).name))
+            out = [self.artifacts.copy_to(wanted["model.onnx"]["sha256"], dest, f"model {version.ref} file model.onnx")]
+        else:
+            dest.mkdir(parents=True, exist_ok=True)
+            out = [
+                self.artifacts.copy_to(meta["sha256"], dest / Path(fname).name, f"model {version.ref} file {fname}")
+                for fname, meta in wanted.items()
+            ]
+        self.audit.record(actor, "models.export", version.ref, {
+            "format": fmt, "dest": str(dest), "files": {p.name: wanted[k]["sha256"] for k, p in zip(wanted, out, strict=True)},
+            **(destination or {}),
+        })  # fmt: skip
         return out
 
     def local_files(self, ref: str, directory: Path) -> Path:
@@ -328,5 +354,5 @@ class Registry:
         version = self.get(ref)
         for fname, meta in version.artifacts.items():
             if fname.startswith("native/"):
-                self.artifacts.copy_to(meta["sha256"], directory / Path(fname).name)
+                self.artifacts.copy_to(meta["sha256"], directory / Path(fname).name, f"model {version.ref} file {fname}")
         return directory

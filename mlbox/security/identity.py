@@ -5,8 +5,9 @@ secret is 256 random bits and only its SHA-256 is stored, so a copy of meta.db g
 nothing. A token acts with the lower of its own role and its user's role at the time of use,
 so demoting a user demotes their tokens; a disabled user's tokens fail. The local CLI acts as
 the box user mapped to the OS user running it; `MLBOX_TOKEN` acts as that token's user instead.
-Every change to users and tokens moves `auth_state.revision` (triggers, migration 0012_auth),
-which a serving worker compares before trusting what it cached.
+A token may be scoped to named deployments and feature views (security/scopes.py; table token_scopes,
+migration 0013). Every change to users, tokens and scopes moves `auth_state.revision` (triggers,
+migrations 0012_auth and 0013_token_scopes), which a serving worker compares before trusting what it cached.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import hashlib
 import hmac
 import re
 import secrets
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from datetime import timedelta
 from typing import Any
@@ -23,6 +25,7 @@ from typing import Any
 from mlbox import clock
 from mlbox.errors import AuthError, Conflict, NotFound, UsageError
 from mlbox.security.roles import PERMISSIONS, lower_role
+from mlbox.security.scopes import Scopes
 from mlbox.store.audit import AuditLog
 from mlbox.store.sqlite import Database
 from mlbox.types import ROLES, USER_PATTERN, Actor, Role, check_name
@@ -52,6 +55,8 @@ class TokenInfo:
     expires_at: str | None
     revoked_at: str | None
     last_used_at: str | None
+    deployments: tuple[str, ...] = ()  # its scopes; both empty: unrestricted
+    views: tuple[str, ...] = ()
 
     @property
     def state(self) -> str:
@@ -61,17 +66,23 @@ class TokenInfo:
             return "expired"
         return "active"
 
+    @property
+    def scopes(self) -> Scopes | None:
+        return Scopes.of(self.deployments, self.views)
+
     def as_dict(self) -> dict[str, Any]:
-        return {**asdict(self), "state": self.state}
+        scope = self.scopes
+        return {**asdict(self), "state": self.state, "scope": " ".join(scope.as_words()) if scope else "all"}
 
 
 @dataclass(frozen=True)
 class Grant:
-    """What a valid token grants now: its actor (at the effective role), its id and when it expires."""
+    """What a valid token grants now: its actor (at the effective role), its id, when it expires, its scopes."""
 
     actor: Actor
     token_id: str
     expires_at: str | None  # clock.iso() text
+    scopes: Scopes | None = None  # None: every deployment and view
 
     @functools.cached_property
     def _expires_ts(self) -> float | None:
@@ -164,8 +175,12 @@ class Identity:
         expires_in_s: int | None = None,
         never_expires: bool = False,
         description: str = "",
+        deployments: Sequence[str] = (),
+        views: Sequence[str] = (),
     ) -> tuple[TokenInfo, str]:
-        """Create a token; returns its info and the token text, which is never stored or shown again."""
+        """Create a token; returns its info and the token text, which is never stored or shown again.
+        With `deployments` or `views` it reaches only those (security/scopes.py)."""
+        scopes = Scopes.of(deployments, views)
         owner = self.user(user)
         if owner.disabled_at:
             raise UsageError(f"user {user!r} is disabled")
@@ -191,22 +206,49 @@ class Identity:
                 "VALUES (?, ?, ?, ?, ?, ?, ?)",
                 (token_id, user, token_role, _hash(secret), description, clock.iso(now), expires),
             )
-            self.audit.record(actor, "auth.token.create", user, {"token": token_id, "role": token_role, "expires": expires})
+            if scopes is not None:
+                self.db.executemany(
+                    "INSERT INTO token_scopes (token_id, kind, name) VALUES (?, ?, ?)",
+                    [(token_id, "deployment", d) for d in sorted(scopes.deployments)]
+                    + [(token_id, "view", v) for v in sorted(scopes.views)],
+                )
+            details = {"token": token_id, "role": token_role, "expires": expires}
+            if scopes is not None:
+                details["scopes"] = " ".join(scopes.as_words())
+            self.audit.record(actor, "auth.token.create", user, details)
         return self.token(token_id), f"mlbx_{token_id}_{secret}"
 
     def token(self, token_id: str) -> TokenInfo:
         row = self.db.one("SELECT * FROM tokens WHERE id = ?", (token_id,))
         if row is None:
             raise NotFound(f"no token {token_id!r}", hint="`mlbox auth token list` shows token ids")
-        row.pop("secret_hash")
-        return TokenInfo(**row)
+        return self._info(row, self._scopes([token_id]))
 
     def tokens(self, user: str | None = None) -> list[TokenInfo]:
         sql = "SELECT * FROM tokens" + (" WHERE user = ?" if user else "") + " ORDER BY created_at"
         rows = self.db.query(sql, (user,) if user else ())
-        for row in rows:
-            row.pop("secret_hash")
-        return [TokenInfo(**r) for r in rows]
+        scopes = self._scopes([r["id"] for r in rows] if user else None)
+        return [self._info(r, scopes) for r in rows]
+
+    def _scopes(self, token_ids: list[str] | None) -> dict[str, dict[str, list[str]]]:
+        """{token id: {kind: [names]}} of `token_ids` (None: every token)."""
+        sql = "SELECT token_id, kind, name FROM token_scopes"
+        params: tuple[str, ...] = ()
+        if token_ids is not None:
+            if not token_ids:
+                return {}
+            sql += f" WHERE token_id IN ({', '.join('?' * len(token_ids))})"
+            params = tuple(token_ids)
+        out: dict[str, dict[str, list[str]]] = {}
+        for r in self.db.query(sql + " ORDER BY token_id, kind, name", params):
+            out.setdefault(r["token_id"], {}).setdefault(r["kind"], []).append(r["name"])
+        return out
+
+    @staticmethod
+    def _info(row: dict[str, Any], scopes: dict[str, dict[str, list[str]]]) -> TokenInfo:
+        row = {k: v for k, v in row.items() if k != "secret_hash"}
+        held = scopes.get(row["id"], {})
+        return TokenInfo(**row, deployments=tuple(held.get("deployment", ())), views=tuple(held.get("view", ())))
 
     def revoke_token(self, actor: str, token_id: str) -> TokenInfo:
         with self.db.atomic():
@@ -250,7 +292,9 @@ class Identity:
             with self.db.atomic():
                 self.db.execute("UPDATE tokens SET last_used_at = ? WHERE id = ?", (now, token_id))
         role = lower_role(check_role(row["role"]), check_role(row["user_role"]))
-        return Grant(actor=Actor(row["user"], role, "token"), token_id=token_id, expires_at=row["expires_at"])
+        held = self._scopes([token_id]).get(token_id, {})
+        scopes = Scopes.of(held.get("deployment", ()), held.get("view", ()))
+        return Grant(actor=Actor(row["user"], role, "token"), token_id=token_id, expires_at=row["expires_at"], scopes=scopes)
 
     def actor_for_os_user(self, os_user: str) -> Actor:
         row = self.db.one("SELECT name, role, disabled_at FROM users WHERE os_user = ?", (os_user,))

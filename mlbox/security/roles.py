@@ -10,6 +10,7 @@ from mlbox.errors import PermissionDenied
 from mlbox.types import ROLES, Actor, Role
 
 READ = "read"  # list/show anything in the box except secrets
+READ_PII = "features.read_pii"  # without it, protected feature values are masked or refused (privacy.protected_reads)
 
 ACTIONS: dict[str, str] = {
     READ: "List and show box contents: features, runs, models, deployments, jobs.",
@@ -17,6 +18,7 @@ ACTIONS: dict[str, str] = {
     "auth.manage": "Add users, change roles, create and revoke tokens for anyone.",
     "features.write": "Apply feature definitions, ingest batches, materialize.",
     "features.read_online": "Read online feature values.",
+    "features.read_pii": "Read the values of protected fields (pii or restricted) unmasked, in every read path.",
     "train.run": "Train models and log runs.",
     "models.register": "Register model versions.",
     "models.promote": "Move model aliases (staging, production, archived).",
@@ -61,6 +63,12 @@ def allowed(role: str, action: str) -> bool:
     if action not in ACTIONS:
         return False
     return action in PERMISSIONS.get(role, frozenset())  # type: ignore[call-overload]
+
+
+def disclosure(actor: Actor, setting: str) -> str:
+    """How `actor` reads protected feature values: "raw" with `features.read_pii`, else the
+    `privacy.protected_reads` setting ("mask" or "refuse"); interfaces pass it to the feature store."""
+    return "raw" if allowed(actor.role, READ_PII) else setting
 
 
 def require(actor: Actor, action: str) -> None:

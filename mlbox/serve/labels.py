@@ -18,7 +18,8 @@ from pathlib import Path
 
 from mlbox import clock
 from mlbox.errors import NotFound, ValidationError
-from mlbox.features.offline import connect, first, register_source
+from mlbox.features.limits import IngestLimits
+from mlbox.features.offline import connect, first, inside_box, register_source
 from mlbox.features.pit import lit, q
 from mlbox.store.audit import AuditLog
 from mlbox.store.sqlite import Database
@@ -42,14 +43,15 @@ def prediction_files(db: Database, root: Path, deployment: str) -> list[Path]:
 
 def ingest_labels(
     db: Database, audit: AuditLog, root: Path, deployment: str, source: Path, actor: str,
-    label: str = "label", timestamp: str = "ts", keys: list[str] | None = None,
+    label: str = "label", timestamp: str = "ts", keys: list[str] | None = None, limits: IngestLimits | None = None,
 ) -> LabelResult:  # fmt: skip
+    """Match a labels file to logged predictions and store the matches as one batch; the file is held to `limits`."""
     files = prediction_files(db, root, deployment)
     if not files:
         raise NotFound(f"deployment {deployment!r} has no logged predictions yet")
     con = connect()
     try:
-        register_source(con, source, Path.cwd(), text_columns=(label,))  # a label is text as written: `yes` stays `yes`
+        register_source(con, source, Path.cwd(), text_columns=(label,), limits=limits)  # a label is text as written: `yes` stays `yes`
         cols = dict(con.execute("SELECT column_name, column_type FROM (DESCRIBE source)").fetchall())
         if label not in cols:
             raise ValidationError(f"{source}: no label column {label!r}", hint="name it with --label")
@@ -90,7 +92,7 @@ def ingest_labels(
         except Exception as exc:
             raise ValidationError(f"{source}: cannot match labels: {str(exc).splitlines()[0]}") from None
         total, hits = first(con.execute("SELECT count(*), count(predicted_at) FROM matched")) or (0, 0)
-        folder = root / deployment / "labels"
+        folder = inside_box(root / deployment / "labels", root.parent)
         folder.mkdir(parents=True, exist_ok=True)
         name = uuid.uuid4().hex
         tmp, final = folder / f".tmp-{os.getpid()}-{name}.parquet", folder / f"{name}.parquet"

@@ -76,7 +76,7 @@ class ModelCache:
                 meta = version.artifacts.get("model.onnx")
                 if meta is None:
                     raise NotFound(f"{version.ref} has no ONNX export")
-                path = self.registry.artifacts.open_verified(meta["sha256"])
+                path = self.registry.artifacts.open_verified(meta["sha256"], f"model {version.ref} file model.onnx")
                 if self.providers is None:
                     self.providers = onnx_providers()["chosen"]
                 session = onnx_files.session(path, self.threads, self.providers)

@@ -11,6 +11,11 @@ The head lives in the same file as the entries, so deleting every row and the he
 leave an empty log that looks new. `keys/audit.anchor` (next to the key, outside meta.db,
 written once the first entry is committed) records entry 1's hash under the key's MAC:
 while it exists, an empty or headless log fails verification.
+
+Several processes append at once (CLI commands, `mlbox serve`, the worker and its job
+processes): `record` reads the head and writes the entry and the new head inside one
+`BEGIN IMMEDIATE` transaction (`Database.atomic`), so the head it links to cannot move before
+it commits, and `seq` is the table's primary key, so two writers can never both claim one.
 """
 
 from __future__ import annotations
@@ -100,6 +105,11 @@ class AuditLog:
         keys = db.path.parent / "keys"
         self.anchor = anchor if anchor is not None else (keys / "audit.anchor" if keys.is_dir() else None)
         self._suppressed: dict[tuple[str, str, str], int] = {}
+
+    @classmethod
+    def beside(cls, db: Database) -> AuditLog:
+        """The log of the box whose meta.db is `db`, keyed by `keys/audit.key` next to it (created if missing)."""
+        return cls(db, load_or_create_key(db.path.parent / "keys" / "audit.key"))
 
     def record(self, actor: str, action: str, target: str = "", details: dict[str, Any] | None = None) -> int:
         text = json.dumps(details or {}, sort_keys=True, separators=(",", ":"), default=str, ensure_ascii=False)

@@ -45,7 +45,7 @@ class Evidence:
     fingerprint: str
 
 
-def _signing_key(path: Path) -> Any:
+def load_signing_key(path: Path) -> Any:
     from cryptography.hazmat.primitives import serialization
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
@@ -101,7 +101,7 @@ def export(log: AuditLog, signing_key: Path, out: Path, *, since: str | None, un
         raise StoreError("the audit head record is missing", hint="run `mlbox audit verify`")
     link_hash: str = before[0]["hash"] if before else GENESIS
     link = {"seq": span[0] - 1, "hash": link_hash}
-    private = _signing_key(signing_key)
+    private = load_signing_key(signing_key)
     public_pem, fingerprint = public_key_info(private)
     prev, entries = link_hash, []
     for row in rows:

@@ -442,6 +442,108 @@ CREATE TRIGGER auth_tokens_delete AFTER DELETE ON tokens BEGIN UPDATE auth_state
 CREATE TRIGGER auth_tokens_update AFTER UPDATE OF id, user, role, secret_hash, expires_at, revoked_at ON tokens
     BEGIN UPDATE auth_state SET revision = revision + 1; END
 """
+# A token's scopes: the deployments and feature views it is limited to (none: unrestricted). Rows are written
+# with the token and never updated; any change moves the auth revision, so serving workers drop cached grants.
+TOKEN_SCOPES = """
+CREATE TABLE token_scopes (
+    token_id TEXT NOT NULL REFERENCES tokens(id) ON DELETE CASCADE,
+    kind TEXT NOT NULL CHECK (kind IN ('deployment', 'view')),
+    name TEXT NOT NULL,
+    PRIMARY KEY (token_id, kind, name)
+);
+CREATE TRIGGER auth_scopes_insert AFTER INSERT ON token_scopes BEGIN UPDATE auth_state SET revision = revision + 1; END;
+CREATE TRIGGER auth_scopes_delete AFTER DELETE ON token_scopes BEGIN UPDATE auth_state SET revision = revision + 1; END;
+CREATE TRIGGER auth_scopes_update AFTER UPDATE ON token_scopes BEGIN UPDATE auth_state SET revision = revision + 1; END
+"""
+
+# Erasure (right to be forgotten): a rewritten feature batch replaces the batch it names (`replaces`) and is
+# visible at the snapshots its original was (`visible_seq`); the original is marked `superseded_seq` and its
+# file deleted, so no snapshot reads erased rows. Each erasure keeps its signed certificate, naming the
+# subject only by an HMAC with the box key.
+PRIVACY = """
+ALTER TABLE feature_batches ADD COLUMN visible_seq INTEGER;
+ALTER TABLE feature_batches ADD COLUMN replaces INTEGER;
+ALTER TABLE feature_batches ADD COLUMN superseded_seq INTEGER;
+CREATE TABLE feature_rewrites (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    view TEXT NOT NULL,
+    version INTEGER NOT NULL,
+    commit_seq INTEGER NOT NULL,
+    reason TEXT NOT NULL,
+    batches_before INTEGER NOT NULL,
+    batches_after INTEGER NOT NULL,
+    rows_removed INTEGER NOT NULL,
+    created_at TEXT NOT NULL,
+    created_by TEXT NOT NULL
+);
+CREATE TABLE erasures (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    subject TEXT NOT NULL,
+    snapshot INTEGER NOT NULL,
+    certificate TEXT NOT NULL,
+    created_at TEXT NOT NULL,
+    created_by TEXT NOT NULL
+)
+"""
+
+# Retention: every purge (what store, which view version or deployment, the cutoff, rows and files removed),
+# so training sets, lineage and the records of processing state what is gone; and the queue's schedules
+# (`mlbox jobs submit retention --every 1d`), claimed by compare-and-set on next_run so one worker wins each slot.
+RETENTION = """
+CREATE TABLE purges (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    store TEXT NOT NULL CHECK (store IN ('features', 'predictions', 'labels')),
+    target TEXT NOT NULL,
+    retention TEXT NOT NULL,
+    cutoff TEXT NOT NULL,
+    rows INTEGER NOT NULL,
+    files INTEGER NOT NULL,
+    commit_seq INTEGER,
+    purged_at TEXT NOT NULL,
+    purged_by TEXT NOT NULL,
+    job_id INTEGER
+);
+CREATE INDEX purges_target ON purges(store, target, id);
+CREATE TABLE job_schedules (
+    name TEXT PRIMARY KEY,
+    type TEXT NOT NULL,
+    payload TEXT NOT NULL,
+    every_s INTEGER NOT NULL CHECK (every_s > 0),
+    next_run REAL NOT NULL,
+    created_at TEXT NOT NULL,
+    created_by TEXT NOT NULL
+)
+"""
+
+# Residency: the box's country (one row), the regions an admin declared for path prefixes and webhook hosts,
+# and the transfer bases that allow a destination outside the residency (revoked, never deleted: the audit
+# entries of past exports name them).
+RESIDENCY = """
+CREATE TABLE residency (
+    id INTEGER PRIMARY KEY CHECK (id = 1),
+    country TEXT NOT NULL,
+    set_at TEXT NOT NULL,
+    set_by TEXT NOT NULL
+);
+CREATE TABLE regions (
+    kind TEXT NOT NULL CHECK (kind IN ('path', 'host')),
+    destination TEXT NOT NULL,
+    region TEXT NOT NULL,
+    created_at TEXT NOT NULL,
+    created_by TEXT NOT NULL,
+    PRIMARY KEY (kind, destination)
+);
+CREATE TABLE transfer_bases (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    region TEXT NOT NULL,
+    basis TEXT NOT NULL,
+    destination TEXT,
+    created_at TEXT NOT NULL,
+    created_by TEXT NOT NULL,
+    revoked_at TEXT,
+    revoked_by TEXT
+)
+"""
 
 MIGRATIONS: tuple[Migration, ...] = (
     Migration("0001_core", _sql(CORE)),
@@ -454,6 +556,10 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration("0010_jobs_predict", _sql(JOBS_PREDICT)),
     Migration("0011_monitoring", _sql(MONITORING)),
     Migration("0012_auth", _sql(AUTH)),
+    Migration("0013_token_scopes", _sql(TOKEN_SCOPES)),
+    Migration("0014_privacy", _sql(PRIVACY)),
+    Migration("0015_retention", _sql(RETENTION)),
+    Migration("0016_residency", _sql(RESIDENCY)),
 )
 
 

@@ -6,6 +6,12 @@ written with one `executemany` per flush, so logging never dominates a training 
 A run records the process running it (pid, start time, host) and a heartbeat at every
 metric flush. A `running` run whose process is gone was killed (kill -9, OOM, power): opening
 the store marks such runs `killed`; a live process's run is never touched.
+
+Audited (see docs/audit.md): a run's creation (`runs.create`), its end (`runs.finish`, once per
+run, summarising its params, tags and metrics by name and count: a training loop logs thousands
+of metric rows and must not write an audit entry each) and each logged artifact (`runs.artifact`,
+with its sha256). Param values, tag values, metric values and error messages stay out of the
+audit: they may hold data; the run row keeps them.
 """
 
 from __future__ import annotations
@@ -21,11 +27,14 @@ from typing import Any
 from mlbox import clock
 from mlbox.errors import NotFound, UsageError
 from mlbox.store.artifacts import ArtifactStore
+from mlbox.store.audit import AuditLog
 from mlbox.store.sqlite import Database
 from mlbox.tracking import process
 from mlbox.types import check_name
 
 RUN_STATUSES = ("running", "finished", "failed", "interrupted", "killed")
+REAPER = "system"  # the actor that marks runs of dead processes killed (no user asked for it)
+MAX_NAMES = 50  # param and tag names listed in a run's end entry; the count is always exact
 MetricRow = tuple[str, str, int, float | None, float]  # run_id, key, step, value, ts
 
 
@@ -66,9 +75,11 @@ class RunInfo:
 class TrackingStore:
     """Experiments, runs, metrics and run artifacts in meta.db; marks runs of dead processes killed on open."""
 
-    def __init__(self, db: Database, artifacts: ArtifactStore, *, reap: bool = True) -> None:
+    def __init__(self, db: Database, artifacts: ArtifactStore, audit: AuditLog | None = None, *, reap: bool = True) -> None:
         self.db = db
         self.artifacts = artifacts
+        # never unaudited: a store built without the box's log opens it from the key beside meta.db
+        self.audit = audit if audit is not None else AuditLog.beside(db)
         if reap:
             self.reap()
 
@@ -125,6 +136,18 @@ class TrackingStore:
                     now,
                 ),
             )
+            self.audit.record(
+                actor,
+                "runs.create",
+                f"run:{run_id}",
+                {
+                    "experiment": experiment,
+                    "name": name or run_id[:8],
+                    "dataset": fields.get("dataset_fingerprint"),
+                    "code_rev": fields.get("code_rev"),
+                    "env_hash": fields.get("env_hash"),
+                },
+            )
         return run_id
 
     def update_json(self, run_id: str, column: str, values: Mapping[str, Any]) -> None:
@@ -148,11 +171,12 @@ class TrackingStore:
         with self.db.atomic():
             self.db.execute(f"UPDATE runs SET {sets} WHERE id = ?", [*values, run_id])
 
-    def finish(self, run_id: str, status: str, error: str | None = None) -> None:
+    def finish(self, run_id: str, status: str, error: str | None = None, *, actor: str | None = None) -> None:
+        """End the run and audit it once (`runs.finish`), by `actor` (default: the run's own user)."""
         if status not in RUN_STATUSES:
             raise ValueError(status)
         with self.db.atomic():
-            row = self.db.one("SELECT started_at FROM runs WHERE id = ?", (run_id,))
+            row = self.db.one("SELECT started_at, user, params, tags FROM runs WHERE id = ?", (run_id,))
             if row is None:
                 raise NotFound(f"no run {run_id!r}")
             ended = clock.now()
@@ -161,6 +185,27 @@ class TrackingStore:
                 "UPDATE runs SET status = ?, ended_at = ?, duration_s = ?, error = ? WHERE id = ?",
                 (status, clock.iso(ended), duration, error, run_id),
             )
+            self.audit.record(actor or row["user"], "runs.finish", f"run:{run_id}", self._summary(run_id, row, status, duration, error))
+
+    def _summary(self, run_id: str, row: dict[str, Any], status: str, duration: float, error: str | None) -> dict[str, Any]:
+        """What a run's end entry says: names and counts, never values (params may name data, metrics are many)."""
+        params, tags = sorted(json.loads(row["params"])), sorted(json.loads(row["tags"]))
+        metrics = self.db.one("SELECT count(DISTINCT key) AS keys, count(*) AS n FROM metrics WHERE run_id = ?", (run_id,))
+        artifacts = self.db.scalar("SELECT count(*) FROM run_artifacts WHERE run_id = ?", (run_id,))
+        out: dict[str, Any] = {
+            "status": status,
+            "duration_s": round(duration, 3),
+            "params": params[:MAX_NAMES],
+            "n_params": len(params),
+            "tags": tags[:MAX_NAMES],
+            "n_tags": len(tags),
+            "metrics": int(metrics["keys"]) if metrics else 0,
+            "metric_rows": int(metrics["n"]) if metrics else 0,
+            "artifacts": int(artifacts or 0),
+        }
+        if error:  # the exception's class only: its message may quote a data value
+            out["error"] = error.split(":", 1)[0][:80]
+        return out
 
     def write_metrics(self, rows: Sequence[MetricRow]) -> None:
         """Insert metric rows; the same transaction moves each run's heartbeat to now."""
@@ -197,7 +242,7 @@ class TrackingStore:
                 row = self.db.one("SELECT status FROM runs WHERE id = ?", (run.id,))
                 if row is None or row["status"] != "running":
                     continue
-                self.finish(run.id, "killed", error)
+                self.finish(run.id, "killed", error, actor=REAPER)
             marked.append(run.id)
         return marked
 
@@ -214,10 +259,14 @@ class TrackingStore:
             raise UsageError(f"artifact {path} is not a file")
         art = self.artifacts.put(path)
         with self.db.atomic():
+            owner = self.db.scalar("SELECT user FROM runs WHERE id = ?", (run_id,))
+            if owner is None:
+                raise NotFound(f"no run {run_id!r}")
             self.db.execute(
                 "INSERT OR REPLACE INTO run_artifacts (run_id, name, sha256, size) VALUES (?, ?, ?, ?)",
                 (run_id, name or path.name, art.sha256, art.size),
             )
+            self.audit.record(owner, "runs.artifact", f"run:{run_id}", {"name": name or path.name, "sha256": art.sha256, "size": art.size})
         return {"name": name or path.name, "sha256": art.sha256, "size": art.size}
 
     # reading --------------------------------------------------------------

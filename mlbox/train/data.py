@@ -29,6 +29,7 @@ class TrainingData:
     snapshot: int | None = None
     source: str = ""
     feature_refs: dict[str, str] = field(default_factory=dict)  # column -> "view@version:field"
+    purged: list[str] = field(default_factory=list)  # what retention had removed from the views read, as the training set states it
 
 
 def load(spec: TrainSpec, store: FeatureStore | None, actor: str) -> TrainingData:
@@ -37,13 +38,17 @@ def load(spec: TrainSpec, store: FeatureStore | None, actor: str) -> TrainingDat
     if d.labels:
         if store is None:
             raise UsageError("this spec reads from the feature store, but no box is open")
-        ts = store.training_set(spec.base_dir / d.labels, list(d.features), d.snapshot, timestamp=d.timestamp, actor=actor)
+        # raw: a model learns from real values (like predictions, which read them raw); exports mask them
+        ts = store.training_set(
+            spec.base_dir / d.labels, list(d.features), d.snapshot, timestamp=d.timestamp, actor=actor, protected="raw"
+        )
         frame = ts.frame
         label_cols = [c for c in frame.columns if c not in ts.columns]
         timestamp = d.timestamp or next((c for c in label_cols if pd.api.types.is_datetime64_any_dtype(frame[c])), None)
         features = [c for c in ts.columns if c not in d.drop]
         out = TrainingData(
-            frame, features, timestamp, ts.fingerprint, ts.views, ts.batches, ts.snapshot, str(d.labels), dict(ts.columns)
+            frame, features, timestamp, ts.fingerprint, ts.views, ts.batches, ts.snapshot, str(d.labels), dict(ts.columns),
+            list(ts.purged),
         )
     else:
         path = spec.base_dir / str(d.path)

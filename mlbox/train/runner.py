@@ -334,6 +334,7 @@ def register_version(
             "feature_refs": {c: data.feature_refs[c] for c in signature.names if c in data.feature_refs},
             "batches": data.batches,
             "snapshot": data.snapshot,
+            "purged": data.purged,  # rows retention removed before this set was built (privacy/retention.py)
             "data_source": data.source,
             **provenance,
             "params": dict(spec.params),

@@ -10,7 +10,7 @@ from typing import Any
 from mlbox.errors import UsageError
 from mlbox.flavors import FLAVORS
 from mlbox.train.metrics import Gate, check_metrics
-from mlbox.types import check_keys
+from mlbox.types import check_keys, printable, read_text_file
 
 TOP_KEYS = {
     "experiment", "name", "task", "data", "target", "flavor", "estimator", "preprocess", "params", "split",
@@ -162,12 +162,11 @@ def parse_spec(raw: Mapping[str, Any], where: str = "spec", base_dir: Path = Pat
 def load_spec(path: Path) -> TrainSpec:
     import yaml
 
+    text = read_text_file(path, "training spec")  # a regular, bounded UTF-8 file: never a device or a binary
     try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise UsageError(f"training spec {path} not found") from None
+        raw = yaml.safe_load(text)
     except yaml.YAMLError as exc:
-        raise UsageError(f"{path}: not valid YAML: {exc}") from None
+        raise UsageError(f"{printable(path)}: not valid YAML: {printable(exc)}") from None
     if not isinstance(raw, Mapping):
-        raise UsageError(f"{path}: a training spec is a mapping of keys")
+        raise UsageError(f"{printable(path)}: a training spec is a mapping of keys")
     return parse_spec(raw, str(path), path.resolve().parent)

@@ -44,7 +44,6 @@ def test_submit_records_a_queued_job_and_audits_it(jbox: JobBox) -> None:
     "kw, message",
     [
         ({"type": "bogus"}, "unknown job type 'bogus'"),
-        ({"type": "retention"}, "not available yet"),
         ({"gpus": -1}, "resources must be positive"),
         ({"gpu_memory_mb": -1}, "resources must be positive"),
         ({"memory_mb": -5}, "resources must be positive"),
@@ -61,8 +60,6 @@ def test_submit_validation(jbox: JobBox, kw: dict, message: str) -> None:  # typ
         jbox.queue.submit(**args)
     assert message in str(err.value)
     assert jbox.queue.list_jobs() == []
-    if kw.get("type") == "retention":
-        assert "retention" in str(err.value) and "data-protection" in str(err.value)
 
 
 def test_get_unknown_job(jbox: JobBox) -> None:

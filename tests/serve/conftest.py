@@ -312,7 +312,7 @@ def shared_server(serve_template: Template, tmp_path_factory: pytest.TempPathFac
     """One `mlbox serve` for the test_server_*.py modules that only add deployments of their own.
 
     It starts with `bad` (churn:1, never changed) and `fs` (churn_fs:1); serve.max_rows is 50
-    and serve.max_concurrency 1, so the saturation test can fill it with one slow request.
+    and serve.max_concurrency 1, so a test can show that a slow upload does not hold that one slot.
     """
     home = copy_box(serve_template, tmp_path_factory.mktemp("shared") / "box")
     with open_box(home) as box:

@@ -143,17 +143,19 @@ def test_a_request_id_that_is_not_a_plain_token_is_refused(api: AsgiClient, toke
     assert_error(response, 400, "bad_request", ("X-Request-ID",))
 
 
-def test_a_dead_sidecar_shows_in_readiness_and_is_started_again(app_home: Path) -> None:
+def test_a_dead_sidecar_shows_in_readiness_and_is_started_again(app_home: Path, serve_template: Template) -> None:
     ctx = make_context(app_home)
     try:
         api = AsgiClient(build_app(ctx))
+        named = bearer(serve_template.tokens, "viewer")  # the problems' names need `read`
         assert api.get("/readyz").status_code == 200
         proc = ctx.offload._proc
         assert proc is not None
         proc.kill()
         proc.wait(10)
-        ready = api.get("/readyz")
+        ready = api.get("/readyz", headers=named)
         assert ready.status_code == 503 and "sidecar" in ready.json()["problems"]
+        assert api.get("/readyz").json()["problems"] == 1  # a probe without a token: the count only
         wait_for(lambda: api.get("/readyz").status_code == 200, 10, "a new sidecar")
         assert 'mlbox_sidecar_restarts_total 1' in api.get("/metrics").text
     finally:
@@ -197,9 +199,9 @@ def test_a_worker_that_has_not_started_answers_429_with_retry_after() -> None:
         assert response.headers["retry-after"] == "1"
 
 
-def test_health_readiness_and_metrics(api: AsgiClient) -> None:
+def test_health_readiness_and_metrics(api: AsgiClient, serve_template: Template) -> None:
     assert api.get("/healthz").json() == {"status": "ok"}
-    ready = api.get("/readyz")
+    ready = api.get("/readyz", headers=bearer(serve_template.tokens, "viewer"))
     assert ready.status_code == 200
     body = ready.json()
     assert {k: body[k] for k in ("status", "deployments", "problems")} == {"status": "ready", "deployments": ["bad", "fs"], "problems": {}}

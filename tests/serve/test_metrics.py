@@ -208,7 +208,7 @@ def test_a_scrape_sums_both_workers_exactly(two_workers: Server) -> None:
 
 
 def test_readyz_and_metrics_name_the_execution_provider(two_workers: Server) -> None:
-    ready = two_workers.client.get("/readyz").json()
+    ready = two_workers.client.get("/readyz", headers=two_workers.auth("viewer")).json()
     assert ready["models"]["counted"] == {
         "primary": {"model": "churn:1", "provider": "CPUExecutionProvider"},
         "canary": {"model": "churn:2", "provider": "CPUExecutionProvider"},

@@ -53,6 +53,8 @@ def test_the_bento_holds_only_the_deployment_and_its_models(packaged: tuple[Path
         # its own credentials only: one service user, one token; none of the box's users or token hashes
         assert [r[0] for r in db.execute("SELECT id FROM tokens")] == [PACKAGED_TOKEN["id"]]
         assert {r[0] for r in db.execute("SELECT name FROM users WHERE role != 'admin'")} == {"bento_packed"}
+        # and that token reaches only its own deployment
+        assert list(db.execute("SELECT kind, name FROM token_scopes")) == [("deployment", "packed")]
     finally:
         db.close()
     with open_box(home) as box:  # made in the box, so it is listed and revocable there
@@ -79,7 +81,8 @@ def test_plain_bentoml_serve_runs_it_with_its_own_token(packaged: tuple[Path, st
             variants.add((response.json()["model"], response.json()["variant"]))
         assert variants <= {("churn:1", "primary"), ("churn:2", "canary")} and len(variants) == 2
         assert client.post("/v1/deployments/packed/predict", json={"rows": sample_rows(1)}).status_code == 401
-        assert client.post("/v1/deployments/other/predict", json={"rows": sample_rows(1)}, headers=token).status_code == 404
+        other = client.post("/v1/deployments/other/predict", json={"rows": sample_rows(1)}, headers=token)
+        assert other.status_code == 403 and "not scoped to deployment 'other'" in other.text  # before any lookup
         shadowed = wait_for(
             lambda: parse_metrics(client.get("/metrics").text).get('mlbox_shadow_predictions_total{deployment="packed"}') == 20,
             30, "the packaged sidecar's shadow predictions",

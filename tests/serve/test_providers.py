@@ -88,9 +88,9 @@ def api(home: Path) -> Iterator[AsgiClient]:
         ctx.close()
 
 
-def test_readyz_and_metrics_say_which_provider_each_model_runs_on(api: AsgiClient) -> None:
+def test_readyz_and_metrics_say_which_provider_each_model_runs_on(api: AsgiClient, serve_template: Template) -> None:
     here = onnx_providers()["default"]
-    ready = api.get("/readyz").json()
+    ready = api.get("/readyz", headers={"Authorization": f"Bearer {serve_template.tokens['viewer']}"}).json()
     assert ready["models"]["gpu"] == {"primary": {"model": "churn:1", "provider": here}, "canary": {"model": "churn:2", "provider": here}}
     families = {f.name: f for f in text_string_to_metric_families(api.get("/metrics").text)}
     info = {(s.labels["deployment"], s.labels["variant"]): (s.labels["model"], s.labels["provider"], s.value)

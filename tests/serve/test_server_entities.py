@@ -81,7 +81,7 @@ def test_unknown_entity_is_answered_from_missing_features(shared_server: Server,
 def test_health_and_readiness(shared_server: Server) -> None:
     health = shared_server.client.get("/healthz")
     assert (health.status_code, health.json()) == (200, {"status": "ok"})
-    ready = shared_server.client.get("/readyz")
+    ready = shared_server.client.get("/readyz", headers=shared_server.auth("viewer"))
     assert ready.status_code == 200
     assert ready.json()["status"] == "ready" and {"bad", "fs"} <= set(ready.json()["deployments"])
     assert ready.json()["problems"] == {}
@@ -116,5 +116,5 @@ def test_a_new_deployment_appears_on_readyz_without_a_restart(shared_server: Ser
     with open_box(shared_server.home) as box:
         box.deployments.create("late", "churn:2", OS_USER)
     shared_server.wait_serving("late")
-    assert "late" in shared_server.client.get("/readyz").json()["deployments"]
+    assert "late" in shared_server.client.get("/readyz", headers=shared_server.auth("viewer")).json()["deployments"]
     assert shared_server.predict("late", sample_rows(1)).json()["model"] == "churn:2"

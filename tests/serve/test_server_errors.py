@@ -88,8 +88,9 @@ def test_declared_oversized_body_is_refused_before_it_is_read(shared_server: Ser
     assert elapsed < 1.0, f"413 took {elapsed:.2f} s"
 
 
-def test_at_capacity_new_requests_get_429_with_retry_after(shared_server: Server) -> None:
-    """serve.max_concurrency is 1: a request still uploading its body holds the one slot."""
+def test_a_request_still_uploading_its_body_holds_no_slot(shared_server: Server) -> None:
+    """serve.max_concurrency is 1, yet a request whose body is still arriving does not take the slot: it is
+    admitted only once its body is complete (api/admission.py), so the others are served meanwhile."""
     body = json.dumps({"rows": [GOOD]}).encode()
     with socket.create_connection(("127.0.0.1", shared_server.port), timeout=10) as slow:
         slow.sendall(request_head(shared_server, len(body)) + body[:5])
@@ -97,8 +98,5 @@ def test_at_capacity_new_requests_get_429_with_retry_after(shared_server: Server
         crowded = [shared_server.predict("bad", [GOOD]) for _ in range(3)]
         slow.sendall(body[5:])
         status, _, answered = read_response(slow)
-    for response in crowded:
-        assert_error(response, 429, "overloaded")
-        assert response.headers["retry-after"] == "1"
+    assert [r.status_code for r in crowded] == [200, 200, 200]
     assert status == 200 and json.loads(answered)["model"] == "churn:1"
-    assert shared_server.predict("bad", [GOOD]).status_code == 200  # the slot is free again

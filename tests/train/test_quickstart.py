@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 
@@ -15,9 +16,11 @@ from ..conftest import OS_USER, run_mlbox
 # docs/cli.md: doctor, feature definitions, ingest, a point-in-time training set, materialization,
 # an online lookup, training two candidates and registering both, promoting the better one to
 # staging, serving (the last half of the traffic shifted), a drift check and an A/B verdict on the
-# labelled traffic, users and tokens, audit verification and a backup.
+# labelled traffic, users and tokens (a viewer reads the protected email masked), where personal data
+# lives (the privacy report), audit verification, a backup, and the erasure of one customer (a dry run, then
+# the erasure and its signed certificate, written beside the project).
 STEPS = ["init", "doctor", "features apply", "features ingest", "training set", "materialize", "online lookup",
-         "train", "promote", "deploy", "serve", "drift check", "A/B verdict", "auth", "audit verify", "backup"]  # fmt: skip
+         "train", "promote", "deploy", "serve", "drift check", "A/B verdict", "auth", "privacy report", "audit verify", "backup", "erasure"]  # fmt: skip
 
 
 @pytest.mark.slow
@@ -44,6 +47,19 @@ def test_quickstart(tmp_path: Path) -> None:
     ab_line = next(line for line in lines if line.startswith("✓ A/B verdict "))
     assert "400 labels matched; accuracy canary 0." in ab_line
     assert re.search(r"(canary better|canary worse|no difference detected|not enough labels \(about \d+ more needed\))", ab_line)
+    auth_line = next(line for line in lines if line.startswith("✓ auth "))
+    masked = re.search(r"customer_profile\.email is protected: an admin reads '([^']+@[^']+)', the viewer reads '\*\*\*'", auth_line)
+    assert masked, auth_line
+    privacy_line = next(line for line in lines if line.startswith("✓ privacy report "))
+    assert "protected fields: customer_profile@1:email; held in 1 online table, 0 training sets" in privacy_line, privacy_line
+    erasure_line = next(line for line in lines if line.startswith("✓ erasure "))
+    assert re.search(r"dry run for customer_id=\d+: [1-9]\d* offline rows, [1-9]\d* online rows", erasure_line), erasure_line
+    assert re.search(r"certificate erasure-certificate\.json \(Ed25519 [0-9a-f]{16}, verifies\): 2 model versions to review, "
+                     r"1 backup out of reach", erasure_line), erasure_line  # fmt: skip
+    from mlbox.privacy import certificate
+
+    signed = json.loads((root / "erasure-certificate.json").read_text())
+    assert certificate.verify(signed)["totals"]["offline_rows"] > 0 and set(signed["subject"]) == {"customer_id"}
     home = root / "project"
     assert lines[-1].startswith("quickstart passed in ") and f"mlbox --home {home} features list" in lines[-1]
 

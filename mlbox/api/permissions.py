@@ -1,0 +1,42 @@
+"""What every HTTP route needs: the action its handler checks, or why it is public (tests walk it with every role).
+
+Keys are (method, path) as the router names them, plus the predict route that `Api` dispatches
+itself (api/predict.py). HEAD is answered like GET. tests/security/test_matrix_http.py fails on a
+route missing here, an entry whose route is gone, and a handler whose check disagrees.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from types import MappingProxyType
+
+from mlbox.security.roles import READ
+
+
+@dataclass(frozen=True)
+class Public:
+    """A route answered without a token; `reason` says why that reveals nothing a caller may not know."""
+
+    reason: str
+
+
+_PROBE = "a liveness probe: a constant answer, and load balancers call it without credentials"
+
+ROUTES: Mapping[tuple[str, str], str | Public] = MappingProxyType({
+    ("POST", "/v1/deployments/{name}/predict"): "predict",
+    ("POST", "/v1/features/online"): "features.read_online",
+    ("POST", "/v1/features/push"): "features.write",
+    ("GET", "/v1/deployments"): READ,
+    ("GET", "/v1/deployments/{name}"): READ,
+    ("GET", "/v1/deployments/{name}/monitoring"): READ,
+    ("POST", "/v1/deployments/{name}/{action:str}"): "deploy.manage",  # canary, shadow, promote, rollback
+    ("GET", "/healthz"): Public(_PROBE),
+    ("GET", "/livez"): Public(_PROBE),
+    ("GET", "/readyz"): Public("a readiness probe: ready or not, with counts of deployments and problems; names only with 'read'"),
+    ("GET", "/metrics"): Public("Prometheus scrapes without credentials: request counters and latencies, no data or secrets"),
+    ("GET", "/openapi.json"): READ,  # it names every deployment's input fields
+    ("GET", "/schema.json"): READ,
+})  # fmt: skip
+
+MANAGE_ACTIONS = ("canary", "shadow", "promote", "rollback")  # the values of {action} the manage route answers
