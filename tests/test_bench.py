@@ -58,7 +58,7 @@ def _round(unloaded_p99: float, capacity_rps: float, flood_p99: float, shed: int
     return {"unloaded": {"p99_ms": unloaded_p99, "errors": 0, "requests": 1000, "rps": 1000.0},
             "capacity": {"rps": capacity_rps, "requests": 1000, "errors": 0},
             "flood": {"p99_ms": flood_p99, "shed": shed, "requests": 1000, "errors": errors, "ok_rps": 500.0,
-                      "rate": 2 * capacity_rps, "shed_p99_ms": flood_p99 / 2}}  # fmt: skip
+                      "send_lag_p99_ms": 0.1, "rate": 2 * capacity_rps, "shed_p99_ms": flood_p99 / 2}}  # fmt: skip
 
 
 def test_overload_rows_are_medians_of_rounds_with_the_2x_target() -> None:
@@ -67,8 +67,8 @@ def test_overload_rows_are_medians_of_rounds_with_the_2x_target() -> None:
 
     rec = Recorder(None, None)
     rounds = [_round(2.0, 900.0, 3.0, 400), _round(4.0, 1000.0, 6.0, 500), _round(1.0, 1100.0, 50.0, 600, errors=1)]
-    overload.overload_rows(rounds, 2.0, rec)
-    capacity, unloaded, ratio, shed, floor, errors = rec.rows
+    overload.overload_rows(rounds, 2.0, rec, overload.plan({0, 1}, pin=True))
+    capacity, unloaded, ratio, shed, floor, errors, pinning = rec.rows
     assert capacity.mlbox == 1000.0 and unloaded.mlbox == 2.0
     assert ratio.mlbox == 1.5 and ratio.target == "<= 2" and ratio.ok  # the median of 1.5, 1.5 and 50
     assert "serve.max_queue_ms 2" in ratio.name and "median of 3 rounds" in ratio.name
@@ -76,6 +76,17 @@ def test_overload_rows_are_medians_of_rounds_with_the_2x_target() -> None:
     assert floor.mlbox == 6.0 and floor.floor == 3.0 and floor.ratio == 2.0  # admitted p99 against the 429s' p99
     assert errors.mlbox == 1.0 and errors.ok is False  # errors are summed: one is a failure
     assert overload.ok_rps({"rps": 1000.0, "requests": 100, "errors": 25}) == 750.0
+    assert pinning.mlbox == 1.0 and "sidecar on cpu 0" in pinning.name and "alone on cpu 1" in pinning.name
+
+
+def test_overload_pins_the_worker_apart_from_the_load_generator_when_it_can() -> None:
+    from mlbox.bench.overload import Pinning, plan
+
+    two = plan({1, 0}, pin=True)
+    assert (two.server, two.client) == ((0,), (1,))
+    assert plan({0, 1, 2, 3}, pin=True) == Pinning(server=(0, 1), client=(2, 3))
+    assert plan({0}, pin=True) == Pinning(client=(0,), why="one cpu usable")
+    assert "none (--no-pin)" in plan({0, 1}, pin=False).note()
 
 
 @pytest.mark.slow
@@ -85,7 +96,7 @@ def test_bench_serve_overload_quick(monkeypatch: pytest.MonkeyPatch) -> None:
 
     monkeypatch.delenv("MLBOX_HOME", raising=False)
     rows = overload.run(overload.QUICK)
-    assert [r.unit for r in rows] == ["req/s", "ms", "x unloaded p99", "%", "ms", "errors"]
+    assert [r.unit for r in rows] == ["req/s", "ms", "x unloaded p99", "%", "ms", "errors", "cpus for the server"]
     assert rows[0].mlbox > 0 and rows[1].mlbox > 0
     assert rows[3].mlbox > 0, rows[3]  # at 2x capacity some are answered 429
     assert rows[5].mlbox == 0 and rows[5].ok, rows[5]  # every request is answered 200 or 429

@@ -9,18 +9,30 @@ counts from when it was due. Reported, each the median of its rounds: the admitt
 over the unloaded p99 (target <= 2), the share answered 429, and other errors (target 0,
 summed). `serve.max_queue_ms` is the latency budget the server admits by: the bench sets
 it (`--queue-ms`) as a latency-sensitive deployment would.
+
+As load tests are run (wrk on another machine), the load generator does not share the
+server's cores: with two or more usable CPUs, once the server is ready every thread of its
+processes (BentoML's parent, the worker, the worker's prediction-log sidecar) is pinned with
+`sched_setaffinity` to the first half of them, and the load generator to the other half
+alone (sharing a core with the sidecar's shadow predictions, it sent 3-4 ms late at p99:
+its own delay, counted as the server's). Every measure of every round runs under that one
+pinning, so the ratio compares like with like; `pin=False` (`--no-pin`) or a single CPU
+measures unpinned. The last row says which, and how late the load generator sent.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +47,65 @@ PATH = "/v1/deployments/bench/predict"
 DEFAULT_QUEUE_MS = 2.0
 FULL = ServeScale(5.0, 200, 3)
 QUICK = ServeScale(1.0, 20, 3)  # three short rounds: the figures are medians even in a smoke run
+
+
+@dataclass(frozen=True)
+class Pinning:
+    """Which CPUs the server's processes and the load generator ran on."""
+
+    server: tuple[int, ...] = ()  # empty: nothing pinned
+    client: tuple[int, ...] = ()
+    why: str = ""
+
+    def note(self) -> str:
+        if not self.server:
+            return f"cpu pinning: none ({self.why}): load generator and server share cpus {_cpus(self.client)}"
+        return (f"cpu pinning: serving worker, BentoML's parent and prediction-log sidecar on cpu {_cpus(self.server)}; "
+                f"load generator alone on cpu {_cpus(self.client)}")  # fmt: skip
+
+
+def _cpus(cpus: tuple[int, ...]) -> str:
+    return ",".join(map(str, cpus))
+
+
+def plan(cpus: set[int], pin: bool) -> Pinning:
+    """The server gets the first half of the usable CPUs, the load generator the rest; one CPU or `pin=False`: none."""
+    ordered = tuple(sorted(cpus))
+    if not pin:
+        return Pinning(client=ordered, why="--no-pin")
+    if len(ordered) < 2:
+        return Pinning(client=ordered, why="one cpu usable")
+    half = len(ordered) // 2
+    return Pinning(server=ordered[:half], client=ordered[half:])
+
+
+def _pin_process(pid: int, cpus: tuple[int, ...]) -> None:
+    """Every thread of `pid` (sched_setaffinity on a pid moves only its main thread); threads it starts later inherit."""
+    import psutil
+
+    for thread in psutil.Process(pid).threads():
+        try:
+            os.sched_setaffinity(thread.id, cpus)
+        except ProcessLookupError:  # a thread that ended meanwhile
+            pass
+
+
+@contextmanager
+def pinned(serve_pid: int, pinning: Pinning) -> Iterator[None]:
+    """Pin the ready server's processes and, through this thread (inherited by the load generators), the client."""
+    if not pinning.server:
+        yield
+        return
+    import psutil
+
+    for pid in [serve_pid, *(child.pid for child in psutil.Process(serve_pid).children(recursive=True))]:
+        _pin_process(pid, pinning.server)  # BentoML's parent, its worker(s), each worker's sidecar
+    before = os.sched_getaffinity(0)
+    os.sched_setaffinity(0, pinning.client)  # this thread only: the load generators it starts inherit it
+    try:
+        yield
+    finally:
+        os.sched_setaffinity(0, before)
 
 
 def flood(port: int, rate: float, seconds: float, body: Path, token: str) -> dict[str, Any]:
@@ -53,8 +124,10 @@ def ok_rps(run: dict[str, Any]) -> float:
     return float(run["rps"]) * (requests - int(run["errors"])) / requests if requests else 0.0
 
 
-def measure(ready: Prepared, work: Path, scale: ServeScale, queue_ms: float, rec: Recorder) -> list[dict[str, Any]]:
-    """Start one `mlbox serve` worker admitting by `queue_ms`, run every round, stop it: one dict per round."""
+def measure(
+    ready: Prepared, work: Path, scale: ServeScale, queue_ms: float, rec: Recorder, pinning: Pinning = Pinning()
+) -> list[dict[str, Any]]:
+    """Start one `mlbox serve` worker admitting by `queue_ms`, pin it, run every round, stop it: one dict per round."""
     env = child_env(
         drop=("MLBOX_TOKEN",), BENTOML_DO_NOT_TRACK="True", BENTOML_HOME=str(work / "bentoml"), MLBOX_HOME=str(ready.home),
         MLBOX_SERVE_WORKERS="1", MLBOX_SERVE_MAX_QUEUE_MS=str(queue_ms),
@@ -65,22 +138,28 @@ def measure(ready: Prepared, work: Path, scale: ServeScale, queue_ms: float, rec
     proc = server.start(cmd, env, port, work / "serve.log")
     try:
         time.sleep(1.0)
-        rounds = []
-        for turn in range(scale.rounds):
-            rec.stage(f"round {turn + 1}/{scale.rounds}: unloaded")
-            unloaded = load(port, PATH, 1, scale.seconds, ready.body, ready.token)
-            rec.stage(f"round {turn + 1}/{scale.rounds}: capacity")
-            capacity = load(port, PATH, CAPACITY_CONCURRENCY, scale.seconds, ready.body, ready.token)
-            rate = FLOOD_FACTOR * ok_rps(capacity)
-            rec.stage(f"round {turn + 1}/{scale.rounds}: flood at {rate:,.0f} req/s")
-            flooded = flood(port, rate, scale.seconds, ready.body, ready.token)
-            rounds.append({"unloaded": unloaded, "capacity": capacity, "flood": flooded})
-        return rounds
+        with pinned(proc.pid, pinning):
+            return rounds(port, ready, scale, rec)
     finally:
         server.stop(proc)
 
 
-def overload_rows(rounds: list[dict[str, Any]], queue_ms: float, rec: Recorder) -> None:
+def rounds(port: int, ready: Prepared, scale: ServeScale, rec: Recorder) -> list[dict[str, Any]]:
+    """Each round: unloaded p99, capacity, then the flood at FLOOD_FACTOR x that capacity."""
+    done: list[dict[str, Any]] = []
+    for turn in range(scale.rounds):
+        rec.stage(f"round {turn + 1}/{scale.rounds}: unloaded")
+        unloaded = load(port, PATH, 1, scale.seconds, ready.body, ready.token)
+        rec.stage(f"round {turn + 1}/{scale.rounds}: capacity")
+        capacity = load(port, PATH, CAPACITY_CONCURRENCY, scale.seconds, ready.body, ready.token)
+        rate = FLOOD_FACTOR * ok_rps(capacity)
+        rec.stage(f"round {turn + 1}/{scale.rounds}: flood at {rate:,.0f} req/s")
+        flooded = flood(port, rate, scale.seconds, ready.body, ready.token)
+        done.append({"unloaded": unloaded, "capacity": capacity, "flood": flooded})
+    return done
+
+
+def overload_rows(rounds: list[dict[str, Any]], queue_ms: float, rec: Recorder, pinning: Pinning = Pinning()) -> None:
     """Capacity, unloaded p99, admitted p99 / unloaded p99 (<= 2), the share shed and other errors (= 0): medians."""
     n = len(rounds)
     capacity = statistics.median(ok_rps(r["capacity"]) for r in rounds)
@@ -104,18 +183,24 @@ def overload_rows(rounds: list[dict[str, Any]], queue_ms: float, rec: Recorder) 
                 shed_p99, "ms", "report", None, "429 p99"))  # fmt: skip
     rec.add(Row(f"flood and closed loops: answers neither 200 nor 429, or none (sum of {n} rounds)", float(errors), None,
                 "errors", "= 0", errors == 0))  # fmt: skip
+    # the client's own delay: how late the load generator sent (p99), not counted as the server's if small
+    lag = statistics.median(r["flood"]["send_lag_p99_ms"] for r in rounds)
+    rec.add(Row(f"{pinning.note()}; the load generator sent p99 {lag:.2f} ms late", float(len(pinning.server)), None,
+                "cpus for the server", "report", None))  # fmt: skip
 
 
 def run(
     scale: ServeScale, queue_ms: float = DEFAULT_QUEUE_MS, on_row: Callable[[Row], None] | None = None,
-    on_stage: Callable[[str], None] | None = None,
+    on_stage: Callable[[str], None] | None = None, *, pin: bool = True,
 ) -> list[Row]:  # fmt: skip
+    """The overload rows; `pin` keeps the load generator off the server's CPUs where there are two or more."""
     rec = Recorder(on_row, on_stage)
     work = Path(tempfile.mkdtemp(prefix="mlbox-bench-overload-"))
     try:
         rec.stage("training three models")
         ready = prepare(work, scale)
-        overload_rows(measure(ready, work, scale, queue_ms, rec), queue_ms, rec)
+        pinning = plan(os.sched_getaffinity(0), pin)
+        overload_rows(measure(ready, work, scale, queue_ms, rec, pinning), queue_ms, rec, pinning)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return rec.rows

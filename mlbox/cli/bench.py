@@ -71,6 +71,9 @@ def serve(
     queue_ms: Annotated[
         float, typer.Option("--queue-ms", min=0.1, help="serve.max_queue_ms of the server flooded by --overload.")
     ] = 2.0,
+    no_pin: Annotated[
+        bool, typer.Option("--no-pin", help="--overload: let the load generator share the serving worker's CPUs.")
+    ] = False,
 ) -> None:
     """`mlbox serve` (canary, shadow, logging on) vs Starlette and BentoML; `mlbox predict` vs raw onnxruntime."""
     from mlbox.bench.batch import batch_row, run_batch_bench
@@ -81,7 +84,7 @@ def serve(
         from mlbox.bench import overload as flood
 
         title = f"mlbox bench serve --overload ({'quick' if quick else 'full'})"
-        _render(title, lambda **kw: flood.run(flood.QUICK if quick else flood.FULL, queue_ms, **kw))
+        _render(title, lambda **kw: flood.run(flood.QUICK if quick else flood.FULL, queue_ms, pin=not no_pin, **kw))
         return
 
     def serve_and_batch(on_row: Callable[[Any], None], on_stage: Callable[[str], None]) -> list[Any]:
