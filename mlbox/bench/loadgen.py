@@ -67,12 +67,16 @@ class _Conn(asyncio.Protocol):
             self.done.set_result(None)
 
 
-async def run(port: int, path: str, concurrency: int, seconds: float, body: bytes, token: str = "") -> dict[str, Any]:
+def post_request(port: int, path: str, body: bytes, token: str = "") -> bytes:
+    """The bytes of one keep-alive JSON POST, sent as they are on every request of a run."""
     auth = f"Authorization: Bearer {token}\r\n" if token else ""
-    request = (
-        f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Type: application/json\r\n{auth}"
-        f"Content-Length: {len(body)}\r\n\r\n"
-    ).encode() + body
+    head = (f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Type: application/json\r\n{auth}"
+            f"Content-Length: {len(body)}\r\n\r\n")  # fmt: skip
+    return head.encode() + body
+
+
+async def run(port: int, path: str, concurrency: int, seconds: float, body: bytes, token: str = "") -> dict[str, Any]:
+    request = post_request(port, path, body, token)
     loop = asyncio.get_running_loop()
     stats: dict[str, Any] = {"lat": [], "errors": 0, "open": concurrency}
     done: asyncio.Future[None] = loop.create_future()
@@ -170,11 +174,7 @@ async def _send_on_new(loop: asyncio.AbstractEventLoop, state: _Flood, port: int
 
 async def flood(port: int, path: str, rate: float, seconds: float, body: bytes, token: str = "") -> dict[str, Any]:
     """Requests due at `rate` per second for `seconds`, each sent when due; then every answer is awaited."""
-    auth = f"Authorization: Bearer {token}\r\n" if token else ""
-    request = (
-        f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Type: application/json\r\n{auth}"
-        f"Content-Length: {len(body)}\r\n\r\n"
-    ).encode() + body
+    request = post_request(port, path, body, token)
     loop = asyncio.get_running_loop()
     started = time.perf_counter()
     state = _Flood(request, started + seconds)

@@ -71,7 +71,8 @@ def _fsync_and_hash(path: Path) -> str:
     return file_sha256(path)
 
 
-def _fsync_dir(path: Path) -> None:
+def fsync_dir(path: Path) -> None:
+    """Make a rename or new file in `path` durable (the directory entry itself is fsynced)."""
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
@@ -251,7 +252,7 @@ class OfflineStore:
                 step("committing")
                 with self.catalog.db.atomic():
                     os.rename(tmp, target)
-                    _fsync_dir(folder)
+                    fsync_dir(folder)
                     batch = self.catalog.add_batch(
                         version,
                         path=str(target.relative_to(self.home)),

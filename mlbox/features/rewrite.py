@@ -38,7 +38,7 @@ import duckdb
 from mlbox import clock
 from mlbox.errors import Conflict, ValidationError
 from mlbox.features.catalog import Batch, Catalog, ViewVersion
-from mlbox.features.offline import BATCH_FORMAT, TMP_PREFIX, OfflineStore, first, inside_box
+from mlbox.features.offline import BATCH_FORMAT, TMP_PREFIX, OfflineStore, first, fsync_dir, inside_box
 from mlbox.features.online import coerce_key
 from mlbox.features.pit import lit, q
 from mlbox.features.stats import batch_stats
@@ -149,14 +149,6 @@ def _write_without(con: duckdb.DuckDBPyConnection, path: Path, drop: RowFilter, 
     return (int(written[1]) if written else 0), (written[4] or {}) if written else {}
 
 
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 @dataclass
 class _Staged:
     version: ViewVersion
@@ -258,7 +250,7 @@ def rewrite_view(
     for item in staged:  # committed: the old files are orphans now; a crash here leaves them to the sweep
         (offline.home / item.old.path).unlink(missing_ok=True)
     for folder in {(offline.home / item.old.path).parent for item in staged}:
-        _fsync_dir(folder)
+        fsync_dir(folder)
     return result
 
 
@@ -283,7 +275,7 @@ def _commit(
             if item.tmp is not None and item.final is not None:
                 final = item.final
                 os.rename(item.tmp, final)
-                _fsync_dir(final.parent)
+                fsync_dir(final.parent)
                 new = catalog.add_batch(
                     item.version,
                     path=str(final.relative_to(offline.home)),
