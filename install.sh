@@ -98,16 +98,23 @@ else
 fi
 [ "$dev" = 1 ] && extras="$extras,dev"
 
-# tests/monitor/test_report.py renders the monitoring report in headless Chromium. Best effort:
-# without a browser that one test skips, so a failed apt-get never fails the install.
-if [ "$dev" = 1 ] && ! command -v chromium >/dev/null 2>&1 && ! command -v chromium-browser >/dev/null 2>&1; then
-  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
-    say "installing chromium with apt-get (for the report's headless-browser test)"
-    if ! { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; } >/dev/null 2>&1; then
-      say "could not install chromium: the report's headless-browser test will skip"
+# Test tools from apt, best effort (a failed apt-get never fails the install; the test that needs
+# one skips without it): chromium renders the monitoring report headless (tests/monitor/test_report.py),
+# tmux runs the real `mlbox tui` in a terminal (tests/tui/test_tmux.py).
+if [ "$dev" = 1 ]; then
+  missing=""
+  command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1 || missing=" chromium"
+  command -v tmux >/dev/null 2>&1 || missing="$missing tmux"
+  if [ -n "$missing" ]; then
+    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+      say "installing$missing with apt-get (for the headless-browser and terminal tests)"
+      # shellcheck disable=SC2086
+      if ! { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $missing; } >/dev/null 2>&1; then
+        say "could not install$missing: the tests that need it will skip"
+      fi
+    else
+      say "not on PATH:$missing (install it to run the tests that need it; they skip)"
     fi
-  else
-    say "no chromium on PATH: the report's headless-browser test will skip (install chromium to run it)"
   fi
 fi
 

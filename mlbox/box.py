@@ -27,7 +27,9 @@ if TYPE_CHECKING:
 class Box:
     """One box: its paths, metadata database, audit log and services."""
 
-    def __init__(self, settings: Settings, *, create: bool = False, actor: str | None = None) -> None:
+    def __init__(
+        self, settings: Settings, *, create: bool = False, actor: str | None = None, encrypt: bool = False
+    ) -> None:
         self.settings = settings
         self.actor = actor or osuser.effective_os_user()
         self.paths = BoxPaths(settings.home)
@@ -37,27 +39,29 @@ class Box:
             synchronous=settings["store.synchronous"],
             reason=settings.home_reason,
             create=create,
+            encrypt=encrypt,
+            master_key=settings["encryption.master_key"],
         )
         self.audit = AuditLog(self.db, load_or_create_key(self.paths.audit_key))
         self.identity = Identity(self.db, self.audit, settings["auth.token_ttl_days"])
 
     @classmethod
-    def create(cls, settings: Settings, admin_os_user: str) -> Box:
+    def create(cls, settings: Settings, admin_os_user: str, *, encrypt: bool = False) -> Box:
         """Create (or reopen) the box at settings.home; the first OS user to create it becomes admin."""
-        box = cls(settings, create=True)
+        box = cls(settings, create=True, encrypt=encrypt)
         box.identity.bootstrap_admin(admin_os_user)
         return box
 
     @classmethod
-    def init_project(cls, dest: Path, template: str, admin_os_user: str) -> tuple[Box, list[str]]:
+    def init_project(cls, dest: Path, template: str, admin_os_user: str, *, encrypt: bool = False) -> tuple[Box, list[str]]:
         """`mlbox init` and `mlbox.init`: copy `template` into `dest`, create its box, audit it; (open box, files)."""
         from mlbox.project import init_project
 
         files = init_project(dest, template)
-        box = cls.create(load_settings(dest), admin_os_user)
+        box = cls.create(load_settings(dest), admin_os_user, encrypt=encrypt)
         try:
             admin = next(u.name for u in box.identity.users() if u.role == "admin")
-            box.audit.record(admin, "box.init", str(dest), {"template": template, "files": len(files)})
+            box.audit.record(admin, "box.init", str(dest), {"template": template, "files": len(files), "encrypted": encrypt})
         except BaseException:
             box.close()
             raise

@@ -129,6 +129,7 @@ SETTINGS: tuple[Setting, ...] = (
         "Most bytes one ingested file may hold once decompressed and in memory (a Parquet file's estimate from its footer, a .csv.gz counted while inflating); more is refused before it is read.",
     ),
     Setting("features.max_row_groups", 10_000, "Most row groups in one ingested Parquet file (read from its footer before any data)."),
+    Setting("encryption.master_key", "", "Master key of an encrypted box (base64 of 32 bytes), best given by reference ({\"$env\": ...} or {\"$file\": ...}); empty: keys/master.key. It unwraps the data keys in keys/keyring.json."),
     Setting("auth.oidc_file", "oidc.yaml", "YAML file, relative to the box, listing the OIDC issuers whose JWT access tokens `mlbox serve` accepts; absent: none."),
     Setting("auth.oidc_leeway_s", 30, "Seconds of clock skew allowed when checking a JWT's exp, nbf and iat."),
     Setting("auth.oidc_jwks_max_age_s", 3600.0, "Seconds an issuer's JWKS fetched from its URL is used before it is fetched again."),

@@ -8,7 +8,9 @@ processes and leftover online-store tables. They are warnings; `repair` (`mlbox 
 `check_artifacts` verifies every artifact the catalog names (sha256 and HMAC, see
 store/artifacts.py) and fails on any that a load would refuse. Artifacts written before
 artifacts were signed have no HMAC: `repair` records one, but only for a file whose sha256
-still matches its catalog row (a file that fails its sha256 is never signed).
+still matches its catalog row (a file that fails its sha256 is never signed). In an encrypted
+box the check decrypts each artifact in memory (HMAC of the stored bytes, then the plaintext's
+sha256), and `check_artifact_encryption` fails on any artifact stored as plaintext.
 """
 
 from __future__ import annotations
@@ -267,6 +269,23 @@ def check_artifacts(paths: BoxPaths, db: Database, audit: AuditLog) -> Check:
     return Check("artifact integrity", "fail", f"{len(bad)} of {len(names)} artifact(s) would be refused: {shown}{more}{fix}")
 
 
+def check_artifact_encryption(paths: BoxPaths) -> Check | None:
+    """In an encrypted box, every stored artifact must be encrypted (None: a plain box, nothing to check)."""
+    artifacts = ArtifactStore(paths.artifacts, sweep=False)
+    if not artifacts.encrypted:
+        return None
+    plain = artifacts.unencrypted()
+    total = sum(1 for _ in artifacts.stored())
+    if not plain:
+        return Check("artifact encryption", "ok", f"{total} artifact(s), all encrypted (AES-256-GCM)")
+    shown = ", ".join(sha[:12] for sha in plain[:5]) + (f" (and {len(plain) - 5} more)" if len(plain) > 5 else "")
+    return Check(
+        "artifact encryption", "fail",
+        f"{len(plain)} of {total} artifact(s) stored as plaintext in an encrypted box: {shown}; "
+        "`mlbox keys encrypt-box` encrypts them",
+    )  # fmt: skip
+
+
 def repair(settings: Settings, paths: BoxPaths, db: Database, audit: AuditLog, actor: str) -> Repair:
     """Fix every leftover: mark stale runs killed, delete unreferenced and temporary files, drop leftover tables."""
     artifacts, tracking, registry = _stores(paths, db, audit)
@@ -303,5 +322,7 @@ def run_checks(
     if db is not None and audit is not None:
         checks += check_leftovers(find_leftovers(settings, paths, db, audit))
         checks.append(check_artifacts(paths, db, audit))
+        if (encryption := check_artifact_encryption(paths)) is not None:
+            checks.append(encryption)
     checks.append(Check("cpu", "ok", f"{os.cpu_count()} cores, {platform.machine()}, {platform.system()} {platform.release()}"))
     return checks

@@ -218,7 +218,7 @@ def rebuild_profile(box: Box, ref: str, actor: str) -> dict[str, Any]:
     rows = np.arange(len(X)) if spec.split.method == "kfold" else splits[-1].train
     X = X[rows]
     sample = X[:: max(1, len(X) // 100_000)]
-    onnx = box.registry.artifacts.open_verified(version.artifacts["model.onnx"]["sha256"], f"model {version.ref} file model.onnx")
+    onnx = box.registry.artifacts.read_verified(version.artifacts["model.onnx"]["sha256"], f"model {version.ref} file model.onnx")
     predictions = run(session(onnx, providers=["CPUExecutionProvider"]), sample)
     profile = build_profile(X, signature, task=version.task, predictions=np.asarray(predictions), importance=None)
     box.monitor.save_profile(version.ref, profile, actor)

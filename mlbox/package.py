@@ -9,6 +9,10 @@ Bento applies a revocation made in its own bundled box, `mlbox --home <bento>/sr
 revoke ID`, within a second, and a rebuilt Bento never holds a revoked token). It also carries the mlbox package itself, so plain `bentoml serve` runs it anywhere
 BentoML runs; the build is offline (`lock_packages: false`). Entity lookups need the box's
 online store and are not packaged: a packaged service answers `rows` requests.
+
+A Bento is an export: from an encrypted box its meta.db subset is read through the box's own
+(SQLCipher) connection and its artifacts are decrypted (after their HMAC and sha256 verify)
+into the Bento's plain bundled box, which `bentoml serve` opens anywhere without the box's keys.
 """
 
 from __future__ import annotations
@@ -92,32 +96,33 @@ def build_package(box: Box, name: str, actor: str, *, token_ttl_days: int | None
         ctx = Path(tmp)
         home = ctx / "box"
         Box.create(load_settings(home, environ={}), "package").close()
-        src = sqlite3.connect(f"file:{box.paths.meta_db}?mode=ro", uri=True)
         dst = sqlite3.connect(home / "meta.db")
+        # the box's own connection (SQLCipher with the keyring's key in an encrypted box), one read snapshot
         try:
-            pairs = [(v.name, v.version) for v in versions]
-            runs = [v.run_id for v in versions if v.run_id]
-            # the Bento's own service user and its one token: never the box's users or token hashes
-            _copy(src, dst, "users", "name = ?", (user,))
-            _copy(src, dst, "tokens", "id = ?", (token_id,))
-            _copy(src, dst, "token_scopes", "token_id = ?", (token_id,))
-            exp_ids = {r[0] for r in src.execute(f"SELECT experiment_id FROM runs WHERE id IN ({_marks(runs)})", runs)}
-            _copy(src, dst, "experiments", f"id IN ({_marks(exp_ids)})", tuple(exp_ids))
-            _copy(src, dst, "runs", f"id IN ({_marks(runs)})", tuple(runs))
-            _copy(src, dst, "models", f"name IN ({_marks(pairs)})", tuple(n for n, _ in pairs))
-            for model_name, number in pairs:
-                _copy(src, dst, "model_versions", "name = ? AND version = ?", (model_name, number))
-            _copy(src, dst, "deployments", "name = ?", (name,))
-            dst.commit()
+            with box.db.snapshot() as db:
+                src = db.conn
+                pairs = [(v.name, v.version) for v in versions]
+                runs = [v.run_id for v in versions if v.run_id]
+                # the Bento's own service user and its one token: never the box's users or token hashes
+                _copy(src, dst, "users", "name = ?", (user,))
+                _copy(src, dst, "tokens", "id = ?", (token_id,))
+                _copy(src, dst, "token_scopes", "token_id = ?", (token_id,))
+                exp_ids = {r[0] for r in src.execute(f"SELECT experiment_id FROM runs WHERE id IN ({_marks(runs)})", runs)}
+                _copy(src, dst, "experiments", f"id IN ({_marks(exp_ids)})", tuple(exp_ids))
+                _copy(src, dst, "runs", f"id IN ({_marks(runs)})", tuple(runs))
+                _copy(src, dst, "models", f"name IN ({_marks(pairs)})", tuple(n for n, _ in pairs))
+                for model_name, number in pairs:
+                    _copy(src, dst, "model_versions", "name = ? AND version = ?", (model_name, number))
+                _copy(src, dst, "deployments", "name = ?", (name,))
+                dst.commit()
         finally:
-            src.close()
             dst.close()
         # verified (sha256 + HMAC) here, then stored and signed under the bundled box's own artifact key:
         # this box's key never leaves it, and the Bento checks its copies before loading them
         bundled = ArtifactStore(home / "artifacts")
         for v in versions:
             for fname, meta in v.artifacts.items():
-                bundled.put(box.artifacts.open_verified(meta["sha256"], f"model {v.ref} file {fname}"))
+                bundled.put_bytes(box.artifacts.read_verified(meta["sha256"], f"model {v.ref} file {fname}"))
         package_dir = Path(__file__).resolve().parent
         shutil.copytree(package_dir, ctx / "mlbox", ignore=shutil.ignore_patterns("__pycache__", "_templates"))
         (ctx / "service.py").write_text(SERVICE)
@@ -153,4 +158,5 @@ def _marks(values: object) -> str:
 def _copy(src: sqlite3.Connection, dst: sqlite3.Connection, table: str, where: str, params: tuple[object, ...]) -> None:
     cur = src.execute(f"SELECT * FROM {table} WHERE {where}", params)
     cols = [d[0] for d in cur.description]
-    dst.executemany(f"INSERT INTO {table} ({', '.join(cols)}) VALUES ({', '.join('?' * len(cols))})", cur.fetchall())
+    rows = [tuple(r) for r in cur.fetchall()]  # the box's rows are sqlite3/sqlcipher3 Row objects
+    dst.executemany(f"INSERT INTO {table} ({', '.join(cols)}) VALUES ({', '.join('?' * len(cols))})", rows)

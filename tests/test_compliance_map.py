@@ -58,6 +58,7 @@ def test_the_articles_and_controls_an_auditor_looks_for_are_on_the_page() -> Non
         assert re.search(re.escape(article) + r"[\s(,]", pdpl + " "), f"PDPL {article}"
 
 
-def test_encryption_at_rest_is_stated_as_planned_until_it_is_built() -> None:
+def test_encryption_at_rest_is_built_and_cites_its_copied_file_tests() -> None:
     (crypto,) = [cells for cells in rows("ISO/IEC 27001:2022 Annex A") if cells[0].startswith("8.24")]
-    assert "encryption at rest" in crypto[1] and "planned" in crypto[-1]
+    assert "encryption at rest" in crypto[1] and crypto[-1] == "built"
+    assert "tests/crypt/" in crypto[2] and "planned" not in " ".join(crypto)

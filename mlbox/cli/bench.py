@@ -103,3 +103,19 @@ def monitor(quick: Annotated[bool, typer.Option("--quick", help="100k rows inste
 
     scale = QUICK if quick else FULL
     _render(f"mlbox bench monitor ({'quick' if quick else 'full'} sizes)", lambda **kw: run(scale, **kw))
+
+
+@app.command("encryption")
+def encryption(
+    quick: Annotated[bool, typer.Option("--quick", help="20,000-row batches, 3 rounds (CI smoke run).")] = False,
+    rows: Annotated[
+        int | None, typer.Option("--rows", min=100, help="Rows per ingested batch (default 1,000,000; 20,000 with --quick).")
+    ] = None,
+) -> None:
+    """Ingest, training set, materialize, online lookup, predict with logging, log flush, model load: encrypted vs plain box."""
+    from mlbox.bench.encryption import FULL, QUICK, run
+
+    scale = QUICK if quick else FULL
+    scale = scale.with_rows(rows) if rows else scale
+    title = f"mlbox bench encryption ({'quick' if quick else 'full'} sizes, {scale.rows:,}-row batches, {scale.rounds} rounds)"
+    _render(f"{title}: mlbox = encrypted box, floor = plain box, same run", lambda **kw: run(scale, **kw))

@@ -18,6 +18,9 @@ def init(
     residency: Annotated[
         str | None, typer.Option("--residency", help="ISO 3166 alpha-2 country the box's data must stay in, e.g. AE.")
     ] = None,
+    encrypt: Annotated[
+        bool, typer.Option("--encrypt", help="Encrypt the box at rest: batches, logs, artifacts, meta.db and online.db.")
+    ] = False,
 ) -> None:
     """Create a project from a template and its box; you become its admin."""
     from mlbox.box import Box
@@ -25,7 +28,7 @@ def init(
 
     code = country_code(residency) if residency is not None else None  # refused before anything is created
     dest = Path(directory).expanduser().resolve()
-    box, files = Box.init_project(dest, template, os_user())
+    box, files = Box.init_project(dest, template, os_user(), encrypt=encrypt)
     try:
         admin = next(u.name for u in box.identity.users() if u.role == "admin")
         if code is not None:
@@ -33,9 +36,11 @@ def init(
     finally:
         box.close()
     if state.json:
-        emit_json({"home": str(dest), "template": template, "files": files, "admin": admin, "residency": code})
+        emit_json({"home": str(dest), "template": template, "files": files, "admin": admin, "residency": code, "encrypted": encrypt})
         return
     ok(f"created {template} project in {dest} ({len(files)} files); {admin} is its admin")
+    if encrypt:
+        console.print(f"  encrypted at rest; master key: {dest / 'keys' / 'master.key'} (keep a copy outside the box)")
     console.print(f"  next: cd {directory} && mlbox doctor")
 
 
@@ -63,7 +68,8 @@ def doctor(
             fixed = repair_box(conf, box.paths, box.db, box.audit, who.name)
     db = audit = None
     if paths.exists():
-        db = open_meta(paths, busy_timeout_ms=conf["store.busy_timeout_ms"], synchronous=conf["store.synchronous"])
+        db = open_meta(paths, busy_timeout_ms=conf["store.busy_timeout_ms"], synchronous=conf["store.synchronous"],
+                       master_key=conf["encryption.master_key"])
         audit = AuditLog(db, load_or_create_key(paths.audit_key))
     try:
         checks = run_checks(conf, paths, db, audit)
@@ -89,7 +95,13 @@ def doctor(
         raise MlboxError(f"{len(failed)} check(s) failed: {', '.join(failed)}")
 
 
-def backup(dest: Annotated[str, typer.Argument(help="New folder to write the copy to (outside the box).")]) -> None:
+def backup(
+    dest: Annotated[str, typer.Argument(help="New folder to write the copy to (outside the box).")],
+    with_master_key: Annotated[
+        bool,
+        typer.Option("--with-master-key", help="Encrypted box: copy keys/master.key too (the copy then opens on its own)."),
+    ] = False,
+) -> None:
     """Make a consistent copy of the box while other processes keep writing."""
     from rich.progress import Progress
 
@@ -101,19 +113,25 @@ def backup(dest: Annotated[str, typer.Argument(help="New folder to write the cop
         where = Residency(box.db, box.audit).check_path(Path(dest), "backup")
         with Progress(console=console, transient=True, disable=state.json) as progress:
             task = progress.add_task("backing up", total=None)
-            report = backup_box(box.paths.home, Path(dest).expanduser(), lambda label, n: progress.update(task, advance=n, description=label))
-        box.audit.record(who.name, "box.backup", str(report.dest), {"files": report.files, "bytes": report.bytes, **where.audit()})
+            report = backup_box(box.paths.home, Path(dest).expanduser(), lambda label, n: progress.update(task, advance=n, description=label),
+                                include_master_key=with_master_key)  # fmt: skip
+        box.audit.record(who.name, "box.backup", str(report.dest), {"files": report.files, "bytes": report.bytes,
+                                                                    "encrypted": report.encrypted, "master_key": report.master_key, **where.audit()})  # fmt: skip
     result = {
         "dest": str(report.dest),
         "databases": report.databases,
         "files": report.files,
         "bytes": report.bytes,
         "seconds": round(report.seconds, 3),
+        "encrypted": report.encrypted,
+        "master_key": report.master_key,
     }
     if state.json:
         emit_json(result)
     else:
         ok(f"backed up to {report.dest}: {report.databases} databases, {report.files} files, {report.bytes / 1e6:.1f} MB in {report.seconds:.2f}s")
+        if report.encrypted and not report.master_key:
+            console.print("  encrypted copy without keys/master.key: it opens only with the master key (copy it back or set encryption.master_key)")
 
 
 def settings_cmd() -> None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import sqlite3
 import sys
 from typing import Annotated, Any
 
@@ -14,6 +13,7 @@ from mlbox.cli import _common
 from mlbox.cli._common import err_console, state
 from mlbox.cli._tables import WIDE_HELP, add_wide_options
 from mlbox.errors import MlboxError
+from mlbox.store.sqlite import operational_errors
 
 class MlboxGroup(TyperGroup):
     """The root command group: gives every table command its --wide flag once the tree is built."""
@@ -71,9 +71,11 @@ def _register() -> None:
     app.add_typer(audit.app, name="audit")
     app.add_typer(features.app, name="features")
     app.add_typer(bench.app, name="bench")
-    from mlbox.cli import privacy
+    from mlbox.cli import keys, privacy, tui
 
     app.add_typer(privacy.app, name="privacy")
+    app.add_typer(keys.app, name="keys")
+    tui.register(app)
 
 
 _register()
@@ -100,7 +102,7 @@ def run() -> None:
         if debug:
             raise
         _fail(str(exc), exc.exit_code)
-    except sqlite3.OperationalError as exc:
+    except operational_errors() as exc:
         if debug:
             raise
         _fail(f"metadata store: {exc}", 7)

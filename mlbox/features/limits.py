@@ -18,6 +18,7 @@ from typing import Any
 
 from mlbox.config import SETTINGS_BY_NAME, Settings
 from mlbox.errors import ValidationError
+from mlbox.store import crypt
 from mlbox.types import printable
 
 # A footer is parsed into objects several times its size: past this it is a bomb, not a schema.
@@ -87,8 +88,11 @@ def check_parquet(path: Path, limits: IngestLimits) -> None:
             return  # not Parquet at all: the reader says so
         fh.seek(size - 8)
         tail = fh.read(8)
-    if tail[4:] != b"PAR1":
+    if tail[4:] not in (b"PAR1", b"PARE"):
         return
+    encrypted = tail[4:] == b"PARE"  # a file of an encrypted box: its footer opens with the box's key
+    if encrypted and crypt.keyring_for(path) is None:
+        return  # no key for it here: the reader refuses it with one error line
     footer = int.from_bytes(tail[:4], "little")
     if footer > MAX_FOOTER_BYTES:
         raise ValidationError(
@@ -96,7 +100,7 @@ def check_parquet(path: Path, limits: IngestLimits) -> None:
             hint="rewrite the file with fewer row groups and columns",
         )
     try:
-        meta = pq.ParquetFile(path).metadata
+        meta = (crypt.parquet_file(path) if encrypted else pq.ParquetFile(path)).metadata
     except (pa.ArrowException, OSError):
         return  # a corrupt footer: DuckDB's reader gives the one error line
     if meta.num_row_groups > limits.row_groups:

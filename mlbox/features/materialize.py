@@ -20,7 +20,8 @@ from typing import Any
 from mlbox.features.catalog import Catalog, ViewVersion
 from mlbox.features.offline import OfflineStore
 from mlbox.features.online import OnlineStore
-from mlbox.features.pit import lit, q
+from mlbox.features.pit import q
+from mlbox.store import crypt
 from mlbox.store.audit import AuditLog
 
 
@@ -37,8 +38,9 @@ class MaterializeResult:
         return self.__dict__.copy()
 
 
-def latest_query(version: ViewVersion, files: list[str]) -> str:
-    """Latest row per entity, sorted by key (so SQLite appends to its B-tree).
+def latest_query(version: ViewVersion, sources: list[str]) -> str:
+    """Latest row per entity, sorted by key (so SQLite appends to its B-tree); `sources` holds one
+    relation per batch file (`crypt.source`), oldest commit first.
 
     A group-by finds each entity's latest (timestamp, batch rank), packed into one HUGEINT,
     and a join picks that row: about ten times faster than a window over every column.
@@ -47,7 +49,7 @@ def latest_query(version: ViewVersion, files: list[str]) -> str:
     ts = q(version.view.timestamp)
     fields = ", ".join(f"d.{q(f.name)}" for f in version.view.fields)
     order = f"epoch_us({ts})::HUGEINT * 1048576 + __rank"  # a shift refuses negative (pre-1970) times
-    data = " UNION ALL ".join(f"SELECT *, {rank} AS __rank FROM read_parquet({lit(f)})" for rank, f in enumerate(files))
+    data = " UNION ALL ".join(f"SELECT *, {rank} AS __rank FROM {src}" for rank, src in enumerate(sources))
     return (
         f"WITH d AS ({data}), l AS (SELECT {keys}, max({order}) AS __o FROM d GROUP BY ALL) "
         f"SELECT {', '.join(f'd.{q(k)}' for k in version.entity.join_keys)}, epoch_us(d.{ts}) AS __ts, {fields} "
@@ -87,7 +89,7 @@ def materialize(
         if files or mode_full:
             con = offline.connect()
             try:
-                sql = latest_query(version, [str(p) for _, p in files])
+                sql = latest_query(version, [crypt.source(con, [str(p)]) for _, p in files])
                 reader = con.sql(sql).to_arrow_reader(chunk_rows) if files else iter(())
 
                 def counted() -> Iterator[Any]:

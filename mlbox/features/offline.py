@@ -26,13 +26,14 @@ from mlbox.errors import UsageError, ValidationError
 from mlbox.features.catalog import Batch, Catalog, ViewVersion
 from mlbox.features.definitions import DTYPES
 from mlbox.features.limits import IngestLimits, check_file
-from mlbox.features.pit import lit
 from mlbox.features.pit import q as _q
 from mlbox.features.sandbox import check_select as check_select  # re-exported: `features sql` checks with it
 from mlbox.features.sandbox import check_transformation, sandbox, sandbox_error
 from mlbox.features.sandbox import first_line as _first_line
 from mlbox.features.stats import batch_stats
+from mlbox.store import crypt
 from mlbox.store.artifacts import file_sha256, pid_alive
+from mlbox.store.durable import fsync_path
 from mlbox.store.audit import AuditLog
 from mlbox.types import printable
 
@@ -44,7 +45,8 @@ SUB_MICRO_TEXT = r"[0-9]:[0-9]{2}[.,][0-9]{6}[0-9]*[1-9]"  # a seventh or later 
 Progress = Callable[[str], None]
 # How batches are written (snappy decodes about 20% faster than zstd in the point-in-time join);
 # `mlbox bench features` writes its DuckDB COPY floor with exactly these options.
-BATCH_FORMAT = "FORMAT parquet, COMPRESSION snappy"
+BATCH_COMPRESSION = "snappy"
+BATCH_FORMAT = f"FORMAT parquet, COMPRESSION {BATCH_COMPRESSION}"
 
 
 def connect(threads: int | None = None, temp_dir: Path | None = None) -> duckdb.DuckDBPyConnection:
@@ -71,13 +73,7 @@ def _fsync_and_hash(path: Path) -> str:
     return file_sha256(path)
 
 
-def fsync_dir(path: Path) -> None:
-    """Make a rename or new file in `path` durable (the directory entry itself is fsynced)."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+fsync_dir = fsync_path  # a rename or new file in a folder is durable once the folder is fsynced
 
 
 @dataclass(frozen=True)
@@ -210,7 +206,8 @@ class OfflineStore:
             name = uuid.uuid4().hex
             tmp = folder / f"{TMP_PREFIX}{os.getpid()}-{name}.parquet"
             # From here on DuckDB reaches only the declared source file and this batch's own
-            # temporary file (for COPY and the statistics): the transformation is user SQL.
+            # temporary file (for COPY and the statistics): the transformation is user SQL. In an
+            # encrypted box DuckDB touches neither: the batch goes through Arrow's encrypting writer.
             sandbox(con, [Path(label), tmp] if isinstance(source, (str, os.PathLike)) else [tmp])
             if view.transformation:
                 check_transformation(con, view.name, view.transformation)
@@ -238,15 +235,15 @@ class OfflineStore:
             folder.mkdir(parents=True, exist_ok=True)
             target = folder / f"{name}.parquet"
             try:
-                written = first(con.execute(f"COPY ({final}) TO {lit(tmp)} ({BATCH_FORMAT}, RETURN_STATS)")) or ()
-                rows = int(written[1]) if written else 0
+                written = crypt.copy(con, final, tmp, compression=BATCH_COMPRESSION)
+                rows = written.rows
                 if rows == 0:
                     raise ValidationError(f"{label} has no rows")
                 step("computing statistics")
                 # fsync and hashing (both release the GIL) overlap the statistics query in DuckDB
                 with ThreadPoolExecutor(1) as pool:
                     digest_job = pool.submit(_fsync_and_hash, tmp)
-                    stats = batch_stats(con, str(tmp), view, rows, written[4] or {})
+                    stats = batch_stats(con, str(tmp), view, rows, written.columns)
                     digest = digest_job.result()
                 os.chmod(tmp, 0o444)
                 step("committing")
@@ -342,7 +339,9 @@ def register_source(con: duckdb.DuckDBPyConnection, source: Any, base_dir: Path,
             raise UsageError(f"cannot read {printable(path.name)}: use a .csv, .csv.gz, .tsv or .parquet file")
         check_file(path, limits)
         try:
-            if parquet:
+            if parquet and crypt.is_encrypted(path):  # a file of an encrypted box: DuckDB reads it through Arrow
+                rel = con.sql(f"SELECT * FROM {crypt.source(con, [str(path)])}")
+            elif parquet:
                 rel = con.read_parquet(str(path))
             else:
                 header = con.read_csv(str(path), header=True).columns if text_columns else []

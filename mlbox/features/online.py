@@ -35,7 +35,7 @@ from mlbox.errors import NotFound, ValidationError
 from mlbox.features.catalog import ViewVersion
 from mlbox.features.pit import q
 from mlbox.features.rowcodec import RowCodec
-from mlbox.store.sqlite import Database
+from mlbox.store.sqlite import Database, encrypted_errors
 
 TEXT_DTYPES = ("string", "timestamp", "date")
 LEFTOVER_SUFFIXES = ("__rebuild", "__stage")
@@ -252,6 +252,28 @@ class OnlineStore:
         )
 
     def read(
+        self,
+        lookup: Lookup,
+        entity_keys: Sequence[tuple[Any, ...]],
+        *,
+        now: int | None = None,
+        native: bool = False,
+        out: dict[str, list[Any]] | None = None,
+    ) -> Read:
+        """Values of `entity_keys`, added to `out` (default: a new dict); `now` (epoch us, default `clock.now()`) applies the TTL.
+
+        `native` returns timestamps and dates as datetime/date objects instead of their
+        canonical numbers (for people, not models). A lookup that meets online.db rekeyed by
+        `mlbox keys rotate` (SQLITE_NOTADB) reopens it under the new key and runs once more.
+        """
+        try:
+            return self._read(lookup, entity_keys, now=now, native=native, out=out)
+        except encrypted_errors() as exc:
+            if not self.db.rekeyed(exc):
+                raise
+            return self._read(lookup, entity_keys, now=now, native=native, out=out)
+
+    def _read(
         self,
         lookup: Lookup,
         entity_keys: Sequence[tuple[Any, ...]],

@@ -11,6 +11,7 @@ a window sort.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 
@@ -25,6 +26,14 @@ def lit(text: str | os.PathLike[str]) -> str:
 
 
 RANK_BITS = 20  # up to ~1M batches per view
+# The FROM-clause relation over some batch files: `read_parquet` here; `crypt.source` bound to a
+# connection where batches may be encrypted (the builder stays pure SQL text either way).
+Source = Callable[[Sequence[str]], str]
+
+
+def parquet_source(files: Sequence[str]) -> str:
+    """`read_parquet` over plain Parquet files."""
+    return f"read_parquet([{', '.join(lit(f) for f in files)}])"
 
 
 @dataclass(frozen=True)
@@ -58,7 +67,7 @@ def _window(v: ViewJoin) -> str:
     return f" WHERE {' AND '.join(parts)}" if parts else ""
 
 
-def _view_cte(v: ViewJoin) -> str:
+def _view_cte(v: ViewJoin, source: Source) -> str:
     cols = [q(k) for k, _ in v.keys] + [f"{q(v.timestamp)} AS {q('__ts_' + v.alias)}"] + [q(f) for f, _, _ in v.columns]
     if not v.files:
         typed = [f"NULL::{t} AS {q(k)}" for k, t in v.keys]
@@ -67,25 +76,25 @@ def _view_cte(v: ViewJoin) -> str:
             typed.append(f"NULL::HUGEINT AS {q('__o_' + v.alias)}")
         return f"{q(v.alias)} AS (SELECT {', '.join(typed)} WHERE false)"
     if not v.tie_break:
-        files = ", ".join(lit(f) for f in v.files)
-        return f"{q(v.alias)} AS (SELECT {', '.join(cols)} FROM read_parquet([{files}]){_window(v)})"
+        return f"{q(v.alias)} AS (SELECT {', '.join(cols)} FROM {source(v.files)}{_window(v)})"
     order = f"epoch_us({q(v.timestamp)})::HUGEINT * {1 << RANK_BITS} + {{rank}} AS {q('__o_' + v.alias)}"
     parts = [
-        f"SELECT {', '.join(cols)}, {order.format(rank=rank)} FROM read_parquet({lit(f)}){_window(v)}"
+        f"SELECT {', '.join(cols)}, {order.format(rank=rank)} FROM {source([f])}{_window(v)}"
         for rank, f in enumerate(v.files)
     ]
     return f"{q(v.alias)} AS ({' UNION ALL '.join(parts)})"
 
 
-def build_query(spec: JoinSpec, ordered: bool = True) -> str:
+def build_query(spec: JoinSpec, ordered: bool = True, source: Source = parquet_source) -> str:
     """SQL returning the label columns then every requested feature, in label row order.
 
     With `ordered=False` the rows come in the join's order, led by the label row number
     `__row`, for a caller that restores the order itself (cheaper than a SQL sort).
+    `source` gives the relation over a view's batch files (default: `read_parquet`).
     """
     lts = q(spec.label_timestamp)
     ctes = [f"__l AS (SELECT * FROM {spec.labels})"]
-    ctes += [_view_cte(v) for v in spec.views]
+    ctes += [_view_cte(v, source) for v in spec.views]
     select = ([] if ordered else ["__l.__row"]) + [f"__l.{q(c)}" for c in spec.label_columns]
     joins = []
     for v in spec.views:

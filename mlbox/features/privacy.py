@@ -20,6 +20,7 @@ from mlbox.errors import PermissionDenied, UsageError
 from mlbox.features.catalog import Catalog, ViewVersion
 from mlbox.features.definitions import DTYPES, FeatureView, Field
 from mlbox.features.pit import lit, q
+from mlbox.store import crypt
 
 Disclosure = Literal["raw", "mask", "refuse"]
 DISCLOSURES: tuple[str, ...] = ("raw", "mask", "refuse")
@@ -92,15 +93,15 @@ def masked_relation(version: ViewVersion, files: Sequence[Path], disclosure: str
 
     DuckDB scans the dataset through Arrow, not its own file system, so the connection keeps
     `enable_external_access=false` with no allowed path: neither `read_parquet` of a batch,
-    nor `glob`, nor the dataset's registered name reaches a protected column's bytes.
+    nor `glob`, nor the dataset's registered name reaches a protected column's bytes. The
+    dataset decrypts in an encrypted box (`crypt.dataset`).
     """
     if not files:
         return None
     import pyarrow as pa
-    import pyarrow.dataset as pads
 
     sources = [str(p) for p in files]
-    full = pads.dataset(sources, format="parquet").schema  # the first file's footer
+    full = crypt.dataset(sources).schema  # the first file's footer
     guarded = protected(version)
     kept = pa.schema([f for f in full if f.name not in guarded])
     data_name = f"__data_{version.name}_v{version.version}"
@@ -117,7 +118,7 @@ def masked_relation(version: ViewVersion, files: Sequence[Path], disclosure: str
         columns.append(f"{value} AS {q(f.name)}")
     return MaskedRelation(
         data_name=data_name,
-        dataset=pads.dataset(sources, format="parquet", schema=kept),
+        dataset=crypt.dataset(sources, schema=kept),
         select=f"SELECT {', '.join(columns)} FROM {q(data_name)}",
     )
 
@@ -205,17 +206,18 @@ def restrict_training_set(result: Any, catalog: Catalog, disclosure: str, target
 
     A file set was built at a staging path inside the box (`result.path`); the masked copy is
     written to `target` through a temporary name, so no raw protected value lands outside the box.
+    The staged file is encrypted in an encrypted box: it is then read through its key and written
+    again under `target`'s rule (encrypted in a box's stores, else plain: an export), never moved as is.
     """
     import pyarrow as pa
-    import pyarrow.parquet as pq
 
     hidden = export_hidden(catalog, result.columns, disclosure)
     if result.path is not None and target is not None:
         tmp = target.with_name(f".{target.name}.tmp")
         target.parent.mkdir(parents=True, exist_ok=True)
-        if hidden:
-            source = pq.ParquetFile(result.path)
-            writer = pq.ParquetWriter(tmp, source.schema_arrow, compression="snappy")
+        if hidden or crypt.is_encrypted(result.path):
+            source = crypt.parquet_file(result.path)
+            writer = crypt.parquet_writer(tmp, source.schema_arrow, compression="snappy")
             try:
                 for batch in source.iter_batches(batch_size=65536):  # streamed: a training set may not fit in memory twice
                     writer.write_table(mask_table(pa.Table.from_batches([batch], source.schema_arrow), hidden))

@@ -17,7 +17,8 @@ after the commit are the old files unlinked.
 Unlink, not overwrite-then-unlink: on SSDs (wear levelling, remapped blocks) and copy-on-write
 filesystems (btrfs, ZFS, APFS) an overwrite writes new blocks and leaves the old ones where they
 were, so it buys nothing; what protects the data is that no catalog row names the file and the
-blocks are freed (encryption at rest, later, makes freed blocks unreadable). A crash between the
+blocks are freed (in an encrypted box the freed blocks hold only ciphertext: every file this
+module writes goes through `mlbox.store.crypt`). A crash between the
 commit and the unlink leaves superseded files that no live catalog row names: the offline
 store's sweep (`OfflineStore.sweep`, run at every open of the feature store) removes them, as it
 removes temporary files of dead processes after a crash before the commit.
@@ -38,10 +39,11 @@ import duckdb
 from mlbox import clock
 from mlbox.errors import Conflict, ValidationError
 from mlbox.features.catalog import Batch, Catalog, ViewVersion
-from mlbox.features.offline import BATCH_FORMAT, TMP_PREFIX, OfflineStore, first, fsync_dir, inside_box
+from mlbox.features.offline import BATCH_COMPRESSION, TMP_PREFIX, OfflineStore, first, fsync_dir, inside_box
 from mlbox.features.online import coerce_key
 from mlbox.features.pit import lit, q
 from mlbox.features.stats import batch_stats
+from mlbox.store import crypt
 from mlbox.store.artifacts import file_sha256
 
 
@@ -120,14 +122,14 @@ class RewriteResult:
         }
 
 
-def _batch_relation(path: Path) -> str:
+def _batch_relation(con: duckdb.DuckDBPyConnection, path: Path) -> str:
     """The relation of one batch file: every read of a batch by a rewrite, an erasure or an export goes through it."""
-    return f"read_parquet({lit(path)})"
+    return crypt.source(con, [str(path)])
 
 
 def matching_rows(con: duckdb.DuckDBPyConnection, path: Path, drop: RowFilter) -> tuple[int, int]:
     """(rows, rows matching `drop`) of one batch file."""
-    row = first(con.execute(f"SELECT count(*), count(*) FILTER (WHERE ({drop.sql}) IS TRUE) FROM {_batch_relation(path)}"))
+    row = first(con.execute(f"SELECT count(*), count(*) FILTER (WHERE ({drop.sql}) IS TRUE) FROM {_batch_relation(con, path)}"))
     return (int(row[0]), int(row[1])) if row else (0, 0)
 
 
@@ -135,18 +137,17 @@ def select_matching(
     con: duckdb.DuckDBPyConnection, path: Path, drop: RowFilter, columns: str = "*"
 ) -> tuple[list[str], list[tuple[Any, ...]]]:
     """(column names, rows) of one batch file's rows matching `drop` (an erasure's or an export's read)."""
-    cur = con.execute(f"SELECT {columns} FROM {_batch_relation(path)} WHERE ({drop.sql}) IS TRUE")
+    cur = con.execute(f"SELECT {columns} FROM {_batch_relation(con, path)} WHERE ({drop.sql}) IS TRUE")
     return [d[0] for d in cur.description or []], cur.fetchall()
 
 
 def _write_without(con: duckdb.DuckDBPyConnection, path: Path, drop: RowFilter, tmp: Path) -> tuple[int, dict[str, Any]]:
     """Copy `path` to `tmp` without the rows matching `drop`, fsynced: the one place this module writes a batch."""
-    written = first(con.execute(
-        f"COPY (SELECT * FROM {_batch_relation(path)} WHERE ({drop.sql}) IS NOT TRUE) TO {lit(tmp)} ({BATCH_FORMAT}, RETURN_STATS)"
-    )) or ()  # fmt: skip
+    query = f"SELECT * FROM {_batch_relation(con, path)} WHERE ({drop.sql}) IS NOT TRUE"
+    written = crypt.copy(con, query, tmp, compression=BATCH_COMPRESSION)
     with tmp.open("rb+") as fh:
         os.fsync(fh.fileno())
-    return (int(written[1]) if written else 0), (written[4] or {}) if written else {}
+    return written.rows, written.columns
 
 
 @dataclass

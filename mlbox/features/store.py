@@ -30,11 +30,10 @@ from mlbox.features.limits import IngestLimits
 from mlbox.features.offline import IngestResult, OfflineStore, check_select
 from mlbox.features.online import Lookup, OnlineStore, coerce_key, micros_to_datetime, now_us
 from mlbox.features.online import sweep as sweep_online
-from mlbox.features.pit import lit
 from mlbox.features.plan import Change, plan
 from mlbox.features.sandbox import sandbox
 from mlbox.store.audit import AuditLog
-from mlbox.store import purges
+from mlbox.store import crypt, purges
 from mlbox.store.layout import BoxPaths
 from mlbox.store.sqlite import Database
 
@@ -513,7 +512,7 @@ class FeatureStore:
                 guarded = privacy.masked_relation(v, [Path(f) for f in files], disclosure) if disclosure != "raw" else None
                 if guarded is not None:
                     con.register(guarded.data_name, guarded.dataset)
-                    files = []  # the masked relation replaces read_parquet below
+                    files = []  # the masked relation replaces the batch files below
                 cols = ", ".join(
                     f'NULL::{t} AS "{c}"'
                     for c, t in [
@@ -522,7 +521,7 @@ class FeatureStore:
                         *((f.name, DTYPES[f.dtype]) for f in v.view.fields),
                     ]
                 )
-                body = f"SELECT * FROM read_parquet([{', '.join(lit(f) for f in files)}])" if files else f"SELECT {cols} WHERE false"
+                body = f"SELECT * FROM {crypt.source(con, files)}" if files else f"SELECT {cols} WHERE false"
                 body = guarded.select if guarded is not None else body
                 con.execute(f'CREATE OR REPLACE TEMP VIEW "{v.name}_v{v.version}" AS {body}')
                 con.execute(f'CREATE OR REPLACE TEMP VIEW "{v.name}" AS {body}')

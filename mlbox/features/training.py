@@ -12,6 +12,7 @@ pass (count, timestamp check and range) only.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -29,7 +30,7 @@ from mlbox.features.catalog import Catalog, ViewVersion
 from mlbox.features.definitions import DTYPES, FeatureRef
 from mlbox.features.offline import OfflineStore, first, micros_sql, register_source
 from mlbox.features.pit import JoinSpec, ViewJoin, build_query, lit, output_names, q
-from mlbox.store import purges
+from mlbox.store import crypt, purges
 
 TIMESTAMP_TYPES = (
     "TIMESTAMP WITH TIME ZONE", "TIMESTAMP", "TIMESTAMP_NS", "TIMESTAMPTZ_NS", "TIMESTAMP_MS", "TIMESTAMP_S", "DATE",
@@ -229,7 +230,7 @@ def register_labels(
         raise ValidationError(f"label column {timestamp!r} is {kind}, not a timestamp")
     ts = q(timestamp)
     conv = f"{micros_sql(ts, kind, 'floor')} AS {ts}"
-    if label.lower().endswith(".parquet") and "file_row_number" not in schema:
+    if label.lower().endswith(".parquet") and "file_row_number" not in schema and not crypt.is_encrypted(label):
         # the reader's own row number: no window operator, the scan stays parallel
         body = f"SELECT * EXCLUDE (file_row_number) REPLACE ({conv}), file_row_number AS {ROW} "
         body += f"FROM read_parquet({lit(label)}, file_row_number = true)"
@@ -295,6 +296,10 @@ def build(
     if snap < 0 or snap > catalog.snapshot():
         raise UsageError(f"snapshot {snapshot} does not exist yet (latest is {catalog.snapshot()})")
     con = offline.connect()
+
+    def source(files: Sequence[str]) -> str:  # batch files, decrypted through Arrow in an encrypted box
+        return crypt.source(con, files)
+
     try:
         lab = register_labels(con, labels, timestamp, base_dir, offline.limits)
         plan = resolve(catalog, offline, features, snap, lab.columns, lab.timestamp, lab.span, snapshot is not None)
@@ -312,14 +317,14 @@ def build(
             if out is not None:
                 out.parent.mkdir(parents=True, exist_ok=True)
                 tmp = out.with_name(f".{out.name}.tmp")
-                con.execute(f"COPY ({build_query(plan.spec)}) TO {lit(tmp)} (FORMAT parquet, COMPRESSION snappy)")
+                crypt.copy(con, build_query(plan.spec, source=source), tmp, compression="snappy")  # encrypted in an encrypted box
                 # the labels as the frame holds them (read back in file order), hashed like the in-memory paths
                 cols = ", ".join(q(c) for c in lab.columns)
-                result.fingerprint = fingerprint(con.sql(f"SELECT {cols} FROM read_parquet({lit(tmp)})").to_arrow_table(), plan)
+                result.fingerprint = fingerprint(con.sql(f"SELECT {cols} FROM {source([str(tmp)])}").to_arrow_table(), plan)
                 tmp.replace(out)
                 result.path = out
             else:
-                table = _in_label_order(con.sql(build_query(plan.spec, ordered=False)).to_arrow_table())
+                table = _in_label_order(con.sql(build_query(plan.spec, ordered=False, source=source)).to_arrow_table())
                 result.fingerprint = fingerprint(table.select(lab.columns), plan)
                 result.frame = table if as_arrow else con.from_arrow(table).df()
         except duckdb.ConversionException as exc:

@@ -91,6 +91,10 @@ class Flavor(Protocol):
 
     def load(self, directory: Path) -> Any: ...
 
+    def load_bytes(self, files: Mapping[str, bytes]) -> Any:
+        """The model from its native files' contents (file name -> bytes, as `save` named them), in memory only."""
+        ...
+
     def to_onnx(self, model: Any, n_features: int, task: Task, n_classes: int, path: Path) -> None:
         """Export to ONNX at `path`: input `input` float[N, n_features]; output probabilities [N, k] or values [N, 1]."""
         ...

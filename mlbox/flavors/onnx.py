@@ -1,4 +1,10 @@
-"""ONNX files as mlbox uses them: single-file models only, onnxruntime sessions with explicit threads."""
+"""ONNX files as mlbox uses them: single-file models only, onnxruntime sessions with explicit threads.
+
+Models are parsed and loaded from bytes in memory, so an encrypted box's model is decrypted
+only in memory: a path is read through `mlbox.store.crypt.read_bytes` (which opens a sealed
+file with its box's key), and a verified artifact's bytes (`ArtifactStore.read_verified`) are
+passed as they are. The external-data refusal applies to both.
+"""
 
 from __future__ import annotations
 
@@ -10,25 +16,37 @@ from typing import Any
 import numpy as np
 
 from mlbox.errors import ValidationError
+from mlbox.store import crypt
+
+Model = Path | bytes  # a file (plain, or sealed in an encrypted box) or the model's bytes
 
 
-def check_single_file(path: Path) -> None:
+def model_bytes(model: Model) -> bytes:
+    """The serialized model: bytes as given, a file read (and decrypted when sealed) into memory."""
+    return model if isinstance(model, bytes) else crypt.read_bytes(model)
+
+
+def check_single_file(model: Model, name: str = "") -> None:
     """Refuse ONNX models whose tensors live in external files (they could point anywhere, `../../etc/passwd`).
 
     Every tensor is checked: initializers, sparse initializers and attribute tensors of the main graph
     and of every subgraph (If/Loop/Scan bodies), which onnxruntime would load just the same.
     """
+    _check_bytes(model_bytes(model), name or (model.name if isinstance(model, Path) else "model.onnx"))
+
+
+def _check_bytes(data: bytes, name: str) -> None:
     import onnx
 
     try:
-        model = onnx.load(str(path), load_external_data=False)
+        proto = onnx.load_model_from_string(data)  # from memory: never resolves external data files
     except Exception as exc:  # protobuf's DecodeError and friends: not an ONNX file
-        raise ValidationError(f"{path.name}: not a readable ONNX model ({type(exc).__name__})") from None
-    if not model.graph.node:  # protobuf parses empty or foreign bytes as an empty model
-        raise ValidationError(f"{path.name}: not an ONNX model (no graph)")
-    for tensor in _tensors(model.graph):
+        raise ValidationError(f"{name}: not a readable ONNX model ({type(exc).__name__})") from None
+    if not proto.graph.node:  # protobuf parses empty or foreign bytes as an empty model
+        raise ValidationError(f"{name}: not an ONNX model (no graph)")
+    for tensor in _tensors(proto.graph):
         if tensor.data_location == onnx.TensorProto.EXTERNAL or tensor.external_data:
-            raise ValidationError(f"{path.name}: ONNX models with external data are refused (tensor {tensor.name!r})")
+            raise ValidationError(f"{name}: ONNX models with external data are refused (tensor {tensor.name!r})")
 
 
 def _tensors(graph: Any) -> Iterator[Any]:
@@ -47,17 +65,18 @@ def _tensors(graph: Any) -> Iterator[Any]:
                 yield from _tensors(sub)
 
 
-def session(path: Path, threads: int | None = None, providers: list[str] | None = None) -> Any:
-    """An onnxruntime session with intra-op threads set explicitly (default: all cores)."""
+def session(model: Model, threads: int | None = None, providers: list[str] | None = None, name: str = "") -> Any:
+    """An onnxruntime session over a single-file model, built from its bytes in memory (intra-op threads: default all cores)."""
     import onnxruntime as ort
 
-    check_single_file(path)
+    data = model_bytes(model)
+    _check_bytes(data, name or (model.name if isinstance(model, Path) else "model.onnx"))
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = int(threads or os.cpu_count() or 1)
     opts.inter_op_num_threads = 1
     available = ort.get_available_providers()
     chosen = [p for p in (providers or ["CUDAExecutionProvider", "CPUExecutionProvider"]) if p in available]
-    return ort.InferenceSession(str(path), sess_options=opts, providers=chosen or ["CPUExecutionProvider"])
+    return ort.InferenceSession(data, sess_options=opts, providers=chosen or ["CPUExecutionProvider"])
 
 
 def run(sess: Any, X: np.ndarray) -> np.ndarray:

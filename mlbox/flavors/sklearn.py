@@ -102,6 +102,12 @@ class SklearnFlavor:
         # joblib unpickles: only our own artifact, whose sha256 the registry checks first.
         return joblib.load(directory / ARTIFACT)
 
+    def load_bytes(self, files: Mapping[str, bytes]) -> Any:
+        import io
+
+        # joblib unpickles: only our own artifact, verified (sha256 + HMAC) by the registry first.
+        return joblib.load(io.BytesIO(files[ARTIFACT]))
+
     def to_onnx(self, model: Any, n_features: int, task: Task, n_classes: int, path: Path) -> None:
         import onnx
         from skl2onnx import convert_sklearn

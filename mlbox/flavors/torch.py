@@ -195,6 +195,13 @@ class TorchFlavor:
         model.load_state_dict(torch.load(directory / WEIGHTS, map_location="cpu", weights_only=True))
         return model.eval()
 
+    def load_bytes(self, files: Mapping[str, bytes]) -> Any:
+        import io
+
+        model = TabularModel(json.loads(files[CONFIG].decode("utf-8")))
+        model.load_state_dict(torch.load(io.BytesIO(files[WEIGHTS]), map_location="cpu", weights_only=True))
+        return model.eval()
+
     def to_onnx(self, model: Any, n_features: int, task: Task, n_classes: int, path: Path) -> None:
         if model.config["n_features"] != n_features:
             raise UsageError(f"the network takes {model.config['n_features']} features, not {n_features}")

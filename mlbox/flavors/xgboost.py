@@ -104,6 +104,11 @@ class XGBoostFlavor:
         booster.load_model(str(directory / ARTIFACT))
         return booster
 
+    def load_bytes(self, files: Mapping[str, bytes]) -> Any:
+        booster = xgb.Booster()
+        booster.load_model(bytearray(files[ARTIFACT]))  # a bytearray is read as the raw model, not a file name
+        return booster
+
     def to_onnx(self, model: Any, n_features: int, task: Task, n_classes: int, path: Path) -> None:
         import onnx
         from onnxmltools import convert_xgboost

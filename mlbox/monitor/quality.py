@@ -15,6 +15,7 @@ import pandas as pd
 from mlbox.errors import NotFound, UsageError, ValidationError
 from mlbox.features.offline import connect
 from mlbox.features.pit import lit, q
+from mlbox.store import crypt
 
 COLUMNS = ("ts", "variant", "model", "request_id", "row", "prediction", "label")
 TASKS = ("classification", "regression")
@@ -37,10 +38,10 @@ def window_sql(since: datetime | None, until: datetime | None) -> tuple[str, lis
     return " AND ".join(parts), params
 
 
-def log_scan(files: Sequence[Path]) -> str:
-    """read_parquet over the log files; union_by_name because newer files carry typed `n.*`, `c.*` and `y.*` columns."""
+def log_scan(con: Any, files: Sequence[Path]) -> str:
+    """The log files as a relation on `con` (decrypted in an encrypted box); by name: newer files carry `n.*`, `c.*`, `y.*`."""
     check_files(files)
-    return f"read_parquet([{', '.join(lit(str(f)) for f in files)}], union_by_name = true)"
+    return crypt.source(con, list(files), union_by_name=True)
 
 
 def check_files(files: Sequence[Path]) -> None:
@@ -67,7 +68,7 @@ def labelled_rows(
         return _empty()
     con = connect()
     try:
-        log = f"SELECT ts, variant, model, request_id, inputs, outputs FROM {log_scan(log_files)} WHERE {where}"
+        log = f"SELECT ts, variant, model, request_id, inputs, outputs FROM {log_scan(con, log_files)} WHERE {where}"
         # one row per element of `outputs`; a failed request (outputs null) one per input row
         rows = (
             'SELECT ts, variant, model, request_id, CAST(unnest(range(len(p))) AS INTEGER) AS "row", '
@@ -102,7 +103,7 @@ def _labels_sql(con: Any, files: Sequence[Path]) -> str:
     check_files(files)
     parts = []
     for index, path in enumerate(files):
-        source = f"read_parquet({lit(str(path))}, file_row_number = true)"
+        source = _numbered(con, path, index)
         types = dict(con.execute(f"SELECT column_name, column_type FROM (DESCRIBE SELECT * FROM {source})").fetchall())
         missing = {"request_id", "label"} - set(types)
         if missing:
@@ -117,6 +118,23 @@ def _labels_sql(con: Any, files: Sequence[Path]) -> str:
             f"CAST({index} AS BIGINT) * {2**40} + {bump} + file_row_number AS rank FROM {source} WHERE {present}"
         )
     return " UNION ALL ".join(parts)
+
+
+def _numbered(con: Any, path: Path, index: int) -> str:
+    """A label file as a relation with `file_row_number` (a line's position: the later line wins).
+
+    An encrypted file has no DuckDB `file_row_number`: it is decrypted into Arrow (label batches
+    are small: one row per label) and numbered here, registered on `con`.
+    """
+    if not crypt.is_encrypted(path):
+        return f"read_parquet({lit(str(path))}, file_row_number = true)"
+    import pyarrow as pa
+
+    table = crypt.read_table(path)
+    table = table.append_column("file_row_number", pa.array(range(table.num_rows), pa.int64()))
+    name = f"__labels_{index}"
+    con.register(name, table)
+    return name
 
 
 def _empty() -> pd.DataFrame:

@@ -56,7 +56,7 @@ def serving_stats(
                 "SELECT variant, arg_max(model, ts), count(*), "
                 "sum(coalesce(json_array_length(outputs), json_array_length(inputs), 1)), count(error), "
                 "quantile_cont(latency_ms, 0.5), quantile_cont(latency_ms, 0.99), min(ts), max(ts) "
-                f"FROM {log_scan(log_files)} WHERE {where} GROUP BY variant",
+                f"FROM {log_scan(con, log_files)} WHERE {where} GROUP BY variant",
                 params,
             ).fetchall()
         finally:

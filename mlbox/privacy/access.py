@@ -6,7 +6,8 @@ times and the batch each came from), the online store's current values, the logg
 of their requests and the labels of those requests, the training sets that read a batch holding
 their rows, the model versions trained on those sets, and earlier erasures of the same subject.
 Protected fields are included unmasked: the subject has a right to them. The file is written
-0600; the box keeps only the audit entry `privacy.export` (pseudonym, counts, no values).
+0600 (plain wherever the user asks, sealed only inside an encrypted box's stores: mlbox.store.crypt
+decides by path); the box keeps only the audit entry `privacy.export` (pseudonym, counts, no values).
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from mlbox.features.rewrite import key_filter, plan, select_matching
 from mlbox.privacy import certificate
 from mlbox.privacy.erase import affected_sets_and_models, typed_subject, views_with
 from mlbox.serve.predlog import subject as logs
+from mlbox.store import crypt
 
 if TYPE_CHECKING:
     from mlbox.box import Box
@@ -136,10 +138,8 @@ def export(box: Box, given: Mapping[str, str], out: Path, *, actor: str) -> dict
     document = collect(box, given)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.name}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w", encoding="utf-8") as fh:
-        json.dump(document, fh, indent=1, ensure_ascii=False, default=str)
-        fh.write("\n")
+    os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600))  # 0600 before a byte is written
+    crypt.write_bytes(tmp, (json.dumps(document, indent=1, ensure_ascii=False, default=str) + "\n").encode("utf-8"))
     os.replace(tmp, out)
     found = counts(document)
     pseudonym = certificate.subject_id(box.audit.key, document["subject"])

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from mlbox.errors import ValidationError
+from mlbox.store import crypt
 from mlbox.store.evidence import canonical, load_signing_key, public_key_info
 
 FORMAT = "mlbox-erasure-certificate/1"
@@ -68,6 +69,7 @@ def write(path: Path, document: Mapping[str, Any], subject: Mapping[str, Any]) -
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
     body = {**document, "subject": {k: v for k, v in sorted(subject.items())}}
-    tmp.write_text(json.dumps(body, indent=1, ensure_ascii=True, default=str) + "\n", encoding="ascii")
+    # it names the subject: sealed if it is written into an encrypted box's stores (plain where the user asks)
+    crypt.write_bytes(tmp, (json.dumps(body, indent=1, ensure_ascii=True, default=str) + "\n").encode("ascii"))
     tmp.replace(path)
     return path

@@ -32,7 +32,7 @@ from mlbox import clock
 from mlbox.errors import UsageError
 from mlbox.features.offline import connect, first
 from mlbox.features.pit import lit, q
-from mlbox.store import purges
+from mlbox.store import crypt, purges
 from mlbox.types import check_name, parse_duration
 
 if TYPE_CHECKING:
@@ -251,16 +251,16 @@ def _log_files(
 def _rewrite_log_file(box: Box, store: str, row: dict[str, Any], path: Path, column: str, cutoff: datetime, old: int) -> None:
     """Drop `path` (all its rows are old) or replace it by a copy without the old rows, with its catalog row.
 
-    The copy is written as the log's writer writes (pyarrow, snappy, the file's own schema), so monitoring
-    reads it like any other file. A crash after the commit and before the unlink leaves a file no catalog
-    row names, which the log's sweep (mlbox.serve.predlog.subject.sweep) removes.
+    The copy is written as the log's writer writes (pyarrow, snappy, the file's own schema, encrypted in
+    an encrypted box), so monitoring reads it like any other file. A crash after the commit and before
+    the unlink leaves a file no catalog row names, which the log's sweep (mlbox.serve.predlog.subject.sweep)
+    removes.
     """
     import pyarrow as pa
     import pyarrow.compute as pc
-    import pyarrow.parquet as pq
 
     table_name = "prediction_batches" if store == "predictions" else "label_batches"
-    table = pq.read_table(path)
+    table = crypt.read_table(path)
     times = table.column(column)
     kept = table.filter(pc.fill_null(pc.greater_equal(times, pa.scalar(cutoff, type=times.type)), False))
     if kept.num_rows == 0:
@@ -271,7 +271,7 @@ def _rewrite_log_file(box: Box, store: str, row: dict[str, Any], path: Path, col
     name = uuid.uuid4().hex
     tmp, final = path.with_name(f".tmp-{os.getpid()}-{name}.parquet"), path.with_name(f"{name}.parquet")
     try:
-        pq.write_table(kept, tmp, compression="snappy")
+        crypt.write_table(kept, tmp, compression="snappy")  # encrypted when the box is
         with tmp.open("rb+") as fh:
             os.fsync(fh.fileno())
         os.chmod(tmp, 0o444)
@@ -296,4 +296,4 @@ def _rewrite_log_file(box: Box, store: str, row: dict[str, Any], path: Path, col
 def _count(con: duckdb.DuckDBPyConnection, path: Path, where: str) -> int:
     if not path.exists():
         return 0
-    return int((first(con.execute(f"SELECT count(*) FROM read_parquet({lit(str(path))}) WHERE {where}")) or (0,))[0])
+    return int((first(con.execute(f"SELECT count(*) FROM {crypt.source(con, [path])} WHERE {where}")) or (0,))[0])

@@ -8,19 +8,22 @@ back. So are the labels files `labels ingest` read (their absolute path is in
 `label_batches.source`): their rows of the subject's requests (`request_id`) go too. Files outside
 the box are not touched (they are the controller's exports). CSV/TSV files are rewritten row by row
 with the `csv` module (other rows keep their text), Parquet files with pyarrow; each through a
-temporary file, fsync and an atomic rename. A gzip-compressed or unreadable file is reported, never
-half-rewritten.
+temporary file, fsync and an atomic rename. A file keeps its form: one the box encrypted (a sealed
+CSV, an encrypted Parquet file) is read and rewritten through mlbox.store.crypt, a plain one stays
+plain. A gzip-compressed or unreadable file is reported, never half-rewritten.
 """
 
 from __future__ import annotations
 
 import csv
+import io
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from mlbox.store import crypt
 
 if TYPE_CHECKING:
     from mlbox.box import Box
@@ -87,7 +90,8 @@ def _matches(cell: Any, value: Any) -> bool:
 
 def _csv(path: Path, values: Mapping[str, Any], write: bool) -> tuple[int, int]:
     delimiter = "\t" if path.suffix.lower() == ".tsv" else ","
-    with path.open(newline="", encoding="utf-8") as fh:
+    sealed = crypt.is_encrypted(path)
+    with io.StringIO(crypt.read_bytes(path).decode("utf-8"), newline="") as fh:
         rows = list(csv.reader(fh, delimiter=delimiter))
     if not rows:
         return 0, 0
@@ -99,10 +103,14 @@ def _csv(path: Path, values: Mapping[str, Any], write: bool) -> tuple[int, int]:
     removed = len(rows) - 1 - len(kept)
     if write and removed:
         tmp = path.with_name(f".tmp-{os.getpid()}-{path.name}")
-        with tmp.open("w", newline="", encoding="utf-8") as fh:
-            csv.writer(fh, delimiter=delimiter, lineterminator="\n").writerows([header, *kept])
-            fh.flush()
-            os.fsync(fh.fileno())
+        text = io.StringIO(newline="")
+        csv.writer(text, delimiter=delimiter, lineterminator="\n").writerows([header, *kept])
+        data = text.getvalue().encode("utf-8")
+        if sealed:
+            crypt.write_bytes(tmp, data)
+        else:
+            tmp.write_bytes(data)
+        _fsync(tmp)
         os.replace(tmp, path)
     return len(rows) - 1, removed
 
@@ -111,7 +119,8 @@ def _parquet(path: Path, values: Mapping[str, Any], write: bool) -> tuple[int, i
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    table = pq.read_table(path)
+    encrypted = crypt.is_encrypted(path)
+    table = crypt.read_table(path)
     cols = [(k, v) for k, v in values.items() if k in table.column_names]
     if not cols:
         return table.num_rows, 0
@@ -122,11 +131,15 @@ def _parquet(path: Path, values: Mapping[str, Any], write: bool) -> tuple[int, i
     removed = sum(flags)
     if write and removed:
         tmp = path.with_name(f".tmp-{os.getpid()}-{path.name}")
-        pq.write_table(table.filter(pa.array([not f for f in flags])), tmp)
-        with tmp.open("rb+") as fh:
-            os.fsync(fh.fileno())
+        (crypt.write_table if encrypted else pq.write_table)(table.filter(pa.array([not f for f in flags])), tmp)
+        _fsync(tmp)
         os.replace(tmp, path)
     return table.num_rows, removed
+
+
+def _fsync(path: Path) -> None:
+    with path.open("rb+") as fh:
+        os.fsync(fh.fileno())
 
 
 def scrub(box: Box, values: Mapping[str, Any], *, dry_run: bool) -> list[SourceHit]:

@@ -142,10 +142,8 @@ class Registry:
 
     # reference profiles (monitoring's baseline) -----------------------------------
     def _put_profile(self, profile: dict[str, Any]) -> str:
-        with self.artifacts.scratch() as folder:
-            path = folder / "profile.json"
-            path.write_text(json.dumps(profile, separators=(",", ":"), allow_nan=False))
-            return self.artifacts.put(path).sha256
+        data = json.dumps(profile, separators=(",", ":"), allow_nan=False).encode()
+        return self.artifacts.put_bytes(data).sha256  # from memory: never a plaintext file in an encrypted box
 
     def _profile_row(self, name: str, version: int, profile: dict[str, Any], sha256: str, actor: str) -> None:
         self.db.execute(
@@ -170,8 +168,8 @@ class Registry:
             return None
         cached = self._profiles.get(row["sha256"])
         if cached is None:
-            path = self.artifacts.open_verified(row["sha256"], f"reference profile of model {version.ref}")
-            cached = json.loads(path.read_text())
+            data = self.artifacts.read_verified(row["sha256"], f"reference profile of model {version.ref}")
+            cached = json.loads(data)
             self._profiles = {row["sha256"]: cached}  # one kept: a check reads one or two versions at a time
         return cached
 
@@ -349,8 +347,20 @@ class Registry:
         })  # fmt: skip
         return out
 
+    def native_files(self, ref: str) -> dict[str, bytes]:
+        """A version's native files (file name -> content), verified and, in an encrypted box, decrypted in memory.
+
+        What `Flavor.load_bytes` loads: no plaintext copy is written anywhere.
+        """
+        version = self.get(ref)
+        return {
+            Path(fname).name: self.artifacts.read_verified(meta["sha256"], f"model {version.ref} file {fname}")
+            for fname, meta in version.artifacts.items()
+            if fname.startswith("native/")
+        }
+
     def local_files(self, ref: str, directory: Path) -> Path:
-        """Materialize a version's native files into `directory` (verified) for loading."""
+        """Materialize a version's native files into `directory` (verified; decrypted: the copies are plaintext)."""
         version = self.get(ref)
         for fname, meta in version.artifacts.items():
             if fname.startswith("native/"):

@@ -6,7 +6,9 @@ batches of `batch_rows` rows. Each batch is encoded column by column with Arrow 
 (`serve.validation.encode_rows`) accepts and gives the same matrix; a test holds the two
 equal on random data. The output (input columns plus prediction columns) is written under a
 temporary name in the destination folder and renamed into place, so a killed run leaves no
-partial output; leftovers of killed runs are swept by the next run to the same file.
+partial output; leftovers of killed runs are swept by the next run to the same file. Files go
+through mlbox.store.crypt, which decides by path: an input from an encrypted box's stores is
+decrypted, an output into them encrypted (a CSV sealed whole at close); a user's file stays plain.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from mlbox.errors import Conflict, NotFound, UsageError, ValidationError
 from mlbox.flavors.signature import Column, Signature
 from mlbox.serve.runtime import LoadedModel, ModelCache
 from mlbox.serve.validation import FLOAT32_MAX
+from mlbox.store import crypt
 from mlbox.store.artifacts import pid_alive
 from mlbox.store.layout import BoxPaths
 
@@ -220,20 +223,20 @@ def read_batches(path: Path, signature: Signature, batch_rows: int) -> tuple[pa.
     """(schema, total rows or None, batches) of a Parquet or CSV file, streamed."""
     import pyarrow as pa
     import pyarrow.csv as pcsv
-    import pyarrow.parquet as pq
 
     if not path.is_file():
         raise NotFound(f"input file {path} does not exist")
     fmt = file_format(path, "input")
     try:
         if fmt == "parquet":
-            pf = pq.ParquetFile(path)
+            pf = crypt.parquet_file(path)
             return pf.schema_arrow, pf.metadata.num_rows, pf.iter_batches(batch_size=batch_rows)
         # CSV: the signature fixes the feature columns' types, so every block parses alike (timestamp
         # columns are inferred: ISO text becomes a timestamp, seconds since 1970 a number)
         types = {c.name: pa.float64() if c.kind == "numeric" else pa.string() for c in signature.columns if c.dtype != "timestamp"}
+        # a CSV the box sealed is opened whole in memory: an envelope decrypts only as one piece
         reader = pcsv.open_csv(
-            path,
+            pa.BufferReader(crypt.read_bytes(path)) if crypt.is_encrypted(path) else path,
             read_options=pcsv.ReadOptions(block_size=1 << 24),
             convert_options=pcsv.ConvertOptions(column_types=types, strings_can_be_null=True),
         )
@@ -257,12 +260,16 @@ class _Writer:
     def __init__(self, path: Path, fmt: str, schema: pa.Schema) -> None:
         import pyarrow as pa
         import pyarrow.csv as pcsv
-        import pyarrow.parquet as pq
 
+        self.path = path
+        self.sealed: Any = None  # the CSV's bytes in memory, for an output into an encrypted box's store
         if fmt == "parquet":
             # dictionary pages only for text: on floats the attempt costs 10x the write and saves nothing
             text = [f.name for f in schema if _string_like(f.type) or pa.types.is_dictionary(f.type)]
-            self.writer: Any = pq.ParquetWriter(path, schema, use_dictionary=text)
+            self.writer: Any = crypt.parquet_writer(path, schema, use_dictionary=text)  # encrypted in a store of an encrypted box
+        elif crypt.keyring_for(path) is not None:
+            self.sealed = pa.BufferOutputStream()
+            self.writer = pcsv.CSVWriter(self.sealed, schema)
         else:
             self.writer = pcsv.CSVWriter(path, schema)
         self.open = True
@@ -274,6 +281,13 @@ class _Writer:
         if self.open:
             self.open = False
             self.writer.close()
+            if self.sealed is not None:
+                crypt.write_bytes(self.path, self.sealed.getvalue().to_pybytes())
+
+    def abort(self) -> None:
+        """Close without writing what a sealed CSV holds (the run failed)."""
+        self.sealed = None
+        self.close()
 
 
 def _score_batches(
@@ -363,7 +377,7 @@ def score_file(
         finally:
             os.close(dir_fd)
     except BaseException:
-        writer.close()
+        writer.abort()
         tmp.unlink(missing_ok=True)
         raise
     return BatchResult(

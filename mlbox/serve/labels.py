@@ -6,7 +6,8 @@ such label attaches to the latest predicted row for that entity at or before its
 The log records the entity of every row of a request (a JSON array, one object per row), so a
 label finds its row inside a multi-row request. Matched labels are stored as an immutable
 Parquet batch `predictions/<deployment>/labels/<uuid>.parquet` — `request_id`, `row` (null:
-the whole request), `label`, `predicted_at` — ready to be joined with the prediction log.
+the whole request), `label`, `predicted_at` — ready to be joined with the prediction log. Logs are
+read and the batch written through mlbox.store.crypt (encrypted in an encrypted box).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from mlbox.errors import NotFound, ValidationError
 from mlbox.features.limits import IngestLimits
 from mlbox.features.offline import connect, first, inside_box, register_source
 from mlbox.features.pit import lit, q
+from mlbox.store import crypt
 from mlbox.store.audit import AuditLog
 from mlbox.store.sqlite import Database
 
@@ -55,8 +57,7 @@ def ingest_labels(
         cols = dict(con.execute("SELECT column_name, column_type FROM (DESCRIBE source)").fetchall())
         if label not in cols:
             raise ValidationError(f"{source}: no label column {label!r}", hint="name it with --label")
-        preds = ", ".join(lit(str(f)) for f in files)
-        con.execute(f"CREATE TEMP VIEW p AS SELECT * FROM read_parquet([{preds}]) WHERE NOT shadow")
+        con.execute(f"CREATE TEMP VIEW p AS SELECT * FROM {crypt.source(con, files)} WHERE NOT shadow")
         if "request_id" in cols:
             mode = "request_id"
             row = 'CAST(s."row" AS INTEGER)' if "row" in cols else "CAST(NULL AS INTEGER)"
@@ -96,7 +97,7 @@ def ingest_labels(
         folder.mkdir(parents=True, exist_ok=True)
         name = uuid.uuid4().hex
         tmp, final = folder / f".tmp-{os.getpid()}-{name}.parquet", folder / f"{name}.parquet"
-        con.execute(f"COPY (SELECT * FROM matched WHERE predicted_at IS NOT NULL) TO {lit(tmp)} (FORMAT parquet)")
+        crypt.copy(con, "SELECT * FROM matched WHERE predicted_at IS NOT NULL", tmp)  # encrypted when the box is
         with tmp.open("rb+") as fh:
             os.fsync(fh.fileno())
         with db.atomic():

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from mlbox.errors import NotFound, StoreError
+from mlbox.store import keyring
 from mlbox.store.migrations import migrate
 from mlbox.store.sqlite import Database
 
@@ -120,15 +121,33 @@ def check_private(paths: BoxPaths) -> None:
 
 
 def open_meta(
-    paths: BoxPaths, *, busy_timeout_ms: int, synchronous: str, reason: str = "", create: bool = False
+    paths: BoxPaths,
+    *,
+    busy_timeout_ms: int,
+    synchronous: str,
+    reason: str = "",
+    create: bool = False,
+    encrypt: bool = False,
+    master_key: str = "",
 ) -> Database:
-    """Open meta.db (of an existing box unless `create`) and migrate it to this mlbox's schema."""
+    """Open meta.db (of an existing box unless `create`) and migrate it to this mlbox's schema.
+
+    An encrypted box's keyring is loaded and registered first (`master_key`: the resolved
+    `encryption.master_key` setting; empty: keys/master.key), so meta.db, online.db and every
+    file opened afterwards are read with its keys. `encrypt` makes a new box encrypted: the
+    keyring exists before any database has a page.
+    """
     if create:
+        if encrypt and paths.exists() and not keyring.encrypted_box(paths.home) and paths.meta_db.stat().st_size:
+            raise StoreError(f"{paths.home} is an existing plain box", hint="convert it with `mlbox keys encrypt-box`")
         create_layout(paths)
+        if encrypt and not keyring.encrypted_box(paths.home):
+            keyring.create_keyring(paths.home, master_key)
     elif not paths.exists():
         where = f" (chosen by {reason})" if reason else ""
         raise NotFound(f"no mlbox box at {paths.home}{where}", hint=f"create one with `mlbox init {paths.home}`")
     check_private(paths)
+    keyring.open_box(paths.home, master_key)
     db = Database(paths.meta_db, busy_timeout_ms=busy_timeout_ms, synchronous=synchronous)
     try:
         migrate(db)

@@ -12,6 +12,7 @@ import pandas as pd
 
 from mlbox.errors import UsageError, ValidationError
 from mlbox.features.store import FeatureStore
+from mlbox.store import crypt
 from mlbox.store.artifacts import file_sha256
 from mlbox.train.spec import SplitSpec, TrainSpec
 
@@ -83,6 +84,8 @@ def read_file(path: Path) -> pd.DataFrame:
     """A plain data file as a frame: Parquet, CSV or TSV."""
     suffix = path.suffix.lower()
     if suffix == ".parquet":
+        if crypt.is_encrypted(path):  # a file of an encrypted box, read through its key
+            return crypt.read_table(path).to_pandas(split_blocks=True)
         # one block per column: no copy of every float column into one 2-D block (encode reads columns)
         return pd.read_parquet(path, to_pandas_kwargs={"split_blocks": True})
     if suffix in (".csv", ".tsv"):

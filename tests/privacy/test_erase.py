@@ -5,7 +5,10 @@ unique email and a customer id above 2^47, in feature batches, online.db, the pr
 label batches, the project's data files and a training-set file. Before erasure the byte scan
 finds them (the scanner works); after it, no byte of any file under the box holds them (SQLite
 pages, WAL and free pages included: erasure vacuums and truncates the WAL; Parquet also decoded,
-since compression could hide a value), and no read path returns them.
+since compression could hide a value), and no read path returns them. The same box built encrypted
+holds the subject only in ciphertext (a scan of the raw bytes finds them in the project's own plain
+files alone), and after erasure not even the decrypted bytes hold them: every Parquet and sealed file
+decrypted with the box's keyring, and every page and WAL frame of its SQLCipher databases.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -22,10 +26,13 @@ import pytest
 from mlbox.errors import UsageError, ValidationError
 from mlbox.monitor.logread import log_files
 from mlbox.privacy import certificate
+from mlbox.privacy.access import collect, export
 from mlbox.privacy.erase import erase, parse_entity
+from mlbox.store import crypt, keyring
+from mlbox.store.sqlite import Database
 
 from ..conftest import OS_USER, REPO
-from ._subject import EMAIL, KEY, OTHER, build, open_box, scan
+from ._subject import EMAIL, KEY, OTHER, build, open_box, scan, sqlcipher_plaintext
 
 VERIFY = REPO / "docs" / "tools" / "verify_certificate.py"
 SUBJECT = {"customer_id": str(KEY)}
@@ -178,3 +185,66 @@ def test_staged_pushes_are_flushed_then_erased_and_a_plain_box_erases_cleanly(bo
     assert log.read_text() == "started\n[line removed by mlbox privacy erase]\nrequest from u2@x.example ok\n"
     holding = [p.name for p in box.paths.home.rglob("*") if p.is_file() and b"u1@x.example" in p.read_bytes()]
     assert holding == []  # meta.db (the staging table, batch statistics), its WAL, online.db, the batches
+
+
+# an encrypted box --------------------------------------------------------------------------
+
+
+@pytest.fixture
+def encrypted(tmp_path: Path) -> Iterator[tuple[Path, dict[str, Any]]]:
+    home = tmp_path / "box"
+    yield home, build(home, tmp_path / "backup", encrypt=True)
+    keyring.unregister(home)
+
+
+def test_an_encrypted_box_erases_the_subject_from_every_decrypted_byte(encrypted: tuple[Path, dict[str, Any]], tmp_path: Path) -> None:
+    home, _ = encrypted
+    # at rest the stores hold the subject only as ciphertext: the raw bytes show them in the user's own files alone
+    # (the project's data, and the training set written where the user asked: mlbox encrypts its stores)
+    plain = {"data/customers.csv", "data/usage.csv", "data/labels.csv", "training_set.parquet"}
+    assert set(scan(home, decrypt=False)) == plain
+    found = scan(home)  # decrypted, the scanner sees them in every store
+    assert {"online.db", "training_set.parquet"} <= set(found)
+    assert any(p.startswith("features/customer_profile/") for p in found) and any(p.startswith("predictions/") for p in found)
+    with open_box(home) as box:
+        document = collect(box, SUBJECT)  # the right of access reads the encrypted log and label batches
+        assert [r["request_id"] for r in document["predictions"]] == ["req-0", "req-1"]
+        assert sorted(r["request_id"] for r in document["labels"]) == ["req-0", "req-1"]
+        assert EMAIL in json.dumps(document, default=str)
+        out = tmp_path / "subject.json"
+        assert export(box, SUBJECT, out, actor=OS_USER)["predictions"] == 2
+        assert json.loads(out.read_text())["predictions"][0]["inputs"] == document["predictions"][0]["inputs"]
+        payload = erase(box, SUBJECT, actor=OS_USER)["payload"]
+        assert payload["totals"] == {"offline_rows": 2, "online_rows": 2, "prediction_records": 2, "label_rows": 2,
+                                     "source_file_rows": 6, "log_lines": 0}  # fmt: skip
+        logs = log_files(box.db, home, "churn_api", None, None)
+        labels = [home / r["path"] for r in box.db.query("SELECT path FROM label_batches")]
+        assert all(crypt.is_encrypted(f) for f in [*logs, *labels])  # rewritten encrypted
+        assert not crypt.is_encrypted(home / "training_set.parquet")  # the user's file, rewritten as it was: plain
+        assert sorted(pd.concat([crypt.read_table(f).to_pandas() for f in logs])["request_id"]) == ["req-2", "req-3"]
+        after = collect(box, SUBJECT)
+        assert after["predictions"] == after["labels"] == after["features"] == after["online"] == []
+    assert scan(home) == {}  # not one decrypted byte, in any file under the box
+
+
+def test_the_scanner_reads_sqlcipher_pages_and_wal_frames(tmp_path: Path) -> None:
+    home = tmp_path / "box"
+    ring = crypt.create_keyring(home)
+    try:
+        db = Database(home / "online.db")  # SQLCipher: the box is encrypted
+        db.execute("CREATE TABLE t (v TEXT)")
+        db.executemany("INSERT INTO t VALUES (?)", [(EMAIL if i == 50 else "other value " * 8,) for i in range(100)])
+        wal = home / "online.db-wal"
+        assert wal.stat().st_size and EMAIL.encode() not in wal.read_bytes() + (home / "online.db").read_bytes()
+        assert EMAIL.encode() in sqlcipher_plaintext(wal, ring)
+        assert scan(home, decrypt=False) == {} and set(scan(home)) == {"online.db-wal"}
+        db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        assert set(scan(home)) == {"online.db"}  # checkpointed into the database's pages
+        # SQLCipher turns secure_delete on with the key: a deleted row's bytes are zeroed at once, VACUUM or not
+        assert db.scalar("PRAGMA secure_delete") == 1
+        db.execute("DELETE FROM t WHERE v = ?", (EMAIL,))
+        db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        assert scan(home) == {} and db.scalar("SELECT count(*) FROM t") == 99
+        db.close()
+    finally:
+        keyring.unregister(home)

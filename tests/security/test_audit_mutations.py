@@ -121,7 +121,7 @@ SERVICES: dict[str, dict[str, tuple[str, str]]] = {
         "archive": (A, "models.archive"), "export": (A, "models.export"),
         "local_files": (B, "materialises a version's files in a scratch folder for loading (not an export)"),
         "artifact_hashes": (R, ""), "artifact_names": (R, ""), "diff": (R, ""), "get": (R, ""), "holder": (R, ""),
-        "profile": (R, ""), "versions": (R, ""),
+        "profile": (R, ""), "versions": (R, ""), "native_files": (R, ""),
     },
     "mlbox.security.residency:Residency": {
         "set_country": (A, "privacy.residency"), "declare": (A, "privacy.region"), "undeclare": (A, "privacy.region.remove"),

@@ -36,7 +36,7 @@ DOCS = REPO / "docs" / "permissions.md"
 RUN_NO_BOX = {"version": (), "settings": (), "init": ("{dir}",), "auth selfsigned": ("--out", "{dir}"), "doctor": ()}
 NOT_RUN = {  # NoBox commands too long to run here: checked from their source only
     "quickstart": "runs the whole product end to end",
-    **{f"bench {b}": "a benchmark" for b in ("features", "train", "serve", "monitor")},
+    **{f"bench {b}": "a benchmark" for b in ("features", "train", "serve", "monitor", "encryption")},
 }
 
 
@@ -89,6 +89,8 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
 def invoke(world: dict[str, Any], cli_run: Any, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Any:
     """`invoke(path, argv, role) -> Completed`, run in a scratch folder with long-running boundaries stopped."""
     import mlbox.cli.serve
+    import mlbox.store.convert
+    import mlbox.tui.app
     from mlbox.jobs.worker import Worker
 
     def stop(*_a: Any, **_k: Any) -> None:
@@ -99,6 +101,8 @@ def invoke(world: dict[str, Any], cli_run: Any, monkeypatch: pytest.MonkeyPatch,
     monkeypatch.setattr(typer.main, "get_command", lambda a: ROOT if a is app else real_get_command(a))
     monkeypatch.setattr(mlbox.cli.serve.os, "execve", stop)
     monkeypatch.setattr(Worker, "run", stop)
+    monkeypatch.setattr(mlbox.tui.app.MlboxApp, "run", stop)
+    monkeypatch.setattr(mlbox.store.convert, "encrypt_box", stop)  # it would convert the matrix's shared box
     monkeypatch.chdir(world["work"])
 
     def run(path: str, argv: tuple[str, ...], role: str | None) -> Completed:

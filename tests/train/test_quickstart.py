@@ -20,7 +20,7 @@ from ..conftest import OS_USER, run_mlbox
 # lives (the privacy report), audit verification, a backup, and the erasure of one customer (a dry run, then
 # the erasure and its signed certificate, written beside the project).
 STEPS = ["init", "doctor", "features apply", "features ingest", "training set", "materialize", "online lookup",
-         "train", "promote", "deploy", "serve", "drift check", "A/B verdict", "auth", "privacy report", "audit verify", "backup", "erasure"]  # fmt: skip
+         "train", "promote", "deploy", "serve", "drift check", "A/B verdict", "auth", "privacy report", "audit verify", "backup", "erasure", "encryption"]  # fmt: skip
 
 
 @pytest.mark.slow
@@ -56,6 +56,13 @@ def test_quickstart(tmp_path: Path) -> None:
     assert re.search(r"dry run for customer_id=\d+: [1-9]\d* offline rows, [1-9]\d* online rows", erasure_line), erasure_line
     assert re.search(r"certificate erasure-certificate\.json \(Ed25519 [0-9a-f]{16}, verifies\): 2 model versions to review, "
                      r"1 backup out of reach", erasure_line), erasure_line  # fmt: skip
+    encryption_line = next(line for line in lines if line.startswith("✓ encryption "))
+    at_rest = re.search(r"(\d+)/(\d+) files encrypted \(features (\d+)/\3, predictions \d+/\d+, artifacts \d+/\d+, meta\.db 1/1, online\.db 1/1\)",
+                        encryption_line)  # fmt: skip
+    assert at_rest and at_rest.group(1) == at_rest.group(2), encryption_line
+    assert "a batch copied out of the box opens only with the key" in encryption_line
+    assert re.search(r"cost vs a plain twin box, same run, medians of 3: ingest \d+\.\d\dx, training set \d+\.\d\dx, .*online lookup \d+\.\d\dx",
+                     encryption_line), encryption_line  # fmt: skip
     from mlbox.privacy import certificate
 
     signed = json.loads((root / "erasure-certificate.json").read_text())

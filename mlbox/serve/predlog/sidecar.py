@@ -179,11 +179,12 @@ def main(argv: list[str]) -> int:
     from mlbox.store.layout import BoxPaths, open_meta
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s [%(levelname)s] [mlbox-sidecar] %(message)s")
-    settings = load_settings(home, environ={})
+    # the worker's environment (its child): a master key given as {"$env": ...} resolves here as it did there
+    settings = load_settings(home)
     paths = BoxPaths(settings.home)
     # the two services it needs, wired as mlbox.box.Box wires them (the box is a layer above serving)
     db = open_meta(paths, busy_timeout_ms=settings["store.busy_timeout_ms"], synchronous=settings["store.synchronous"],
-                    reason=settings.home_reason)
+                    reason=settings.home_reason, master_key=settings["encryption.master_key"])
     try:
         registry = Registry(db, ArtifactStore(paths.artifacts), AuditLog(db, load_or_create_key(paths.audit_key)))
         sidecar = Sidecar(

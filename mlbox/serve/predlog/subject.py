@@ -5,10 +5,11 @@ value, in the `entity` JSON (entity requests, sticky keys) or in the `inputs` JS
 whose model takes the key as an input; the `n.`/`c.` typed columns are computed from those inputs,
 so they go with the record). A record is one request: the whole record is removed, with the other
 rows of a multi-row request (counted as `other_rows`). A label row is the subject's when its
-`request_id` is one of those records'. Files are rewritten as the writer writes them (pyarrow,
-snappy), under a new name: temporary name and fsync, then the catalog row and the rename in one
-meta.db transaction, then the old file is unlinked. A crash before the unlink leaves a file no
-catalog row names; `sweep` removes it (and temporary files of dead processes) under the write lock.
+`request_id` is one of those records'. Files are read and rewritten through mlbox.store.crypt, as
+the writer writes them (pyarrow, snappy; encrypted in an encrypted box), under a new name: temporary
+name and fsync, then the catalog row and the rename in one meta.db transaction, then the old file is
+unlinked. A crash before the unlink leaves a file no catalog row names; `sweep` removes it (and
+temporary files of dead processes) under the write lock.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from typing import Any
 from mlbox import clock
 from mlbox.features.offline import connect, first
 from mlbox.features.pit import lit
+from mlbox.store import crypt
 from mlbox.store.artifacts import pid_alive
 from mlbox.store.sqlite import Database
 
@@ -83,21 +85,19 @@ def find(db: Database, home: Path, values: Mapping[str, Any]) -> tuple[list[File
     con = connect(threads=1)
     try:
         for row in prediction_files(db):
-            src = lit(home / row["path"])
-            got = con.execute(
-                f"SELECT request_id, {_rows_in('inputs')} FROM read_parquet({src}) WHERE ({pred}) IS TRUE"
-            ).fetchall()
+            src = crypt.source(con, [home / row["path"]])
+            got = con.execute(f"SELECT request_id, {_rows_in('inputs')} FROM {src} WHERE ({pred}) IS TRUE").fetchall()
             if got:
-                total = first(con.execute(f"SELECT count(*) FROM read_parquet({src})"))
+                total = first(con.execute(f"SELECT count(*) FROM {src}"))
                 ids |= {str(r[0]) for r in got}
                 hits.append(FileHit(store="predictions", deployment=row["deployment"], path=row["path"],
                                     rows=int(total[0]) if total else 0, matched=len(got),
                                     other_rows=sum(max(int(r[1] or 1) - 1, 0) for r in got)))  # fmt: skip
         for row in label_files(db) if ids else []:
-            src = lit(home / row["path"])
+            src = crypt.source(con, [home / row["path"]])
             con.execute("CREATE OR REPLACE TEMP TABLE __ids AS SELECT unnest(?::VARCHAR[]) AS request_id", [sorted(ids)])
             got_row = first(con.execute(
-                f"SELECT count(*), count(*) FILTER (WHERE request_id IN (SELECT request_id FROM __ids)) FROM read_parquet({src})"
+                f"SELECT count(*), count(*) FILTER (WHERE request_id IN (SELECT request_id FROM __ids)) FROM {src}"
             ))  # fmt: skip
             if got_row and got_row[1]:
                 hits.append(FileHit(store="labels", deployment=row["deployment"], path=row["path"],
@@ -116,15 +116,15 @@ def read(db: Database, home: Path, values: Mapping[str, Any]) -> tuple[list[dict
     con = connect(threads=1)
     try:
         for hit in hits:
-            src = lit(home / hit.path)
+            src = crypt.source(con, [home / hit.path])
             if hit.store == "predictions":
                 cur = con.execute(
                     "SELECT CAST(ts AS VARCHAR) AS ts, request_id, deployment, model, variant, shadow, entity, inputs, outputs, "
-                    f"error FROM read_parquet({src}) WHERE ({pred}) IS TRUE ORDER BY ts"
+                    f"error FROM {src} WHERE ({pred}) IS TRUE ORDER BY ts"
                 )
             else:
                 cur = con.execute(
-                    f"SELECT * FROM read_parquet({src}) WHERE request_id IN (SELECT unnest(?::VARCHAR[]))", [sorted(ids)]
+                    f"SELECT * FROM {src} WHERE request_id IN (SELECT unnest(?::VARCHAR[]))", [sorted(ids)]
                 )
             names = [d[0] for d in cur.description or []]
             rows = [dict(zip(names, r, strict=True)) for r in cur.fetchall()]
@@ -138,11 +138,9 @@ def read(db: Database, home: Path, values: Mapping[str, Any]) -> tuple[list[dict
 
 def _write_like_the_writer(table: Any, folder: Path) -> tuple[Path, Path]:
     """Write `table` under a temporary name in `folder`, fsynced: the one place this module writes a file."""
-    import pyarrow.parquet as pq
-
     name = uuid.uuid4().hex
     tmp, final = folder / f".tmp-{os.getpid()}-{name}.parquet", folder / f"{name}.parquet"
-    pq.write_table(table, tmp, compression="snappy")
+    crypt.write_table(table, tmp, compression="snappy")
     with tmp.open("rb+") as fh:
         os.fsync(fh.fileno())
     os.chmod(tmp, 0o444)
@@ -153,14 +151,13 @@ def remove(db: Database, home: Path, hits: list[FileHit], values: Mapping[str, A
     """Rewrite every hit file without the subject's rows (a file left empty is dropped); the old paths removed."""
     import pyarrow as pa
     import pyarrow.compute as pc
-    import pyarrow.parquet as pq
 
     pred, removed = record_predicate(values), []
     con = connect(threads=1)
     try:
         for hit in hits:
             old = home / hit.path
-            table = pq.read_table(old)
+            table = crypt.read_table(old)
             con.register("__t", table)
             try:
                 if hit.store == "predictions":

@@ -3,9 +3,10 @@
 Records arrive in a list (bounded: past `max_rows` new records are dropped and counted, never
 blocking). A background thread turns that list into Arrow record batches every 50 ms — small,
 even pieces of work — and every `flush_seconds` writes what it holds as
-`predictions/<deployment>/<date>/<uuid>.parquet`: temporary name, fsync, catalog row in meta.db
-and rename in one transaction. Each deployment's file is written on its own, so one that
-fails never makes another's records be written twice. It flushes once more on close.
+`predictions/<deployment>/<date>/<uuid>.parquet` (through mlbox.store.crypt: encrypted in an
+encrypted box): temporary name, fsync, catalog row in meta.db and rename in one transaction.
+Each deployment's file is written on its own, so one that fails never makes another's records
+be written twice. It flushes once more on close.
 
 Given `signature_of` (model reference → its Signature), each file also carries the typed
 columns of `mlbox.flavors.logged` (`n.<feature>`, `c.<feature>`, `y.<output>`), computed at
@@ -29,6 +30,7 @@ from mlbox import clock
 from mlbox.flavors.logged import typed_sql
 from mlbox.flavors.signature import Signature
 from mlbox.serve.predlog.wire import Record
+from mlbox.store import crypt
 from mlbox.store.sqlite import Database
 
 COMPACT_SECONDS = 0.05
@@ -202,7 +204,6 @@ class PredictionLog:
 
     def _write(self, deployment: str, table: Any) -> None:
         import pyarrow.compute as pc
-        import pyarrow.parquet as pq
 
         table = self._typed(table)
         first, last = pc.min_max(table.column("ts")).values()
@@ -214,7 +215,7 @@ class PredictionLog:
         final = folder / f"{name}.parquet"
         renamed = False
         try:
-            pq.write_table(table, tmp, compression="snappy")
+            crypt.write_table(table, tmp, compression="snappy")  # encrypted when the box is
             with tmp.open("rb+") as fh:
                 os.fsync(fh.fileno())
             os.chmod(tmp, 0o444)

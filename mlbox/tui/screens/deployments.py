@@ -1,0 +1,161 @@
+"""Deployments: primary, canary and shadow with their weights; `W` canary weight, `R` roll back, `S` shadow."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Mapping
+from typing import Any, ClassVar
+
+from textual.binding import Binding, BindingType
+
+from mlbox.errors import MlboxError
+from mlbox.tui.choose import Choose
+from mlbox.tui.confirm import Change, Confirm
+from mlbox.tui.screens.base import TableScreen
+from mlbox.tui.client import split_text
+from mlbox.tui.split import SplitEditor
+
+
+class DeploymentsScreen(TableScreen):
+    """Every deployment and its traffic split."""
+
+    TITLE = "deployments"
+    KEY = "name"
+    # the weights are filterable (/canary_weight>5) without a column each: `split` shows both in 80 columns
+    COLUMNS = ("name", "primary", "canary", "split", "shadow", "sticky_key", "revision", "updated_by")
+    BINDINGS: ClassVar[list[BindingType]] = [
+        Binding("W", "weights", "canary weight", id="mlbox.deploy.weights"),
+        Binding("R", "rollback", "roll back", id="mlbox.deploy.rollback"),
+        Binding("S", "shadow", "shadow", id="mlbox.deploy.shadow"),
+    ]
+    REMOVE = "-"  # the shadow choice that removes it (no model reference is "-")
+
+    def load(self) -> list[dict[str, Any]]:
+        return self.client.deployments()
+
+    def show(self, data: list[dict[str, Any]]) -> None:
+        self.set_rows(data)
+
+    def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
+        if action == "weights":
+            if not self.me.may("deploy canary"):
+                return False  # the role lacks it: not shown, not runnable
+            row = self.table.selected() if self.is_mounted else None
+            return None if row is None or not row["canary"] else True  # dimmed without a canary to weigh
+        if action in ("rollback", "shadow"):
+            if not self.me.may(f"deploy {action}"):
+                return False
+            row = self.table.selected() if self.is_mounted else None
+            if row is None:
+                return None
+            return True if action == "shadow" or rollback_of(row) is not None else None  # nothing to roll back
+        return True
+
+    def on_data_table_row_highlighted(self) -> None:
+        for action in ("weights", "rollback", "shadow"):
+            self.rebind(action)
+
+    def action_weights(self) -> None:
+        row = self.table.selected()
+        if row is None or not row["canary"]:
+            return
+        name, before = str(row["name"]), float(row["canary_weight"])
+
+        def edited(weight: float | None) -> None:
+            if weight is None or weight == before:
+                return
+            change = Change(
+                title=f"Change the traffic split of {name}",
+                diff=f"{split_text(100 - before, before)} → {split_text(100 - weight, weight)}"
+                f"  ({row['primary']} / {row['canary']})",
+                affects=f"every request to {name}; servers pick it up within serve.reload_seconds",
+                command=f"mlbox deploy canary {name} --model {row['canary']} --weight {weight:g}",
+            )
+            self.app.push_screen(Confirm(change), lambda reason: self._apply(name, weight, reason))
+
+        self.app.push_screen(SplitEditor(name, str(row["primary"]), str(row["canary"]), before), edited)
+
+    def _apply(self, name: str, weight: float, reason: str | None) -> None:
+        if reason is None:
+            return
+
+        def work() -> str:
+            d = self.client.set_canary_weight(name, weight, reason)
+            return f"{d['name']}: {split_text(d['primary_weight'], d['canary_weight'])} (revision {d['revision']})"
+
+        self.act(work)
+
+    def action_rollback(self) -> None:
+        row = self.table.selected()
+        what = None if row is None else rollback_of(row)
+        if row is None or what is None:
+            return
+        name = str(row["name"])
+        change = Change(
+            title=f"Roll back {name}", diff=what,
+            affects=f"every request to {name}; servers pick it up within serve.reload_seconds",
+            command=f"mlbox deploy rollback {name}",
+        )  # fmt: skip
+
+        def work(reason: str) -> str:
+            d = self.client.rollback(name, reason)
+            return f"{d['name']}: primary {d['primary']}, split {d['split']} (revision {d['revision']})"
+
+        self.app.push_screen(Confirm(change), lambda reason: self._confirmed(work, reason))
+
+    def action_shadow(self) -> None:
+        row = self.table.selected()
+        if row is None:
+            return
+        self.run_worker(self._pick_shadow(dict(row)), exclusive=True, group="pick", exit_on_error=False)
+
+    async def _pick_shadow(self, row: dict[str, Any]) -> None:
+        try:
+            models = await asyncio.to_thread(self.client.models)  # a read: off the event loop like every other
+        except MlboxError as exc:
+            self.problem(exc)
+            return
+        taken = {row["primary"], row["shadow"]}
+        choices = [(str(m["model"]), f"{m['model']}  {m['aliases']}".rstrip()) for m in models
+                   if not m["archived"] and m["model"] not in taken]  # fmt: skip
+        if row["shadow"]:
+            choices.append((self.REMOVE, f"remove the shadow {row['shadow']}"))
+        if not choices:
+            self.notify("no other model version to shadow with", severity="warning")
+            return
+        name, before = str(row["name"]), str(row["shadow"])
+
+        def chosen(value: str | None) -> None:
+            if value is None:
+                return
+            model = None if value == self.REMOVE else value
+            change = Change(
+                title=f"{'Remove the shadow of' if model is None else 'Shadow'} {name}",
+                diff=f"shadow {before or '–'} → {model or '–'}",
+                affects=f"every request to {name} is mirrored to the shadow; its answers are logged, never returned"
+                if model else f"{name} stops mirroring requests to {before}",
+                command=f"mlbox deploy shadow {name} " + (f"--model {model}" if model else "--remove"),
+            )
+
+            def work(reason: str) -> str:
+                d = self.client.set_shadow(name, model, reason)
+                return f"{d['name']}: shadow {d['shadow'] or 'removed'} (revision {d['revision']})"
+
+            self.app.push_screen(Confirm(change), lambda reason: self._confirmed(work, reason))
+
+        self.app.push_screen(Choose(f"Shadow model for {name} (primary {row['primary']})", choices), chosen)
+
+    def _confirmed(self, work: Any, reason: str | None) -> None:
+        if reason is not None:
+            self.act(lambda: work(reason))
+
+
+def rollback_of(row: Mapping[str, Any]) -> str | None:
+    """What `mlbox deploy rollback` would do to this deployment, as a diff; None when there is nothing to undo."""
+    weight = float(row["canary_weight"])
+    if row["canary"] and weight > 0:
+        pair = f"{row['primary']} / {row['canary']}"
+        return f"{split_text(100 - weight, weight)} → 100/0  ({pair}: the canary gets no traffic)"
+    if row["previous"]:
+        return f"primary {row['primary']} → {row['previous']}  (the previous primary back)"
+    return None
