@@ -11,6 +11,7 @@ from typing import Any, Protocol
 
 from mlbox.cli.permissions import COMMANDS, Needs
 from mlbox.security.roles import allowed
+from mlbox.tui.traffic import Traffic
 
 PAGE = 200  # rows per page of a table; the table says when there are more
 Row = dict[str, Any]
@@ -58,6 +59,7 @@ class Pulse:
     audit: list[Row]
     verdicts: list[Row]
     disk: dict[str, int] = field(default_factory=dict)
+    traffic: dict[str, Traffic] = field(default_factory=dict)  # deployment -> its recent traffic
 
 
 @dataclass(frozen=True)

@@ -2,7 +2,8 @@
 
 It opens the box afresh for each call, in the calling worker thread, and closes it before
 returning: it never keeps a database open between refreshes, so it never holds a lock `mlbox serve`
-or the worker waits on. It reads SQLite only (never DuckDB) and every list is one bounded page.
+or the worker waits on. It never opens a DuckDB file (Pulse's traffic scans the last minutes of the
+prediction log's Parquet files in an in-memory DuckDB) and every list is one bounded page.
 """
 
 from __future__ import annotations
@@ -15,12 +16,16 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from mlbox import clock
 from mlbox.cli.permissions import COMMANDS, Needs
 from mlbox.store.audit import AuditLog
 from mlbox.tui.client import PAGE, Me, Page, Pulse, Row, Server, Verified, split_text
+from mlbox.tui.traffic import Traffic, recent_files, traffic, window_end
 from mlbox.types import Actor
 
 if TYPE_CHECKING:
+    from datetime import datetime
+
     from mlbox.box import Box
     from mlbox.config import Settings
 
@@ -34,6 +39,8 @@ class LocalClient:
         self.settings = settings
         self._token = token
         self._os_user = os_user
+        # deployment -> (the window's end and files, its traffic): recomputed only when a bucket closes or a file lands
+        self._traffic: dict[str, tuple[tuple[object, ...], Traffic]] = {}
 
     @contextmanager
     def _box(self) -> Iterator[Box]:
@@ -80,11 +87,21 @@ class LocalClient:
             jobs, gpus = box.jobs.counts(), box.jobs.gpu_allocation()
             audit = self._audit_page(box, 6).rows if who.may("audit list") else []
             home = box.paths.home
+            until = window_end(clock.now())
+            files = {d["name"]: recent_files(box.db, home, d["name"], until) for d in deployments}
         return Pulse(
             box=home.name, server=probe(self.settings), deployments=deployments, jobs=jobs, gpus=gpus, audit=audit,
             verdicts=verdicts,
             disk=disk_use(home),  # measured once closed: our own connection's WAL file is not the box's size
+            traffic={name: self._recent_traffic(name, until, found) for name, found in files.items()},
         )  # fmt: skip
+
+    def _recent_traffic(self, name: str, until: datetime, files: list[Path]) -> Traffic:
+        key = (until, *files)
+        cached = self._traffic.get(name)
+        if cached is None or cached[0] != key:
+            cached = self._traffic[name] = (key, traffic(files, until))
+        return cached[1]
 
     def deployments(self) -> list[Row]:
         with self._box() as box:

@@ -7,7 +7,7 @@ import pytest
 from mlbox.errors import UsageError
 from mlbox.tui.filters import Term, parse
 
-ROWS = [
+ROWS: list[dict[str, object]] = [
     {"name": "churn_api", "status": "running", "auc": 0.93, "gpus": 2, "owner": "ana"},
     {"name": "fraud_api", "status": "failed", "auc": 0.88, "gpus": 0, "owner": "raj"},
     {"name": "reco", "status": "queued", "auc": None, "gpus": 1, "owner": "Ana Maria"},

@@ -12,6 +12,7 @@ from mlbox.tui.app import MlboxApp
 from mlbox.tui.local import disk_use
 from mlbox.tui.widgets import size
 from mlbox.tui.help import Help
+from mlbox.tui.screens.base import BoxScreen, TableScreen
 from mlbox.tui.screens.pulse import PulseScreen
 
 from ..conftest import OS_USER
@@ -20,7 +21,11 @@ from .conftest import open_box
 
 
 def static_text(app: MlboxApp, widget_id: str) -> str:
-    return str(app.screen.query_one(f"#{widget_id}", Static).render())
+    """A panel's text: the Static's own, or that of the Statics inside it, one per line."""
+    widget = app.screen.query_one(f"#{widget_id}")
+    if isinstance(widget, Static):
+        return str(widget.render())
+    return "\n".join(str(s.render()) for s in widget.query(Static))
 
 
 def test_pulse_shows_server_deployments_jobs_audit_and_disk(tui_home: Path) -> None:
@@ -75,7 +80,9 @@ def test_number_keys_reach_every_screen_and_esc_walks_back(tui_home: Path) -> No
     async def script(app: MlboxApp, pilot: Pilot[Any]) -> None:
         for key in "2345678":
             await press(pilot, key)
-            visited.append((app.current_mode, [str(r[app.screen.KEY]) for r in table_rows(app)]))
+            screen = app.screen
+            assert isinstance(screen, TableScreen)
+            visited.append((app.current_mode, [str(r[screen.KEY]) for r in table_rows(app)]))
         await press(pilot, "escape")
         visited.append((app.current_mode, []))
         await press(pilot, *["escape"] * 6)
@@ -182,6 +189,7 @@ def test_pause_stops_the_refresh_loop(tui_home: Path) -> None:
     async def script(app: MlboxApp, pilot: Pilot[Any]) -> None:
         app.refresh_s = 0.05
         screen = app.screen
+        assert isinstance(screen, BoxScreen)
         original = screen.load
         count = [0]
 
