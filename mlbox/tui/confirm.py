@@ -17,12 +17,14 @@ from mlbox.types import printable
 
 @dataclass(frozen=True)
 class Change:
-    """A change to confirm: `diff` as `before → after`, who or what it `affects`, the `command` that does the same."""
+    """A change to confirm: `diff` as `before → after`, who or what it `affects`, the `command` that does the same;
+    `audited` false for what writes no audit entry (a drift check only adds to the history): no reason asked."""
 
     title: str
     diff: str
     affects: str
     command: str
+    audited: bool = True
 
 
 class Confirm(ModalScreen[str | None]):
@@ -41,9 +43,10 @@ class Confirm(ModalScreen[str | None]):
             yield Static(Text(f"change:   {printable(c.diff)}"), id="diff")
             yield Static(Text(f"affects:  {printable(c.affects)}"), id="affects")
             yield Static(Text(f"command:  {printable(c.command)}"), id="command")
-            reason = Input(placeholder="reason (goes into the audit log)", id="reason")
-            reason.cursor_blink = False
-            yield reason
+            if c.audited:
+                reason = Input(placeholder="reason (goes into the audit log)", id="reason")
+                reason.cursor_blink = False
+                yield reason
             with Horizontal(classes="buttons"):
                 yield Button("Cancel", id="cancel")
                 yield Button("Apply", id="apply", variant="warning")
@@ -53,7 +56,8 @@ class Confirm(ModalScreen[str | None]):
 
     def on_button_pressed(self, event: Button.Pressed) -> None:
         if event.button.id == "apply":
-            self.dismiss(self.query_one("#reason", Input).value.strip())
+            found = self.query("#reason")
+            self.dismiss(found.only_one(Input).value.strip() if found else "")
         else:
             self.dismiss(None)
 

@@ -253,22 +253,66 @@ class LocalClient:
             job = JobQueue(box.db, reasoned(box, reason)).cancel(job_id, who.name, owner=who)
             return _job(job.as_dict())
 
+    def retry_job(self, job_id: int, reason: str) -> Row:
+        """`mlbox jobs retry ID`: a failed, cancelled or timed-out job queued again (your own; an admin, anyone's)."""
+        from mlbox.jobs.queue import JobQueue
+
+        with self._box() as box:
+            who = self._require(box, "jobs retry")
+            return _job(JobQueue(box.db, reasoned(box, reason)).retry(job_id, who.name, owner=who).as_dict())
+
+    def train_spec(self) -> str:
+        """The project's training spec, `train.yaml` in the box's home (what `mlbox train train.yaml` reads)."""
+        return str(self.settings.home / "train.yaml")
+
+    def submit_train(self, spec: str, reason: str) -> Row:
+        """`mlbox jobs submit train SPEC`: the spec checked now, as the CLI does, then queued as a train job."""
+        from mlbox.jobs.queue import JobQueue
+        from mlbox.train.spec import load_spec
+
+        with self._box() as box:
+            who = self._require(box, "jobs submit")
+            self._require_action(box, who, "train.run")  # what the CLI checks for a train job, before reading the spec
+            path = Path(spec).expanduser().resolve()
+            load_spec(path)  # refuse a bad spec now, not in the worker
+            payload = {"spec": str(path), "register": False}
+            return _job(JobQueue(box.db, reasoned(box, reason)).submit("train", payload, who.name).as_dict())
+
+    def drift_check(self, name: str) -> Row:
+        """`mlbox monitor check NAME`: drift over the last 24 hours, kept in the history (by the acting user)."""
+        from mlbox.monitor.window import Window
+
+        with self._box() as box:
+            who = self._require(box, "monitor check")
+            result = box.monitor.check(name, Window.parse(), actor=who.name).as_dict()
+        variants = result["variants"]
+        return {
+            "deployment": name, "drifted": bool(result["drifted"]),
+            "variants": {
+                v: {"model": r["model"], "rows": r["rows"], "drifted": bool(r["drifted"])} for v, r in variants.items()
+            },
+        }  # fmt: skip
+
     def _require(self, box: Box, command: str) -> Actor:
         """The acting user, refused (PermissionDenied, audited as the CLI does) unless its role may run `command`;
         the screens never offer what the role lacks, so this is the check of last resort."""
-        from mlbox.errors import PermissionDenied
-        from mlbox.security.roles import require
-
         actor = self._actor(box)
         need = COMMANDS[command]
         assert isinstance(need, Needs)
         for action in need.actions:
-            try:
-                require(actor, action)
-            except PermissionDenied:
-                box.audit.record_throttled(actor.name, "auth.denied", action, {"role": actor.role, "via": "tui"})
-                raise
+            self._require_action(box, actor, action)
         return actor
+
+    @staticmethod
+    def _require_action(box: Box, actor: Actor, action: str) -> None:
+        from mlbox.errors import PermissionDenied
+        from mlbox.security.roles import require
+
+        try:
+            require(actor, action)
+        except PermissionDenied:
+            box.audit.record_throttled(actor.name, "auth.denied", action, {"role": actor.role, "via": "tui"})
+            raise
 
 
 class ReasonedAudit(AuditLog):
