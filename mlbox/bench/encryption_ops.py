@@ -10,7 +10,6 @@ the caller alternates the sides and takes medians (mlbox/bench/encryption.py).
 from __future__ import annotations
 
 import itertools
-import statistics
 import subprocess
 import sys
 import time
@@ -147,15 +146,10 @@ def timed(fn: Callable[[], Any]) -> float:
 
 
 def p50_us(fn: Callable[[], Any], n: int) -> float:
-    """Median microseconds of `n` calls after min(50, n) warm-up calls."""
-    for _ in range(min(50, n)):
-        fn()
-    times = []
-    for _ in range(n):
-        start = time.perf_counter_ns()
-        fn()
-        times.append(time.perf_counter_ns() - start)
-    return statistics.median(times) / 1e3
+    """Median microseconds of `n` calls after min(50, n) warm-up calls (`bench features`' own timer)."""
+    from mlbox.bench.features import p50_ms
+
+    return p50_ms(fn, n) * 1e3
 
 
 def ingest(side: Side, source: Path) -> float:

@@ -61,7 +61,8 @@ def _alternate(runs: dict[str, Callable[[], Any]], rounds: int) -> dict[str, flo
     return {name: statistics.median(t) for name, t in times.items()}
 
 
-def _p50(fn: Callable[[], Any], n: int) -> float:
+def p50_ms(fn: Callable[[], Any], n: int) -> float:
+    """Median milliseconds of `n` calls after min(50, n) warm-up calls."""
     for _ in range(min(50, n)):
         fn()
     times = []
@@ -212,12 +213,12 @@ def run(scale: Scale = FULL, on_row: Callable[[Row], None] | None = None, on_sta
         hundred = [{"entity_id": (i * 37) % scale.mat_entities} for i in range(100)]
         ids = [r["entity_id"] for r in hundred]
         fs.get_online_features(refs, [one])
-        p_one = _p50(lambda: fs.get_online_features(refs, [one]), scale.lookups)
-        f_one = _p50(lambda: raw.execute(f'SELECT * FROM "{table}" WHERE entity_id = ?', (17,)).fetchall(), scale.lookups)
+        p_one = p50_ms(lambda: fs.get_online_features(refs, [one]), scale.lookups)
+        f_one = p50_ms(lambda: raw.execute(f'SELECT * FROM "{table}" WHERE entity_id = ?', (17,)).fetchall(), scale.lookups)
         add(Row("online lookup, 50 features x 1 entity (p50)", p_one, f_one, "ms", "<= 0.1 ms", p_one <= 0.1, "sqlite3 point query"))
         marks = ",".join("?" * len(ids))
-        p_100 = _p50(lambda: fs.get_online_features(refs, hundred), max(100, scale.lookups // 10))
-        f_100 = _p50(
+        p_100 = p50_ms(lambda: fs.get_online_features(refs, hundred), max(100, scale.lookups // 10))
+        f_100 = p50_ms(
             lambda: raw.execute(f'SELECT * FROM "{table}" WHERE entity_id IN ({marks})', ids).fetchall(),
             max(100, scale.lookups // 10),
         )

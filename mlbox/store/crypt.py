@@ -328,11 +328,7 @@ def _column_stats(path: str | os.PathLike[str]) -> dict[str, dict[str, Any]]:
 
 
 def _text(value: Any) -> str:
-    if isinstance(value, bytes):
-        return value.decode("utf-8", "replace")
-    if hasattr(value, "isoformat"):
-        return str(value)
-    return str(value)
+    return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
 
 
 # Sealed blobs ---------------------------------------------------------------------
@@ -392,14 +388,6 @@ def read_bytes(path: str | os.PathLike[str]) -> bytes:
         _refuse_unkeyed(path)
     assert keyring is not None
     return unseal(keyring, blob, str(path))
-
-
-def sqlite_key(path: str | os.PathLike[str]) -> tuple[Keyring, str] | None:
-    """For a SQLite file in an encrypted box: its keyring and SQLCipher's raw-key PRAGMA value (`x'…'`)."""
-    keyring = keyring_for(path)
-    if keyring is None:
-        return None
-    return keyring, sqlcipher_key(keyring.current_key()[1])
 
 
 def sqlcipher_key(key: bytes) -> str:
