@@ -47,6 +47,7 @@ LAYERS: dict[str, int] = {
     "mlbox.__main__": 5,
     "mlbox.api": 5,
     "mlbox.tui": 5,
+    "mlbox.console": 5,  # the reads and changes the TUI and the management API share
 }
 # Layers whose components must not import each other.
 INDEPENDENT_SIBLINGS = {2, 3}

@@ -22,7 +22,7 @@ from mlbox.serve.predlog.wire import Record
 from mlbox.serve.predlog.writer import PredictionLog
 from mlbox.tui.app import MlboxApp
 from mlbox.tui.screens.pulse import DeploymentTraffic
-from mlbox.tui.traffic import BUCKET_S, BUCKETS
+from mlbox.console.traffic import BUCKET_S, BUCKETS
 
 from ._pilot import drive, press
 from .conftest import open_box

@@ -9,7 +9,7 @@ from textual.pilot import Pilot
 from textual.widgets import Static
 
 from mlbox.tui.app import MlboxApp
-from mlbox.tui.local import disk_use
+from mlbox.console.service import disk_use
 from mlbox.tui.widgets import size
 from mlbox.tui.help import Help
 from mlbox.tui.screens.base import BoxScreen, TableScreen

@@ -9,7 +9,7 @@ from textual.widgets import Footer, Sparkline, Static
 
 from mlbox.tui.client import Pulse, Row
 from mlbox.tui.screens.base import BoxScreen
-from mlbox.tui.traffic import Traffic
+from mlbox.console.traffic import Traffic
 from mlbox.tui.widgets import size, status
 from mlbox.types import printable
 
