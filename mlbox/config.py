@@ -82,6 +82,11 @@ SETTINGS: tuple[Setting, ...] = (
         60.0,
         "A push flushes a view's staged rows to an offline batch once the oldest was staged this many seconds ago.",
     ),
+    Setting(
+        "tui.keymap",
+        "",
+        "Remapped `mlbox tui` keys: 'binding-id=key[,key]; …' (ids in docs/tui.md, e.g. mlbox.deploy.weights=w); a change may not sit on a ctrl key.",
+    ),
     Setting("serve.host", "127.0.0.1", "Address `mlbox serve` listens on (loopback by default; put TLS in front for others)."),
     Setting("serve.port", 3000, "Port `mlbox serve` listens on."),
     Setting("serve.workers", 1, "Worker processes of `mlbox serve`."),

@@ -25,6 +25,7 @@ from mlbox.api.asgi import ClientGone, Receive, Scope, Send, error_body, read_bo
 from mlbox.api.context import ServeContext, bearer_token
 from mlbox.api.edge import EdgePolicy
 from mlbox.api.jsonrows import check_rows
+from mlbox.api.manage import check_keys, console_routes
 from mlbox.api.openapi import ApiFacts, api_facts, openapi_document
 from mlbox.api.openapi import bentoml_schema as bentoml_service_schema
 from mlbox.api.predict import ContextRef, PredictEndpoint, predict_name
@@ -140,6 +141,14 @@ def build_app(source: ServeContext | ContextRef) -> Api:
 
         return endpoint
 
+    async def json_body(request: Request) -> dict[str, Any]:
+        """The request's JSON object body (empty: {}), within the body limit."""
+        raw = await _body(request, ref.get().max_body)
+        body = parse_json(raw) if raw.strip() else {}
+        if not isinstance(body, dict):
+            raise UsageError("the body must be a JSON object")
+        return body
+
     async def online_features(request: Request) -> Response:
         ctx = ref.get()
         grant = ctx.grant(request.headers.getlist("authorization"), "features.read_online")
@@ -169,7 +178,7 @@ def build_app(source: ServeContext | ContextRef) -> Api:
         body = parse_json(await _body(request, ctx.max_body))
         if not isinstance(body, dict):
             raise UsageError('send {"view": "name", "rows": [{field: value}, ...]}')
-        _keys(body, {"view", "rows"}, {"view", "rows"})
+        check_keys(body, {"view", "rows"}, {"view", "rows"})
         view, rows = body["view"], body["rows"]
         if not isinstance(view, str):
             raise ValidationError('"view" must be the name of a feature view')
@@ -210,24 +219,21 @@ def build_app(source: ServeContext | ContextRef) -> Api:
         ctx = ref.get()
         name, action = request.path_params["name"], request.path_params["action"]
         who = ctx.authenticate(request.headers.getlist("authorization"), "deploy.manage", [("deployment", name)])
-        raw = await _body(request, ctx.max_body)
-        body = parse_json(raw) if raw.strip() else {}
-        if not isinstance(body, dict):
-            raise UsageError("the body must be a JSON object")
+        body = await json_body(request)
         if action == "canary":
-            _keys(body, {"model", "weight", "sticky_key"}, {"model"})
+            check_keys(body, {"model", "weight", "sticky_key"}, {"model"})
             weight = body.get("weight", 10)
             if isinstance(weight, bool) or not isinstance(weight, (int, float)):
                 raise ValidationError('"weight" must be a number between 0 and 100')
             d = ctx.deployments.canary(name, str(body["model"]), float(weight), who.name, body.get("sticky_key"))
         elif action == "shadow":
-            _keys(body, {"model"}, {"model"})
+            check_keys(body, {"model"}, {"model"})
             d = ctx.deployments.shadow(name, None if body["model"] is None else str(body["model"]), who.name)
         elif action == "promote":
-            _keys(body, set(), set())
+            check_keys(body, set(), set())
             d = ctx.deployments.promote(name, who.name)
         else:
-            _keys(body, set(), set())
+            check_keys(body, set(), set())
             d = ctx.deployments.rollback(name, who.name)
         return _json(d.as_dict())
 
@@ -289,6 +295,7 @@ def build_app(source: ServeContext | ContextRef) -> Api:
         Route("/openapi.json", guarded(openapi, "openapi"), methods=["GET"]),
         Route("/schema.json", guarded(bentoml_schema, "openapi"), methods=["GET"]),
     ]
+    routes += console_routes(ref, guarded, _json, json_body)  # the management API of `mlbox tui --url`
     starlette = Starlette(routes=routes, exception_handlers={404: not_found, 405: not_found})
     starlette.router.redirect_slashes = False  # a stray slash is a 404 in the envelope, not a redirect
     return Api(PredictEndpoint(ref), starlette)
@@ -340,12 +347,3 @@ def scoped_facts(facts: ApiFacts, scopes: Scopes | None) -> ApiFacts:
         views=tuple(v for v in facts.views if scopes.allows("view", v.name)),
         features=tuple(f for f in facts.features if scopes.allows("view", view_of(f))),
     )
-
-
-def _keys(body: dict[str, Any], allowed: set[str], required: set[str]) -> None:
-    extra = sorted(set(body) - allowed)
-    if extra:
-        raise ValidationError(f"unknown key {extra[0]!r}", hint=f"allowed: {', '.join(sorted(allowed)) or 'none'}")
-    missing = sorted(required - set(body))
-    if missing:
-        raise ValidationError(f"missing key {missing[0]!r}")

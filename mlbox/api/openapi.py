@@ -328,6 +328,9 @@ def openapi_document(facts: ApiFacts | None = None) -> dict[str, Any]:
         "/schema.json": {"get": {"operationId": "bentoml_schema", "summary": "The predict endpoints for BentoML's client",
             "responses": {**_ok({"type": "object", "required": ["name", "type", "routes"]}), **_errors(401, 403, 405, 429, 500)}}},
     }  # fmt: skip
+    from mlbox.api.openapi_console import console_paths  # imports this module's pieces: lazily, no cycle
+
+    paths |= console_paths()
     nullable_string = {"type": ["string", "null"]}
     return {
         "openapi": "3.1.0",

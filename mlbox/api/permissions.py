@@ -31,6 +31,27 @@ ROUTES: Mapping[tuple[str, str], str | Public] = MappingProxyType({
     ("GET", "/v1/deployments/{name}"): READ,
     ("GET", "/v1/deployments/{name}/monitoring"): READ,
     ("POST", "/v1/deployments/{name}/{action:str}"): "deploy.manage",  # canary, shadow, promote, rollback
+    # the management API of `mlbox tui --url` (api/manage.py); the console re-checks the CLI command's needs
+    ("GET", "/v1/console/me"): READ,
+    ("GET", "/v1/console/pulse"): READ,
+    ("GET", "/v1/console/deployments"): READ,
+    ("GET", "/v1/console/deployments/{name}"): READ,
+    ("POST", "/v1/console/deployments/{name}/check"): READ,  # a drift check reads the log, stores its result
+    ("POST", "/v1/console/deployments/{name}/{change}"): "deploy.manage",  # weight, rollback, shadow
+    ("GET", "/v1/console/jobs"): READ,
+    ("POST", "/v1/console/jobs/train"): "train.run",  # and jobs.submit, which every role with train.run has
+    ("GET", "/v1/console/jobs/train-spec"): READ,
+    ("GET", "/v1/console/jobs/{id:int}/log"): READ,
+    ("POST", "/v1/console/jobs/{id:int}/{change}"): "jobs.submit",  # cancel, retry (your own; an admin, any)
+    ("GET", "/v1/console/runs"): READ,
+    ("GET", "/v1/console/runs/{id}"): READ,
+    ("GET", "/v1/console/models"): READ,
+    ("POST", "/v1/console/models/{ref}/{change}"): "models.promote",  # promote, archive
+    ("GET", "/v1/console/features"): READ,
+    ("GET", "/v1/console/features/{view}"): READ,
+    ("GET", "/v1/console/checks"): READ,
+    ("GET", "/v1/console/audit"): "audit.read",
+    ("GET", "/v1/console/audit/verify"): "audit.read",
     ("GET", "/healthz"): Public(_PROBE),
     ("GET", "/livez"): Public(_PROBE),
     ("GET", "/readyz"): Public("a readiness probe: ready or not, with counts of deployments and problems; names only with 'read'"),

@@ -57,6 +57,7 @@ class Pulse:
     verdicts: list[Row]
     disk: dict[str, int] = field(default_factory=dict)
     traffic: dict[str, Traffic] = field(default_factory=dict)  # deployment -> its recent traffic
+    devices: list[Row] = field(default_factory=list)  # the GPU board: each GPU's memory, load and the job holding it
 
     def as_json(self) -> Row:
         out = asdict(self)
@@ -69,7 +70,7 @@ class Pulse:
         return cls(
             box=d["box"], server=Server(**d["server"]), deployments=d["deployments"], jobs=d["jobs"],
             gpus={int(k): int(v) for k, v in d["gpus"].items()},  # JSON object keys are strings
-            audit=d["audit"], verdicts=d["verdicts"], disk=d["disk"], traffic=traffic,
+            audit=d["audit"], verdicts=d["verdicts"], disk=d["disk"], traffic=traffic, devices=d.get("devices", []),
         )  # fmt: skip
 
 

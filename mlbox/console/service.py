@@ -13,6 +13,8 @@ Parquet files in an in-memory DuckDB) and every list is one bounded page.
 from __future__ import annotations
 
 import json
+import threading
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -61,10 +63,11 @@ class Console:
             if cached is None or cached[0] != key:
                 cached = cache[d["name"]] = (key, traffic(files, until))
             recent[d["name"]] = cached[1]
+        held = box.jobs.gpu_allocation()
         return Pulse(
-            box=home.name, server=server, deployments=deployments, jobs=box.jobs.counts(), gpus=box.jobs.gpu_allocation(),
+            box=home.name, server=server, deployments=deployments, jobs=box.jobs.counts(), gpus=held,
             audit=self._audit_page(6).rows if self.me().may("audit list") else [], verdicts=verdicts,
-            disk=disk_use(home) if disk else {}, traffic=recent,
+            disk=disk_use(home) if disk else {}, traffic=recent, devices=gpu_board(held),
         )  # fmt: skip
 
     def deployments(self) -> list[Row]:
@@ -146,6 +149,31 @@ class Console:
         self._require("audit verify")
         result = self.box.audit.verify()
         return Verified(result.ok, result.checked, result.bad_seq, result.problem)
+
+    def job_log(self, job_id: int, offset: int = -1, limit: int = 65536) -> Row:
+        """A byte range of a job's log (`offset=-1`: its last `limit` bytes), for following it (console/logs.py)."""
+        from mlbox.console.logs import job_log
+
+        return job_log(self, job_id, offset, limit)
+
+    def run_detail(self, run_id: str) -> Row:
+        """One run's params, latest metrics and every metric's history, for comparing runs (console/runs.py)."""
+        from mlbox.console.runs import run_detail
+
+        return run_detail(self, run_id)
+
+    def deployment_detail(self, name: str) -> Row:
+        """A deployment's shadow-vs-primary disagreement and its A/B verdict (console/deployment.py)."""
+        from mlbox.console.deployment import deployment_detail
+
+        return deployment_detail(self, name)
+
+    def view_detail(self, view: str) -> Row:
+        """A feature view's fields with their badges, batches, statistics, lineage, and sample values masked by
+        role (console/views.py)."""
+        from mlbox.console.views import view_detail
+
+        return view_detail(self, view)
 
     # changes: the CLI command's own service call, with the reason carried into its audit entry -----------------
     def set_canary_weight(self, name: str, weight: float, reason: str) -> Row:
@@ -266,6 +294,26 @@ class ReasonedAudit(AuditLog):
     def record(self, actor: str, action: str, target: str = "", details: dict[str, Any] | None = None) -> int:
         extra = {"via": self.via, **({"reason": self.reason} if self.reason else {})}
         return super().record(actor, action, target, {**(details or {}), **extra})
+
+
+GPU_PROBE_S = 10.0  # nvidia-smi at most this often, however many screens refresh
+_probed: list[Any] = [0.0, None]  # when, the inventory
+_probe_lock = threading.Lock()
+
+
+def gpu_board(held: dict[int, int]) -> list[Row]:
+    """Every GPU this machine has (nvidia-smi, probed at most every GPU_PROBE_S), with the running job holding it."""
+    from mlbox import hardware
+
+    with _probe_lock:
+        if _probed[1] is None or time.monotonic() - _probed[0] > GPU_PROBE_S:
+            _probed[:] = [time.monotonic(), hardware.detect(timeout=2.0)]
+        inventory = _probed[1]
+    return [
+        {"index": g.index, "name": g.name, "memory_total_mb": g.memory_total_mb, "memory_used_mb": g.memory_used_mb,
+         "utilization_pct": g.utilization_pct, "job": held.get(g.index)}
+        for g in inventory.gpus
+    ]  # fmt: skip
 
 
 def disk_use(home: Path) -> dict[str, int]:

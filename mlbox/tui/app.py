@@ -58,8 +58,12 @@ class MlboxApp(App[None]):
         Binding("q", "quit", "quit", id="mlbox.quit"),
     ]
 
-    def __init__(self, client: BoxClient, *, me: Me | None = None, refresh_s: float = 2.0) -> None:
+    def __init__(self, client: BoxClient, *, me: Me | None = None, refresh_s: float = 2.0,
+                 keymap: dict[str, str] | None = None) -> None:  # fmt: skip
+        """`keymap`: binding id -> keys (the `tui.keymap` setting, checked by mlbox.tui.keymap.parse)."""
         super().__init__()
+        if keymap:
+            self.set_keymap(keymap)
         self.client = client
         self.me = me if me is not None else client.me()  # before the event loop runs: screens gate on it from the start
         self.refresh_s = refresh_s

@@ -90,6 +90,18 @@ class LocalClient:
     def verify_audit(self) -> Verified:
         return self._run(Console.verify_audit)
 
+    def job_log(self, job_id: int, offset: int = -1, limit: int = 65536) -> Row:
+        return self._run(lambda c: c.job_log(job_id, offset, limit))
+
+    def run_detail(self, run_id: str) -> Row:
+        return self._run(lambda c: c.run_detail(run_id))
+
+    def deployment_detail(self, name: str) -> Row:
+        return self._run(lambda c: c.deployment_detail(name))
+
+    def view_detail(self, view: str) -> Row:
+        return self._run(lambda c: c.view_detail(view))
+
     def set_canary_weight(self, name: str, weight: float, reason: str) -> Row:
         return self._run(lambda c: c.set_canary_weight(name, weight, reason))
 

@@ -34,6 +34,16 @@ BODIES: dict[str, Any] = {  # well-formed enough to get past parsing to the look
     "shadow": {"model": "x:1"},
     "promote": {},
     "rollback": {},
+    "/v1/console/deployments/{name}/{change}": {"weight": 50},
+    "/v1/console/deployments/{name}/check": {},
+    "/v1/console/jobs/train": {},
+    "/v1/console/jobs/{id:int}/{change}": {},
+    "/v1/console/models/{ref}/{change}": {"alias": "staging"},
+}
+CONSOLE_CHANGES = {  # the changes each console POST route takes (api/manage.py)
+    "/v1/console/deployments/{name}/{change}": ("weight", "rollback", "shadow"),
+    "/v1/console/jobs/{id:int}/{change}": ("cancel", "retry"),
+    "/v1/console/models/{ref}/{change}": ("promote", "archive"),
 }
 
 
@@ -47,7 +57,12 @@ def concrete(method: str, path: str) -> list[tuple[str, Any]]:
     """The URLs (with their JSON bodies) that exercise one declared route: `{name}` is a dummy deployment."""
     if path == "/v1/deployments/{name}/{action:str}":
         return [(f"/v1/deployments/x/{a}", BODIES[a]) for a in MANAGE_ACTIONS]
-    return [(path.replace("{name}", "x"), BODIES.get(path) if method == "POST" else None)]
+    url = path.replace("{name}", "x").replace("{id:int}", "999").replace("{id}", "nope").replace("{ref}", "x:1")
+    url = url.replace("{view}", "x")
+    body = BODIES.get(path) if method == "POST" else None
+    if path in CONSOLE_CHANGES:  # each change, its body only where it needs more than a reason
+        return [(url.replace("{change}", c), body if c in ("weight", "promote") else {}) for c in CONSOLE_CHANGES[path]]
+    return [(url, body)]
 
 
 @pytest.fixture(scope="module")

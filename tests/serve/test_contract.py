@@ -85,7 +85,10 @@ def test_stateful_workflows_keep_the_document(api_schema: Any, admin: dict[str, 
     """Workflows along the document's links: each step's response must keep the document too."""
     calls: list[tuple[str, str, int]] = []
 
-    class Workflow(api_schema.as_state_machine()):  # type: ignore[misc]
+    # the console's operations (api/manage.py) declare no links: a walk starting there would follow none
+    linked = api_schema.exclude(path_regex="^/v1/console/")
+
+    class Workflow(linked.as_state_machine()):  # type: ignore[misc]
         def get_call_kwargs(self, case: schemathesis.Case) -> dict[str, Any]:
             return {"headers": admin}
 

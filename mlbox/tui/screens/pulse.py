@@ -43,8 +43,7 @@ class PulseScreen(BoxScreen):
         self._panel("server", "server", [f"{status(s.state)}  {s.url}  {s.detail}".rstrip()])
         self._deployments(p)
         jobs = [f"{status(k)} {p.jobs[k]}" for k in JOB_ORDER if p.jobs.get(k)]
-        gpus = [f"GPU {g} → job {j}" for g, j in sorted(p.gpus.items())]
-        self._panel("jobs", "jobs", (jobs or ["(no jobs)"]) + (gpus or ["GPUs: none in use"]))
+        self._panel("jobs", "jobs and GPUs", (jobs or ["(no jobs)"]) + gpu_lines(p))
         audit = [f"{a['seq']} {a['actor']} {a['action']} {a['target']}" for a in p.audit]
         self._panel("audit", "latest audit", audit or ["(hidden: needs audit.read)" if not self.me.may("audit list") else "(none)"])
         alerts = [f"{status(v['verdict'])}  {v['deployment']} {v['kind']}" for v in p.verdicts]
@@ -68,6 +67,18 @@ class PulseScreen(BoxScreen):
     def _panel(self, widget_id: str, title: str, lines: list[str]) -> None:
         body = "\n".join(printable(line) for line in lines if line)
         self.query_one(f"#{widget_id}", Static).update(Text(f"{printable(title)}\n", style="bold") + Text(body))
+
+
+def gpu_lines(p: Pulse) -> list[str]:
+    """The GPU board: each GPU's memory in use, its load and the job holding it (`free` when none), in words."""
+    if not p.devices:
+        held = [f"GPU {g} → job {j}" for g, j in sorted(p.gpus.items())]
+        return held or ["GPUs: none (cpu)"]
+    return [
+        f"GPU {d['index']} {d['memory_used_mb'] / 1024:.1f}/{d['memory_total_mb'] / 1024:.0f} GiB {d['utilization_pct']}% "
+        + (f"→ job {d['job']}" if d["job"] is not None else "free")
+        for d in p.devices
+    ]
 
 
 def deployment_line(d: Row) -> str:
