@@ -110,6 +110,10 @@ def console_routes(ref: ContextRef, guarded: Wrap, json: Json, read_body: Callab
         limit = page(request)
         return await call(request, "read", lambda c: _plain(c.checks(limit)))
 
+    async def check(request: Request) -> Response:
+        check_id = _job_id(request)
+        return await call(request, "read", lambda c: c.check_detail(check_id))
+
     async def audit(request: Request) -> Response:
         limit = page(request)
         return await call(request, "audit.read", lambda c: _plain(c.audit(limit)))
@@ -195,6 +199,7 @@ def console_routes(ref: ContextRef, guarded: Wrap, json: Json, read_body: Callab
         Route(f"{p}/features", guarded(features, "console"), methods=get),
         Route(f"{p}/features/{{view}}", guarded(view, "console"), methods=get),
         Route(f"{p}/checks", guarded(checks, "console"), methods=get),
+        Route(f"{p}/checks/{{id:int}}", guarded(check, "console"), methods=get),
         Route(f"{p}/audit", guarded(audit, "console"), methods=get),
         Route(f"{p}/audit/verify", guarded(verify, "console"), methods=get),
     ]
@@ -224,9 +229,10 @@ def _plain(record: Any) -> Any:
 
 
 def _job_id(request: Request) -> int:
+    """An `{id:int}` of the path (a job's or a check's), within SQLite's integers."""
     job = int(request.path_params["id"])
     if not 1 <= job < 2**63:
-        raise NotFound(f"no job {job}")
+        raise NotFound(f"no {request.url.path.split('/')[3].rstrip('s')} {job}")
     return job
 
 

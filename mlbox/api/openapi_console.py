@@ -77,6 +77,8 @@ def console_paths() -> dict[str, Any]:
         f"{p}/features/{{view}}": _get("console_view", "A view's fields, batches, stats, lineage, masked samples", ROW,
                                        [_param("view", NAME)], (404,)),
         f"{p}/checks": _get("console_checks", "Monitoring checks, newest first", PAGE, limit),
+        f"{p}/checks/{{id}}": _get("console_check", "One check: each feature's severity and histograms, history", ROW,
+                                   [_param("id", JOB_ID)], (404,)),
         f"{p}/audit": _get("console_audit", "The audit log, newest first", PAGE, limit),
         f"{p}/audit/verify": _get("console_audit_verify", "Verify the audit chain", {
             "type": "object", "required": ["ok", "checked", "bad_seq", "problem"]}),

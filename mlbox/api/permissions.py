@@ -50,6 +50,7 @@ ROUTES: Mapping[tuple[str, str], str | Public] = MappingProxyType({
     ("GET", "/v1/console/features"): READ,
     ("GET", "/v1/console/features/{view}"): READ,
     ("GET", "/v1/console/checks"): READ,
+    ("GET", "/v1/console/checks/{id:int}"): READ,
     ("GET", "/v1/console/audit"): "audit.read",
     ("GET", "/v1/console/audit/verify"): "audit.read",
     ("GET", "/healthz"): Public(_PROBE),

@@ -168,6 +168,13 @@ class Console:
 
         return deployment_detail(self, name)
 
+    def check_detail(self, check_id: int) -> Row:
+        """One monitoring check in full: each feature's severity and histograms, drift and quality over time
+        (console/monitoring.py)."""
+        from mlbox.console.monitoring import check_detail
+
+        return check_detail(self, check_id)
+
     def view_detail(self, view: str) -> Row:
         """A feature view's fields with their badges, batches, statistics, lineage, and sample values masked by
         role (console/views.py)."""

@@ -53,6 +53,16 @@ class Records:
                  json.dumps(result, allow_nan=False), actor),
             ).lastrowid or 0)  # fmt: skip
 
+    def check(self, check_id: int) -> dict[str, Any] | None:
+        """One stored result by its id, with its deployment, kind and who checked it; None when there is none."""
+        row = self.db.one(
+            "SELECT id, deployment, kind, verdict, checked_by, result FROM monitor_checks WHERE id = ?", (check_id,)
+        )
+        if row is None:
+            return None
+        head = {k: row[k] for k in ("id", "deployment", "kind", "verdict", "checked_by")}
+        return {**json.loads(row["result"]), **head}
+
     def checks(self, deployment: str, kind: str = "drift", limit: int = 50) -> list[dict[str, Any]]:
         """The newest `limit` results of one kind, oldest first."""
         rows = self.db.query(

@@ -102,6 +102,9 @@ class LocalClient:
     def view_detail(self, view: str) -> Row:
         return self._run(lambda c: c.view_detail(view))
 
+    def check_detail(self, check_id: int) -> Row:
+        return self._run(lambda c: c.check_detail(check_id))
+
     def set_canary_weight(self, name: str, weight: float, reason: str) -> Row:
         return self._run(lambda c: c.set_canary_weight(name, weight, reason))
 

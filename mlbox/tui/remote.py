@@ -111,6 +111,9 @@ class RemoteClient:
     def checks(self, limit: int = PAGE) -> Page:
         return Page(**self._call("GET", "/checks", limit=limit))
 
+    def check_detail(self, check_id: int) -> Row:
+        return dict(self._call("GET", f"/checks/{int(check_id)}"))
+
     def verify_audit(self) -> Verified:
         return Verified(**self._call("GET", "/audit/verify"))
 

@@ -19,6 +19,7 @@ class MonitoringScreen(TableScreen):
     COLUMNS = ("id", "deployment", "kind", "variant", "verdict", "share", "rows", "features", "checked_at")
     BINDINGS: ClassVar[list[BindingType]] = [
         Binding("C", "drift_check", "check drift now", id="mlbox.monitor.check"),
+        Binding("o", "open_check", "open check", id="mlbox.monitor.open"),  # enter on a row too
     ]
 
     def load(self) -> Page:
@@ -36,6 +37,17 @@ class MonitoringScreen(TableScreen):
 
     def on_data_table_row_highlighted(self) -> None:
         self.rebind("drift_check")
+
+    def on_data_table_row_selected(self) -> None:
+        self.action_open_check()
+
+    def action_open_check(self) -> None:
+        """The selected check in full: each feature's severity and histogram, drift and quality over time."""
+        from mlbox.tui.checkdetail import CheckDetail
+
+        row = self.table.selected()
+        if row is not None:
+            self.app.push_screen(CheckDetail(int(row["id"]), str(row["variant"])))
 
     def action_drift_check(self) -> None:
         row = self.table.selected()
