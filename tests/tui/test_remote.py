@@ -92,6 +92,7 @@ def test_a_remote_client_reads_what_the_local_client_reads(world: World) -> None
     assert remote.audit(50) == local.audit(50)
     assert remote.verify_audit() == local.verify_audit()
     assert remote.check_detail(1) == local.check_detail(1)
+    assert remote.deployment_detail("churn_api") == local.deployment_detail("churn_api")
     assert remote.train_spec() == local.train_spec()
     jobs = remote.jobs()
     assert jobs == local.jobs() and [j["id"] for j in jobs.rows] == sorted((j["id"] for j in jobs.rows), reverse=True)

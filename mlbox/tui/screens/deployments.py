@@ -1,19 +1,32 @@
-"""Deployments: primary, canary and shadow with their weights; `W` canary weight, `R` roll back, `S` shadow."""
+"""Deployments: primary, canary and shadow with their weights; `W` canary weight, `R` roll back, `S` shadow.
+
+Under the table, the selected deployment's shadow-vs-primary disagreement, A/B verdict and quality
+(tui/deploypanel.py). That detail scans a day of the prediction log, so it is loaded when the
+selection moves to a deployment not seen for DETAIL_S seconds, on `r`, and after a change, never on
+every refresh tick; one load runs at a time, and the newest selection is loaded when it ends.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Mapping
 from typing import Any, ClassVar
 
+from textual.app import ComposeResult
 from textual.binding import Binding, BindingType
+from textual.worker import Worker, WorkerState
 
 from mlbox.errors import MlboxError
 from mlbox.tui.choose import Choose
 from mlbox.tui.confirm import Change, Confirm
+from mlbox.tui.deploypanel import DeploymentPanel
 from mlbox.tui.screens.base import TableScreen
-from mlbox.tui.client import split_text
+from mlbox.tui.client import Row, split_text
 from mlbox.tui.split import SplitEditor
+from mlbox.tui.widgets import BoxTable
+
+DETAIL_S = 60.0  # a deployment's detail is loaded again on a refresh tick only once it is this old
 
 
 class DeploymentsScreen(TableScreen):
@@ -30,11 +43,87 @@ class DeploymentsScreen(TableScreen):
     ]
     REMOVE = "-"  # the shadow choice that removes it (no model reference is "-")
 
+    def __init__(self) -> None:
+        super().__init__()
+        self.details: dict[str, tuple[float, Row]] = {}  # deployment -> (monotonic time loaded, its detail)
+        self._detail_running: str | None = None  # the deployment whose detail is being loaded
+        self._detail_wanted: str | None = None  # the one to load once that load ends
+        self._ticking = False
+        self._force_detail = False
+
+    def compose(self) -> ComposeResult:
+        for widget in super().compose():
+            yield widget
+            if isinstance(widget, BoxTable):
+                yield DeploymentPanel(id="detail")
+
+    @property
+    def panel(self) -> DeploymentPanel:
+        return self.query_one(DeploymentPanel)
+
     def load(self) -> list[dict[str, Any]]:
         return self.client.deployments()
 
     def show(self, data: list[dict[str, Any]]) -> None:
         self.set_rows(data)
+        force, self._force_detail = self._force_detail, False
+        self.want_detail(force=force)
+
+    def _tick(self) -> None:
+        self._ticking = True  # a timed refresh: the detail is kept until it is DETAIL_S old
+        try:
+            super()._tick()
+        finally:
+            self._ticking = False
+
+    def action_reload(self) -> None:
+        if not self._ticking:  # `r`, the screen shown again, or after a change: the detail is read anew
+            self._force_detail = True
+        super().action_reload()
+
+    def want_detail(self, force: bool = False) -> None:
+        """Show the selected deployment's detail: the one loaded, and load it when asked, new or stale."""
+        row = self.table.selected()
+        if row is None:
+            self.panel.show_nothing()
+            return
+        name = str(row["name"])
+        cached = self.details.get(name)
+        if cached is not None:
+            self.panel.show_detail(name, cached[1])
+        elif self.panel.deployment != name:
+            self.panel.show_loading(name)
+        if cached is not None and not force and time.monotonic() - cached[0] < DETAIL_S:
+            return
+        self._detail_wanted = name
+        if self._detail_running is None:
+            self._load_detail(name)
+
+    def _load_detail(self, name: str) -> None:
+        self._detail_running, self._detail_wanted = name, None
+        self.run_worker(lambda: self.client.deployment_detail(name), thread=True, group="detail", exit_on_error=False)
+
+    def on_worker_state_changed(self, event: Worker.StateChanged) -> None:
+        super().on_worker_state_changed(event)
+        if event.worker.group != "detail" or event.state not in (WorkerState.SUCCESS, WorkerState.ERROR):
+            return
+        name, self._detail_running = self._detail_running, None
+        assert name is not None
+        row = self.table.selected()
+        current = row is not None and str(row["name"]) == name
+        if event.state == WorkerState.SUCCESS:
+            detail = event.worker.result
+            assert isinstance(detail, dict)
+            self.details[name] = (time.monotonic(), detail)
+            if current:
+                self.panel.show_detail(name, detail)
+        elif current:
+            error = event.worker.error
+            self.panel.show_error(name, error.message if isinstance(error, MlboxError) else repr(error))
+        wanted = self._detail_wanted
+        if wanted is not None and wanted != name:
+            self._load_detail(wanted)  # the selection moved on meanwhile: its detail now
+        self._detail_wanted = None
 
     def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
         if action == "weights":
@@ -54,6 +143,7 @@ class DeploymentsScreen(TableScreen):
     def on_data_table_row_highlighted(self) -> None:
         for action in ("weights", "rollback", "shadow"):
             self.rebind(action)
+        self.want_detail()
 
     def action_weights(self) -> None:
         row = self.table.selected()
