@@ -128,6 +128,14 @@ class OnlineStore:
     def has_table(self, name: str) -> bool:
         return bool(self.db.scalar("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?", (name,)))
 
+    def newest_keys(self, version: ViewVersion, limit: int) -> list[dict[str, Any]]:
+        """Join keys of the `limit` most recently stamped rows of `version` (none when it is not materialized)."""
+        name = table_name(version)
+        if not self.has_table(name):
+            return []
+        cols = ", ".join(q(k) for k in version.entity.join_keys)
+        return self.db.query(f"SELECT {cols} FROM {q(name)} ORDER BY __ts DESC, {cols} LIMIT ?", (int(limit),))
+
     def leftovers(self) -> list[str]:
         return leftover_tables(self.db)
 

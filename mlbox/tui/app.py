@@ -103,6 +103,9 @@ class MlboxApp(App[None]):
         screen = self.screen
         if isinstance(screen, TableScreen) and screen.escape():
             return
+        if len(self.screen_stack) > 1 and isinstance(screen, BoxScreen):  # a pushed detail (a log, a check): back to its list
+            self.pop_screen()
+            return
         if self.trail:
             await self.switch_mode(self.trail.pop())
 

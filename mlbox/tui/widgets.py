@@ -14,7 +14,7 @@ from mlbox.types import printable
 # state in glyph and word, never colour alone (NO_COLOR, 16 colours, screen readers)
 GLYPHS = {
     "up": "✓ up", "down": "✗ down",
-    "queued": "◌ queued", "running": "● running", "succeeded": "✓ succeeded", "failed": "✗ failed",
+    "queued": "◌ queued", "running": "● running", "succeeded": "✓ succeeded", "finished": "✓ finished", "failed": "✗ failed",
     "cancelled": "⊘ cancelled", "timed_out": "⏱ timed_out", "killed": "✗ killed", "interrupted": "⊘ interrupted",
     "ok": "✓ ok", "drift": "! drift", "warn": "! warn", "alert": "! alert", "degraded": "! degraded",
 }  # fmt: skip

@@ -93,6 +93,11 @@ def test_a_remote_client_reads_what_the_local_client_reads(world: World) -> None
     assert remote.verify_audit() == local.verify_audit()
     assert remote.check_detail(1) == local.check_detail(1)
     assert remote.deployment_detail("churn_api") == local.deployment_detail("churn_api")
+    assert remote.job_log(1) == local.job_log(1) and remote.job_log(1)["text"] == ""  # queued: no log yet
+    run = remote.runs().rows[0]["id"]
+    assert remote.run_detail(run) == local.run_detail(run)
+    for view in (r["view"] for r in remote.features()):
+        assert remote.view_detail(view) == local.view_detail(view)
     assert remote.train_spec() == local.train_spec()
     jobs = remote.jobs()
     assert jobs == local.jobs() and [j["id"] for j in jobs.rows] == sorted((j["id"] for j in jobs.rows), reverse=True)
@@ -100,6 +105,17 @@ def test_a_remote_client_reads_what_the_local_client_reads(world: World) -> None
     assert there.server.state == "up" and there.server.url == world.server.url
     assert dataclasses.replace(there, server=here.server, disk=here.disk) == here
     assert there.disk["total"] > 0 and "meta.db" in there.disk
+
+
+def test_a_remote_viewer_gets_protected_values_masked_by_the_server(world: World) -> None:
+    """`customer_profile.email` is pii: the server masks it for a viewer; the admin's token reads it raw."""
+    seen: dict[str, Any] = {}
+    for user in ("vic", OS_USER):
+        d = world.client(user).view_detail("customer_profile")
+        column = d["sample"]["columns"].index("email")
+        seen[user] = (d["sample"]["masked"], {row[column] for row in d["sample"]["rows"]})
+    assert seen["vic"] == (["email"], {"***"})
+    assert seen[OS_USER][0] == [] and all(str(e).endswith("@example.ae") for e in seen[OS_USER][1])
 
 
 def test_every_screen_remotely(world: World) -> None:

@@ -1,4 +1,5 @@
-"""Jobs: the queue with status, devices and owner; `X` cancels, `Y` retries the selected job, `T` submits training."""
+"""Jobs: the queue with status, devices and owner; `l` follows the selected job's log, `X` cancels, `Y` retries it,
+`T` submits training."""
 
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ class JobsScreen(TableScreen):
     TITLE = "jobs"
     COLUMNS = ("id", "type", "status", "user", "project", "priority", "gpus", "devices", "attempts", "submitted", "error")
     BINDINGS: ClassVar[list[BindingType]] = [
+        Binding("l", "open_log", "log", id="mlbox.jobs.log"),
         Binding("X", "cancel_job", "cancel job", id="mlbox.jobs.cancel"),
         Binding("Y", "retry_job", "retry job", id="mlbox.jobs.retry"),
         Binding("T", "submit_train", "submit training", id="mlbox.jobs.train"),
@@ -31,6 +33,10 @@ class JobsScreen(TableScreen):
         self.set_rows(data.rows, data.more)
 
     def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
+        if action == "open_log":
+            if not self.me.may("jobs logs"):
+                return False
+            return True if self.is_mounted and self.table.selected() is not None else None
         if action in ("cancel_job", "retry_job"):
             if not self.me.may("jobs cancel" if action == "cancel_job" else "jobs retry"):
                 return False
@@ -49,8 +55,16 @@ class JobsScreen(TableScreen):
         return True
 
     def on_data_table_row_highlighted(self) -> None:
+        self.rebind("open_log")
         self.rebind("cancel_job")
         self.rebind("retry_job")
+
+    def action_open_log(self) -> None:
+        from mlbox.tui.logview import LogScreen
+
+        row = self.table.selected()
+        if row is not None:
+            self.app.push_screen(LogScreen(int(row["id"])))
 
     def action_cancel_job(self) -> None:
         row = self.table.selected()
