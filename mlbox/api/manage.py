@@ -99,6 +99,10 @@ def console_routes(ref: ContextRef, guarded: Wrap, json: Json, read_body: Callab
     async def models(request: Request) -> Response:
         return await call(request, "read", Console.models)
 
+    async def model(request: Request) -> Response:
+        ref_ = request.path_params["ref"]
+        return await call(request, "read", lambda c: c.model_detail(ref_))
+
     async def features(request: Request) -> Response:
         return await call(request, "read", Console.features)
 
@@ -195,6 +199,7 @@ def console_routes(ref: ContextRef, guarded: Wrap, json: Json, read_body: Callab
         Route(f"{p}/runs", guarded(runs, "console"), methods=get),
         Route(f"{p}/runs/{{id}}", guarded(run_, "console"), methods=get),
         Route(f"{p}/models", guarded(models, "console"), methods=get),
+        Route(f"{p}/models/{{ref}}", guarded(model, "console"), methods=get),
         Route(f"{p}/models/{{ref}}/{{change}}", guarded(change_model, "console"), methods=post),
         Route(f"{p}/features", guarded(features, "console"), methods=get),
         Route(f"{p}/features/{{view}}", guarded(view, "console"), methods=get),

@@ -70,6 +70,7 @@ def console_paths() -> dict[str, Any]:
         f"{p}/runs/{{id}}": _get("console_run", "One run's params, metrics and metric histories", ROW,
                                  [_param("id", RUN_ID)], (404,)),
         f"{p}/models": _get("console_models", "Model versions", {"type": "array", "items": ROW}),
+        f"{p}/models/{{ref}}": _get("console_model", "A model version: lineage, gate, ONNX parity, signature", ROW, ref, (404,)),
         f"{p}/models/{{ref}}/promote": _post("console_promote", "Point an alias at a version (compare-and-set)", ref, {
             "alias": {"enum": list(ALIASES)}, "expect": {"type": ["integer", "null"], "minimum": 1}, **reason}, ["alias"]),
         f"{p}/models/{{ref}}/archive": _post("console_archive", "Archive a version", ref, reason, []),

@@ -46,6 +46,7 @@ ROUTES: Mapping[tuple[str, str], str | Public] = MappingProxyType({
     ("GET", "/v1/console/runs"): READ,
     ("GET", "/v1/console/runs/{id}"): READ,
     ("GET", "/v1/console/models"): READ,
+    ("GET", "/v1/console/models/{ref}"): READ,
     ("POST", "/v1/console/models/{ref}/{change}"): "models.promote",  # promote, archive
     ("GET", "/v1/console/features"): READ,
     ("GET", "/v1/console/features/{view}"): READ,

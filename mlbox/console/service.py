@@ -175,6 +175,13 @@ class Console:
 
         return check_detail(self, check_id)
 
+    def model_detail(self, ref: str) -> Row:
+        """A model version in full: lineage (run, training set, views), its gate, ONNX parity, signature, aliases
+        (console/models.py)."""
+        from mlbox.console.models import model_detail
+
+        return model_detail(self, ref)
+
     def view_detail(self, view: str) -> Row:
         """A feature view's fields with their badges, batches, statistics, lineage, and sample values masked by
         role (console/views.py)."""

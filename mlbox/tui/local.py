@@ -105,6 +105,9 @@ class LocalClient:
     def check_detail(self, check_id: int) -> Row:
         return self._run(lambda c: c.check_detail(check_id))
 
+    def model_detail(self, ref: str) -> Row:
+        return self._run(lambda c: c.model_detail(ref))
+
     def set_canary_weight(self, name: str, weight: float, reason: str) -> Row:
         return self._run(lambda c: c.set_canary_weight(name, weight, reason))
 

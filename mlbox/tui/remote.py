@@ -111,6 +111,9 @@ class RemoteClient:
     def checks(self, limit: int = PAGE) -> Page:
         return Page(**self._call("GET", "/checks", limit=limit))
 
+    def model_detail(self, ref: str) -> Row:
+        return dict(self._call("GET", f"/models/{_seg(ref)}"))
+
     def check_detail(self, check_id: int) -> Row:
         return dict(self._call("GET", f"/checks/{int(check_id)}"))
 

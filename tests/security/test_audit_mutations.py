@@ -158,7 +158,7 @@ SERVICES: dict[str, dict[str, tuple[str, str]]] = {
         "set_policy": (B, "written by loop.store_policies in the transaction of its monitor.policy entry"),
         "remove_policy": (B, "written by loop.remove_policy with its monitor.policy_removed entry"),
         "claim_due": (B, "moves a schedule's next run (compare-and-set between workers)"),
-        "actions": (R, ""), "checks": (R, ""), "deployed": (R, ""), "deployments": (R, ""), "latest": (R, ""),
+        "actions": (R, ""), "check": (R, ""), "checks": (R, ""), "deployed": (R, ""), "deployments": (R, ""), "latest": (R, ""),
         "policies": (R, ""), "policy": (R, ""),
     },
     "mlbox.jobs.schedules:Schedules": {

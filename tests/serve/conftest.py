@@ -427,7 +427,12 @@ PROBE_BODY: dict[str, Any] = {
     "/v1/deployments/{name}/canary": {"model": "churn:2"},
     "/v1/deployments/{name}/shadow": {"model": "churn:2"},
     "/v1/features/online": {"features": ["usage:calls"], "entities": [{"customer_id": 1001}]},
+    "/v1/console/deployments/{name}/weight": {"weight": 10},
+    "/v1/console/deployments/{name}/shadow": {"model": None},
+    "/v1/console/models/{ref}/promote": {"alias": "staging"},
 }
+# the console's other path parameters (api/manage.py): an unknown job or check, a model and a view that do not exist
+PROBE_PARAMS = {"{id}": "999", "{ref}": "nope:1", "{view}": "nope"}
 
 
 def check_documented_operations(client: Any, tokens: dict[str, str]) -> None:
@@ -437,6 +442,8 @@ def check_documented_operations(client: Any, tokens: dict[str, str]) -> None:
     for template, ops in doc["paths"].items():
         for method, op in ops.items():
             path = template.replace("{name}", "bad")
+            for param, value in PROBE_PARAMS.items():
+                path = path.replace(param, value)
             if op.get("security") == []:
                 assert client.request(method.upper(), path).status_code == 200, path
                 continue
@@ -445,6 +452,6 @@ def check_documented_operations(client: Any, tokens: dict[str, str]) -> None:
             assert "401" in op["responses"], (method, template)
             if "{name}" in template:
                 admin = {"Authorization": f"Bearer {tokens['admin']}"}
-                unknown = client.request(method.upper(), template.replace("{name}", "nope"), json=PROBE_BODY.get(template, {}), headers=admin)
+                unknown = client.request(method.upper(), path.replace("/bad", "/nope"), json=PROBE_BODY.get(template, {}), headers=admin)
                 assert_error(unknown, 404, "not_found", ("nope",))
                 assert "404" in op["responses"], (method, template)

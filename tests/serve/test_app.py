@@ -216,10 +216,19 @@ def test_health_readiness_and_metrics(api: AsgiClient, serve_template: Template)
 def app_operations(deployments: list[str]) -> set[tuple[str, str]]:
     """(path, method) of every route of the app, with `{action}` expanded to the management actions and the
     predict route (the dispatcher's, not the router's) once per deployment."""
+    from mlbox.api.manage import DEPLOY_CHANGES, JOB_CHANGES, MODEL_CHANGES
+
+    changes = {"deployments": DEPLOY_CHANGES, "jobs": JOB_CHANGES, "models": MODEL_CHANGES}  # the console's {change}
     out = {(f"/v1/deployments/{d}/predict", "post") for d in deployments}
     for route in build_app(ContextRef()).routes:
         assert isinstance(route, Route)
-        paths = [route.path.replace("{action:str}", a) for a in MANAGE_ACTIONS] if "{action" in route.path else [route.path]
+        path = route.path.replace("{id:int}", "{id}")  # the document names the parameter, the router its converter
+        if "{action" in path:
+            paths = [path.replace("{action:str}", a) for a in MANAGE_ACTIONS]
+        elif "{change}" in path:
+            paths = [path.replace("{change}", c) for c in changes[path.split("/")[3]]]
+        else:
+            paths = [path]
         out |= {(p, m.lower()) for p in paths for m in (route.methods or ()) if m != "HEAD"}
     return out
 

@@ -92,6 +92,7 @@ def test_a_remote_client_reads_what_the_local_client_reads(world: World) -> None
     assert remote.audit(50) == local.audit(50)
     assert remote.verify_audit() == local.verify_audit()
     assert remote.check_detail(1) == local.check_detail(1)
+    assert remote.model_detail("churn:2") == local.model_detail("churn:2")
     assert remote.deployment_detail("churn_api") == local.deployment_detail("churn_api")
     assert remote.job_log(1) == local.job_log(1) and remote.job_log(1)["text"] == ""  # queued: no log yet
     run = remote.runs().rows[0]["id"]

@@ -1,4 +1,5 @@
-"""Models: every registered version with its aliases, ONNX parity and metrics; `P` promotes, `A` archives."""
+"""Models: every registered version with its aliases, ONNX parity and metrics; `P` promotes, `A` archives;
+`enter` (or `o`) opens one in detail (lineage, gate, parity, signature, deployments: tui/modeldetail.py)."""
 
 from __future__ import annotations
 
@@ -6,9 +7,11 @@ from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar
 
 from textual.binding import Binding, BindingType
+from textual.widgets import Input
 
 from mlbox.tui.choose import Choose
 from mlbox.tui.confirm import Change, Confirm
+from mlbox.tui.modeldetail import ModelDetailScreen
 from mlbox.tui.screens.base import TableScreen
 
 ALIASES = ("staging", "production")  # the registry's (mlbox.registry.store.ALIASES), without importing it here
@@ -30,6 +33,8 @@ class ModelsScreen(TableScreen):
     KEY = "model"
     COLUMNS = ("model", "flavor", "task", "aliases", "archived", "onnx_diff", "created_at", "created_by")
     BINDINGS: ClassVar[list[BindingType]] = [
+        # `enter` as on Features (or `o`): before the table's own enter, and left to the filter box while typing in it
+        Binding("enter,o", "open", "open", id="mlbox.models.open", priority=True),
         Binding("P", "promote", "promote", id="mlbox.models.promote"),
         Binding("A", "archive", "archive", id="mlbox.models.archive"),
     ]
@@ -41,6 +46,10 @@ class ModelsScreen(TableScreen):
         self.set_rows(data)
 
     def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
+        if action == "open":
+            if not self.is_mounted or isinstance(self.focused, Input):
+                return False  # typing a filter: enter applies it
+            return None if self.table.selected() is None else True
         if action in ("promote", "archive"):
             if not self.me.may(f"models {action}"):
                 return False
@@ -49,8 +58,14 @@ class ModelsScreen(TableScreen):
         return True
 
     def on_data_table_row_highlighted(self) -> None:
+        self.rebind("open")
         self.rebind("promote")
         self.rebind("archive")
+
+    def action_open(self) -> None:
+        row = self.table.selected()
+        if row is not None:
+            self.app.push_screen(ModelDetailScreen(str(row["model"])))
 
     def action_promote(self) -> None:
         row = self.table.selected()
