@@ -12,7 +12,7 @@ from textual.containers import Horizontal, Vertical
 from textual.widgets import Footer, Sparkline, Static
 
 from mlbox.tui.client import Row
-from mlbox.tui.screens.base import BoxScreen
+from mlbox.tui.screens.base import DetailScreen
 from mlbox.tui.widgets import BoxTable
 from mlbox.types import printable
 
@@ -20,7 +20,7 @@ SEVERITY = {"drift": "✗ drift", "watch": "! watch", "ok": "✓ ok"}  # glyph a
 BAR = 24  # characters of the longest histogram bar
 
 
-class CheckDetail(BoxScreen):
+class CheckDetail(DetailScreen):
     """One stored check of one deployment, opened on the variant of the row it was opened from."""
 
     TITLE = "check"
@@ -121,9 +121,6 @@ class CheckDetail(BoxScreen):
         names = list(self.detail["variants"])
         self.variant = names[(names.index(self.variant) + 1) % len(names)] if self.variant in names else names[0]
         self._variant()
-
-    def action_close(self) -> None:
-        self.dismiss(None)
 
 
 def histogram_text(feature: Row) -> Text:

@@ -20,7 +20,7 @@ from textual.binding import Binding, BindingType
 from textual.widgets import DataTable, Footer, Static
 from textual_plotext import PlotextPlot
 
-from mlbox.tui.screens.base import BoxScreen
+from mlbox.tui.screens.base import DetailScreen
 from mlbox.tui.widgets import status
 from mlbox.types import printable
 
@@ -128,7 +128,7 @@ class CurvePlot(PlotextPlot):
         self.refresh()
 
 
-class CompareScreen(BoxScreen):
+class CompareScreen(DetailScreen):
     """Two runs (or one) side by side, with one metric's curves."""
 
     TITLE = "compare runs"
@@ -232,9 +232,6 @@ class CompareScreen(BoxScreen):
         if self.runs:
             self.only_differs = not self.only_differs
             self._fill_table()
-
-    def action_close(self) -> None:
-        self.dismiss(None)
 
     def _arm(self) -> None:
         if any(r.get("status") == "running" for r in self.runs) or not self.runs:

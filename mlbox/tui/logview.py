@@ -21,7 +21,7 @@ from textual.binding import Binding, BindingType
 from textual.reactive import var
 from textual.widgets import Footer, Log, Static
 
-from mlbox.tui.screens.base import BoxScreen
+from mlbox.tui.screens.base import DetailScreen
 from mlbox.tui.widgets import size, status
 from mlbox.types import printable
 
@@ -90,7 +90,7 @@ class LogLines(Log):
         self.following = True  # `end` follows again even where it scrolls nowhere
 
 
-class LogScreen(BoxScreen):
+class LogScreen(DetailScreen):
     """One job's log, from its tail on, followed while the job writes it."""
 
     TITLE = "jobs › log"
@@ -172,9 +172,6 @@ class LogScreen(BoxScreen):
             text = "● following (scroll up to stop)"
         self.state_text = text  # what the line under the log says (for tests and screen readers)
         self.query_one("#log-state", Static).update(Text(text))
-
-    def action_close(self) -> None:
-        self.app.pop_screen()
 
     def action_follow(self) -> None:
         self.lines.following = True

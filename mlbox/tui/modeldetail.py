@@ -16,7 +16,7 @@ from textual.binding import Binding, BindingType
 from textual.containers import VerticalScroll
 from textual.widgets import DataTable, Footer, Static, Tree
 
-from mlbox.tui.screens.base import BoxScreen
+from mlbox.tui.screens.base import DetailScreen
 from mlbox.tui.widgets import cell
 from mlbox.types import printable
 
@@ -107,7 +107,7 @@ def fill_lineage(tree: Tree[None], d: Row) -> None:
     root.expand()
 
 
-class ModelDetailScreen(BoxScreen):
+class ModelDetailScreen(DetailScreen):
     """A model version (console/models.py)."""
 
     TITLE = "model"
@@ -120,6 +120,7 @@ class ModelDetailScreen(BoxScreen):
     BINDINGS: ClassVar[list[BindingType]] = [
         Binding("escape", "close", "back", id="mlbox.model.back"),
     ]
+    LIVE = False  # read when shown and on `r` (see the module docstring)
     COLUMNS = ("input", "dtype", "kind", "levels", "nullable")
 
     def __init__(self, ref: str) -> None:
@@ -127,9 +128,8 @@ class ModelDetailScreen(BoxScreen):
         self.ref = ref
         self.detail: Row | None = None
 
-    def header(self) -> Static:
-        me = self.me
-        return Static(Text(printable(f" mlbox › models › {self.ref}  [{me.name}: {me.role}]")), classes="crumbs")
+    def crumb(self) -> str:
+        return f"models › {self.ref}"
 
     def compose(self) -> ComposeResult:
         yield self.header()
@@ -145,9 +145,6 @@ class ModelDetailScreen(BoxScreen):
 
     def on_mount(self) -> None:
         self.query_one("#signature-table", DataTable).add_columns(*self.COLUMNS)
-
-    def _arm(self) -> None:
-        """No timed refresh: shown, `r`, or back on top reads it again (see the module docstring)."""
 
     def load(self) -> Row:
         return self.client.model_detail(self.ref)
@@ -175,9 +172,6 @@ class ModelDetailScreen(BoxScreen):
         if self.detail is None:
             message = getattr(error, "message", None) or repr(error)
             self.query_one("#summary", Static).update(Text(printable(f"✗ {message}")))
-
-    def action_close(self) -> None:
-        self.dismiss()
 
     @property
     def plain(self) -> dict[str, str]:

@@ -16,7 +16,7 @@ from textual.app import ComposeResult
 from textual.binding import Binding, BindingType
 from textual.widgets import DataTable, Footer, Static, TabbedContent, TabPane, Tree
 
-from mlbox.tui.screens.base import BoxScreen
+from mlbox.tui.screens.base import DetailScreen
 from mlbox.tui.widgets import cell
 from mlbox.types import printable
 
@@ -106,7 +106,7 @@ def fill_lineage(tree: Tree[None], lineage: Row, current: int) -> None:
     root.expand()
 
 
-class ViewDetailScreen(BoxScreen):
+class ViewDetailScreen(DetailScreen):
     """A feature view as the acting user may see it (console/views.py)."""
 
     TITLE = "feature view"
@@ -121,6 +121,7 @@ class ViewDetailScreen(BoxScreen):
         Binding("b", "tab('batches')", "batches", id="mlbox.view.batches"),
         Binding("l", "tab('lineage')", "lineage", id="mlbox.view.lineage"),
     ]
+    LIVE = False  # read when shown and on `r` (see the module docstring)
     FIELDS = ("field", "dtype", "badges", "count", "nulls", "min", "max", "mean", "distinct")
     BATCHES = ("id", "rows", "min_ts", "max_ts", "sha256", "created_at", "created_by")
 
@@ -129,9 +130,8 @@ class ViewDetailScreen(BoxScreen):
         self.view = view
         self.detail: Row | None = None
 
-    def header(self) -> Static:
-        me = self.me
-        return Static(Text(printable(f" mlbox › features › {self.view}  [{me.name}: {me.role}]")), classes="crumbs")
+    def crumb(self) -> str:
+        return f"features › {self.view}"
 
     def compose(self) -> ComposeResult:
         yield self.header()
@@ -152,9 +152,6 @@ class ViewDetailScreen(BoxScreen):
     def on_mount(self) -> None:
         self.query_one("#fields-table", DataTable).add_columns(*self.FIELDS)
         self.query_one("#batches-table", DataTable).add_columns(*self.BATCHES)
-
-    def _arm(self) -> None:
-        """No timed refresh: shown, `r`, or back on top reads it again (see the module docstring)."""
 
     def load(self) -> Row:
         return self.client.view_detail(self.view)
@@ -195,9 +192,6 @@ class ViewDetailScreen(BoxScreen):
         widget = {"fields": "#fields-table", "sample": "#sample-table", "batches": "#batches-table",
                   "lineage": "#lineage-tree"}[tab]  # fmt: skip
         self.query_one(widget).focus()
-
-    def action_close(self) -> None:
-        self.dismiss()
 
     @property
     def plain(self) -> dict[str, str]:

@@ -116,6 +116,27 @@ class BoxScreen(Screen[None]):
         self.run_worker(work, thread=True, exclusive=True, group="act", exit_on_error=False)
 
 
+
+class DetailScreen(BoxScreen):
+    """A screen pushed over a list (a version, a view, a check, a log, a comparison); `close` (its `esc`) pops it."""
+
+    LIVE: ClassVar[bool] = True  # False: read when shown and on `r` only, never on the refresh timer
+
+    def crumb(self) -> str:
+        """What the header names after `mlbox ›`."""
+        return self.TITLE
+
+    def header(self) -> Static:
+        me = self.me
+        return Static(Text(printable(f" mlbox › {self.crumb()}  [{me.name}: {me.role}]")), classes="crumbs")
+
+    def _arm(self) -> None:
+        if self.LIVE:
+            super()._arm()
+
+    def action_close(self) -> None:
+        self.dismiss(None)
+
 class TableScreen(BoxScreen):
     """A screen around one filterable table: `/` filters, `esc` clears the filter, `n` loads the next page."""
 
