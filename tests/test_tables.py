@@ -87,6 +87,7 @@ def table_invocations(home: Path, cli: Any) -> dict[str, list[str]]:
         "runs list": ["runs", "list"],
         "runs compare": ["runs", "compare", *run_ids],
         "deploy status": ["deploy", "status"],
+        "deploy log": ["deploy", "log", "churn_service_with_a_long_name"],
         "monitor check": ["monitor", "check", "churn_service_with_a_long_name"],
         "monitor history": ["monitor", "history", "churn_service_with_a_long_name"],
         "monitor quality": ["monitor", "quality", "churn_service_with_a_long_name"],

@@ -30,6 +30,7 @@ if TYPE_CHECKING:
 
 PREFIX = "/v1/console"
 MAX_LIMIT = 5000  # rows in one page
+LOG_LIMIT = 1000  # prediction log records in one page (mlbox.monitor.logpage.MAX_LIMIT)
 DEPLOY_CHANGES = ("weight", "rollback", "shadow")  # POST /v1/console/deployments/{name}/{change}
 MODEL_CHANGES = ("promote", "archive")
 JOB_CHANGES = ("cancel", "retry")
@@ -77,6 +78,13 @@ def console_routes(ref: ContextRef, guarded: Wrap, json: Json, read_body: Callab
     async def deployment(request: Request) -> Response:
         name = request.path_params["name"]
         return await call(request, "read", lambda c: c.deployment_detail(name))
+
+    async def predictions(request: Request) -> Response:
+        name = request.path_params["name"]
+        limit = _int(request, "limit", PAGE, 1, LOG_LIMIT)
+        before, variant = request.query_params.get("before") or None, request.query_params.get("variant") or None
+        errors = _flag(request, "errors")
+        return await call(request, "read", lambda c: c.predictions(name, limit, before, variant, errors))
 
     async def jobs(request: Request) -> Response:
         limit = page(request)
@@ -190,6 +198,7 @@ def console_routes(ref: ContextRef, guarded: Wrap, json: Json, read_body: Callab
         Route(f"{p}/deployments", guarded(deployments, "console"), methods=get),
         Route(f"{p}/deployments/{{name}}", guarded(deployment, "console"), methods=get),
         Route(f"{p}/deployments/{{name}}/check", guarded(check_deployment, "console"), methods=post),
+        Route(f"{p}/deployments/{{name}}/predictions", guarded(predictions, "console"), methods=get),
         Route(f"{p}/deployments/{{name}}/{{change}}", guarded(change_deployment, "console"), methods=post),
         Route(f"{p}/jobs", guarded(jobs, "console"), methods=get),
         Route(f"{p}/jobs/train", guarded(submit_train, "console"), methods=post),
@@ -259,6 +268,15 @@ def _int(request: Request, key: str, default: int, low: int, high: int) -> int:
     if not low <= value <= high:
         raise ValidationError(f"{key!r} must be between {low} and {high}, got {value}")
     return value
+
+
+def _flag(request: Request, key: str) -> bool:
+    raw = request.query_params.get(key)
+    if raw is None or raw in ("false", "0"):
+        return False
+    if raw in ("true", "1"):
+        return True
+    raise ValidationError(f"{key!r} must be true or false, got {raw[:40]!r}")
 
 
 def _number(body: dict[str, Any], key: str, low: float, high: float) -> float:

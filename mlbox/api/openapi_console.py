@@ -11,6 +11,16 @@ from mlbox.registry.store import ALIASES
 ROW = {"type": "object"}
 PAGE = {"type": "object", "required": ["rows", "more"], "additionalProperties": False,
         "properties": {"rows": {"type": "array", "items": ROW}, "more": {"type": "boolean"}}}  # fmt: skip
+RECORD = {"type": "object", "required": ["ts", "request_id", "model", "variant", "latency_ms", "entity", "inputs", "outputs", "error"],
+          "properties": {"ts": {"type": "string"}, "request_id": {"type": "string"}, "model": {"type": "string"},
+                         "variant": {"type": "string"}, "latency_ms": {"type": ["number", "null"]},
+                         "error": {"type": ["string", "null"]}}}  # fmt: skip
+LOG_PAGE = {"type": "object", "required": ["deployment", "records", "next", "total", "files", "disclosure", "masked", "refused"],
+            "properties": {"records": {"type": "array", "items": RECORD}, "next": {"type": ["string", "null"],
+                           "description": "the `before` of the next (older) page; null on the last"},
+                           "total": {"type": "integer"}, "disclosure": {"enum": ["raw", "mask", "refuse"]},
+                           "masked": {"type": "array", "items": {"type": "string"}},
+                           "refused": {"type": "array", "items": {"type": "string"}}}}  # fmt: skip
 REASON = {"type": "string", "maxLength": 500, "description": "why: kept in the change's audit entry"}
 JOB_ID = {"type": "integer", "minimum": 1, "maximum": 2**63 - 1}
 RUN_ID = {"type": "string", "pattern": "^[A-Za-z0-9_-]{1,64}$"}
@@ -51,6 +61,11 @@ def console_paths() -> dict[str, Any]:
             "type": "object", "required": ["box", "server", "deployments", "jobs", "gpus", "audit", "verdicts", "disk", "traffic"]}),
         f"{p}/deployments": _get("console_deployments", "Deployments with their split", {"type": "array", "items": ROW}),
         f"{p}/deployments/{{name}}": _get("console_deployment", "A deployment's shadow-vs-primary and A/B", ROW, name, (404,)),
+        f"{p}/deployments/{{name}}/predictions": _get("console_predictions", "A page of the prediction log, newest first", LOG_PAGE, [
+            *name, _param("limit", {"type": "integer", "minimum": 1, "maximum": 1000}, "query"),
+            _param("before", {"type": "string", "pattern": "^[A-Za-z0-9_-]{1,4000}$"}, "query"),
+            _param("variant", {"enum": ["primary", "canary", "shadow"]}, "query"),
+            _param("errors", {"type": "boolean"}, "query")], (404,)),
         f"{p}/deployments/{{name}}/check": _post("console_check", "Check drift now (the last 24 hours)", name, {}, []),
         f"{p}/deployments/{{name}}/weight": _post("console_weight", "Set the canary's weight", name, {
             "weight": {"type": "number", "minimum": 0, "maximum": 100}, **reason}, ["weight"]),

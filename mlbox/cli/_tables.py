@@ -31,7 +31,7 @@ WIDE_HELP = "Show every column at full width (tables otherwise fit the terminal)
 
 # Commands that print tables get `--wide` (tests/test_tables.py keeps this equal to the commands that call table()).
 TABLE_COMMANDS = frozenset(
-    {"audit list", "auth user list", "auth token list", "settings", "deploy status", "features plan", "features apply",
+    {"audit list", "auth user list", "auth token list", "settings", "deploy status", "deploy log", "features plan", "features apply",
      "features list", "features show", "features materialize", "features flush", "features get", "features sql", "jobs list",
      "models list", "models show", "models diff", "runs list", "runs compare", "monitor check", "monitor history",
      "monitor quality", "monitor serving", "monitor actions", "privacy report", "privacy record", "privacy erase",

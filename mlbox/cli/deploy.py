@@ -6,7 +6,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from mlbox.cli._common import actor, done, open_box, table
+from mlbox.cli._common import actor, console, done, emit_json, open_box, state, table
 from mlbox.cli.auth import require_scope, token_scopes
 
 if TYPE_CHECKING:
@@ -105,6 +105,38 @@ def status(name: Annotated[str | None, typer.Argument(help="Deployment name (def
         shown = [d for d in deps.all() if scopes is None or scopes.allows("deployment", d.name)]
         rows = [deps.get(name).as_dict()] if name else [d.as_dict() for d in shown]
     table(rows, COLUMNS)
+
+
+@app.command("log")
+def log(
+    name: Annotated[str, typer.Argument(help="Deployment name.")],
+    limit: Annotated[int, typer.Option("--limit", "-n", help="Records per page (1-1000).")] = 20,
+    before: Annotated[str | None, typer.Option("--before", help="Page cursor: the `next` a page before printed.")] = None,
+    variant: Annotated[str | None, typer.Option("--variant", help="Only primary, canary or shadow records.")] = None,
+    errors: Annotated[bool, typer.Option("--errors", help="Only failed requests.")] = False,
+) -> None:
+    """The prediction log, newest first, a page at a time (protected inputs masked without features.read_pii)."""
+    from rich.markup import escape
+
+    from mlbox.monitor.logpage import answer
+    from mlbox.privacy.predictions import prediction_page
+
+    with open_box() as box:
+        who = actor(box, "read", scoped=True)
+        require_scope(box, "deployment", [name])
+        found = prediction_page(box, who, name, limit=limit, before=before, variant=variant, errors=errors)
+    if state.json:
+        emit_json(found)
+        return
+    rows = [{**r, "rows": len(r["inputs"]) if isinstance(r["inputs"], list) else None, "answer": answer(r["outputs"])}
+            for r in found["records"]]  # fmt: skip
+    table(rows, ["ts", "variant", "model", "latency_ms", "rows", "answer", "error", "request_id"],
+          f"{name}: {len(rows)} of {found['total']:,} logged records, newest first")  # fmt: skip
+    hidden = found["masked"] or found["refused"]
+    if hidden:
+        console.print(f"[dim]inputs {'masked' if found['masked'] else 'left out'} (protected): {escape(', '.join(hidden))}[/dim]")
+    if found["next"]:
+        console.print(f"[dim]next page: --before {found['next']}[/dim]", soft_wrap=True)
 
 
 def manager(box: Box, name: str) -> str:

@@ -104,6 +104,7 @@ COMMANDS: Mapping[str, Permission] = MappingProxyType({
     "deploy promote": _n("deploy.manage"),
     "deploy rollback": _n("deploy.manage"),
     "deploy status": _n(READ),
+    "deploy log": _n(READ),
     "jobs submit": _n("jobs.submit", also=_JOB_TYPES),
     "jobs list": _n(READ),
     "jobs show": _n(READ),

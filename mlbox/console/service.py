@@ -168,6 +168,16 @@ class Console:
 
         return deployment_detail(self, name)
 
+    def predictions(
+        self, name: str, limit: int = PAGE, before: str | None = None, variant: str | None = None, errors: bool = False
+    ) -> Row:
+        """A page of the deployment's prediction log, newest first, protected inputs masked by role
+        (`mlbox deploy log`; privacy/predictions.py)."""
+        from mlbox.privacy.predictions import prediction_page
+
+        who = self._require("deploy log")
+        return prediction_page(self.box, who, name, limit=limit, before=before, variant=variant, errors=errors)
+
     def check_detail(self, check_id: int) -> Row:
         """One monitoring check in full: each feature's severity and histograms, drift and quality over time
         (console/monitoring.py)."""

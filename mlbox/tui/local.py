@@ -99,6 +99,11 @@ class LocalClient:
     def deployment_detail(self, name: str) -> Row:
         return self._run(lambda c: c.deployment_detail(name))
 
+    def predictions(
+        self, name: str, limit: int = PAGE, before: str | None = None, variant: str | None = None, errors: bool = False
+    ) -> Row:
+        return self._run(lambda c: c.predictions(name, limit, before, variant, errors))
+
     def view_detail(self, view: str) -> Row:
         return self._run(lambda c: c.view_detail(view))
 

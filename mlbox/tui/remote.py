@@ -84,6 +84,13 @@ class RemoteClient:
     def deployment_detail(self, name: str) -> Row:
         return dict(self._call("GET", f"/deployments/{_seg(name)}"))
 
+    def predictions(
+        self, name: str, limit: int = PAGE, before: str | None = None, variant: str | None = None, errors: bool = False
+    ) -> Row:
+        params: dict[str, Any] = {"limit": limit, **({"before": before} if before else {}),
+                                  **({"variant": variant} if variant else {}), **({"errors": "true"} if errors else {})}  # fmt: skip
+        return dict(self._call("GET", f"/deployments/{_seg(name)}/predictions", **params))
+
     def jobs(self, limit: int = PAGE) -> Page:
         return Page(**self._call("GET", "/jobs", limit=limit))
 

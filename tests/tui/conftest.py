@@ -52,6 +52,16 @@ def open_box(home: Path, actor: str = OS_USER) -> Box:
     return box
 
 
+def features_box(home: Path) -> Box:
+    """The box of the project at `home` (made by `init_project`), created with its feature views applied and ingested."""
+    box = Box.create(load_settings(home, environ=ENVIRON), OS_USER)
+    fs = box.features
+    fs.apply(fs.load(), OS_USER)
+    for view in fs.catalog.latest_views():
+        fs.ingest(view.name, actor=OS_USER)
+    return box
+
+
 @dataclass(frozen=True)
 class Template:
     home: Path
@@ -66,12 +76,8 @@ def tui_template(tmp_path_factory: pytest.TempPathFactory) -> Template:
 
     home = tmp_path_factory.mktemp("tui-template") / "box"
     init_project(home, "tabular-classification")
-    box = Box.create(load_settings(home, environ=ENVIRON), OS_USER)
+    box = features_box(home)
     try:
-        fs = box.features
-        fs.apply(fs.load(), OS_USER)
-        for view in fs.catalog.latest_views():
-            fs.ingest(view.name, actor=OS_USER)
         frame().to_parquet(home / "plain.parquet")
         for depth in (3, 2):
             raw = {

@@ -325,3 +325,34 @@ def test_every_change_driven_through_the_screens_remotely(world: World) -> None:
 
     drive(world.client(), audit)
     assert seen["verified"].startswith(" ✓ audit chain intact")
+
+
+# the prediction log (last in the module: it fills churn_api's log) ------------------------------
+
+
+def test_a_remote_client_pages_the_prediction_log_as_the_local_client_does(world: World) -> None:
+    from .test_predictions import FILES, PER_FILE, every_page, write_log
+
+    write_log(world.home)
+    for user in (OS_USER, "vic"):
+        remote, local = world.client(user), world.local(user)
+        there, pages = every_page(remote, 400)
+        here, _ = every_page(local, 400)
+        assert there == here and len(there) == FILES * PER_FILE and len(pages) == 5
+        assert remote.predictions("churn_api", 50, None, "canary", True) == local.predictions("churn_api", 50, None, "canary", True)
+    with pytest.raises(NotFound, match="no deployment 'nope'"):
+        world.client().predictions("nope")
+
+
+@pytest.mark.parametrize(("query", "message"), [
+    ("limit=0", "'limit' must be between 1 and 1000"),
+    ("before=zzz", "not a page cursor"),
+    ("variant=blue", "unknown variant 'blue'"),
+    ("errors=maybe", "'errors' must be true or false"),
+])  # fmt: skip
+def test_a_bad_log_page_request_is_a_4xx_naming_what_to_fix(world: World, query: str, message: str) -> None:
+    import httpx
+
+    r = httpx.get(f"{world.server.url}/v1/console/deployments/churn_api/predictions?{query}",
+                  headers={"Authorization": f"Bearer {world.tokens['vic']}"}, trust_env=False)  # fmt: skip
+    assert r.status_code in (400, 422) and message in r.json()["error"]["message"]

@@ -1,4 +1,5 @@
-"""Deployments: primary, canary and shadow with their weights; `W` canary weight, `R` roll back, `S` shadow.
+"""Deployments: primary, canary and shadow with their weights; `p` the prediction log (tui/predlog.py), `W` canary
+weight, `R` roll back, `S` shadow.
 
 Under the table, the selected deployment's shadow-vs-primary disagreement, A/B verdict and quality
 (tui/deploypanel.py). That detail scans a day of the prediction log, so it is loaded when the
@@ -37,6 +38,7 @@ class DeploymentsScreen(TableScreen):
     # the weights are filterable (/canary_weight>5) without a column each: `split` shows both in 80 columns
     COLUMNS = ("name", "primary", "canary", "split", "shadow", "sticky_key", "revision", "updated_by")
     BINDINGS: ClassVar[list[BindingType]] = [
+        Binding("p", "predictions", "predictions", id="mlbox.deploy.predictions"),
         Binding("W", "weights", "canary weight", id="mlbox.deploy.weights"),
         Binding("R", "rollback", "roll back", id="mlbox.deploy.rollback"),
         Binding("S", "shadow", "shadow", id="mlbox.deploy.shadow"),
@@ -126,6 +128,8 @@ class DeploymentsScreen(TableScreen):
         self._detail_wanted = None
 
     def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
+        if action == "predictions":
+            return self.me.may("deploy log")
         if action == "weights":
             if not self.me.may("deploy canary"):
                 return False  # the role lacks it: not shown, not runnable
@@ -144,6 +148,13 @@ class DeploymentsScreen(TableScreen):
         for action in ("weights", "rollback", "shadow"):
             self.rebind(action)
         self.want_detail()
+
+    def action_predictions(self) -> None:
+        from mlbox.tui.predlog import PredictionsScreen
+
+        row = self.table.selected()
+        if row is not None:
+            self.app.push_screen(PredictionsScreen(str(row["name"])))
 
     def action_weights(self) -> None:
         row = self.table.selected()
