@@ -31,7 +31,7 @@ if TYPE_CHECKING:
 PREFIX = "/v1/console"
 MAX_LIMIT = 5000  # rows in one page
 LOG_LIMIT = 1000  # prediction log records in one page (mlbox.monitor.logpage.MAX_LIMIT)
-DEPLOY_CHANGES = ("weight", "rollback", "shadow")  # POST /v1/console/deployments/{name}/{change}
+DEPLOY_CHANGES = ("weight", "canary", "rollback", "shadow")  # POST /v1/console/deployments/{name}/{change}
 MODEL_CHANGES = ("promote", "archive")
 JOB_CHANGES = ("cancel", "retry")
 Handler = Callable[[Request], Awaitable[Response]]
@@ -144,6 +144,12 @@ def console_routes(ref: ContextRef, guarded: Wrap, json: Json, read_body: Callab
             check_keys(body, {"weight", "reason"}, {"weight"})
             weight = _number(body, "weight", 0, 100)
             return await run(actor, lambda c: c.set_canary_weight(name, weight, _reason(body)))
+        if change == "canary":
+            check_keys(body, {"model", "weight", "reason"}, {"model", "weight"})
+            canary, weight = body["model"], _number(body, "weight", 0, 100)
+            if not isinstance(canary, str):
+                raise ValidationError('"model" must be a model reference (NAME:VERSION)')
+            return await run(actor, lambda c: c.set_canary(name, canary, weight, _reason(body)))
         if change == "shadow":
             check_keys(body, {"model", "reason"}, {"model"})
             model = body["model"]

@@ -69,6 +69,8 @@ def console_paths() -> dict[str, Any]:
         f"{p}/deployments/{{name}}/check": _post("console_check", "Check drift now (the last 24 hours)", name, {}, []),
         f"{p}/deployments/{{name}}/weight": _post("console_weight", "Set the canary's weight", name, {
             "weight": {"type": "number", "minimum": 0, "maximum": 100}, **reason}, ["weight"]),
+        f"{p}/deployments/{{name}}/canary": _post("console_canary", "Send a share of traffic to a canary model", name, {
+            "model": MODEL_REF, "weight": {"type": "number", "minimum": 0, "maximum": 100}, **reason}, ["model", "weight"]),
         f"{p}/deployments/{{name}}/rollback": _post("console_rollback", "Roll back", name, reason, []),
         f"{p}/deployments/{{name}}/shadow": _post("console_shadow", "Set (or clear with null) the shadow", name, {
             "model": {"anyOf": [MODEL_REF, {"type": "null"}]}, **reason}, ["model"]),

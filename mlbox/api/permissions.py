@@ -38,7 +38,7 @@ ROUTES: Mapping[tuple[str, str], str | Public] = MappingProxyType({
     ("GET", "/v1/console/deployments/{name}"): READ,
     ("POST", "/v1/console/deployments/{name}/check"): READ,  # a drift check reads the log, stores its result
     ("GET", "/v1/console/deployments/{name}/predictions"): READ,  # protected inputs masked without read_pii
-    ("POST", "/v1/console/deployments/{name}/{change}"): "deploy.manage",  # weight, rollback, shadow
+    ("POST", "/v1/console/deployments/{name}/{change}"): "deploy.manage",  # weight, canary, rollback, shadow
     ("GET", "/v1/console/jobs"): READ,
     ("POST", "/v1/console/jobs/train"): "train.run",  # and jobs.submit, which every role with train.run has
     ("GET", "/v1/console/jobs/train-spec"): READ,

@@ -210,6 +210,11 @@ class Console:
             raise Conflict(f"deployment {name!r} has no canary", hint="`mlbox deploy canary NAME --model M` adds one")
         return deployment_row(self._deploys(reason).canary(name, current.canary_model, weight, who.name).as_dict())
 
+    def set_canary(self, name: str, model: str, weight: float, reason: str) -> Row:
+        """`mlbox deploy canary NAME --model M --weight W`: a canary (a new one, or another model) at `weight` percent."""
+        who = self._require("deploy canary")
+        return deployment_row(self._deploys(reason).canary(name, model, weight, who.name).as_dict())
+
     def rollback(self, name: str, reason: str) -> Row:
         """`mlbox deploy rollback NAME`: the canary's traffic to 0, or else the previous primary back."""
         who = self._require("deploy rollback")

@@ -116,6 +116,9 @@ class LocalClient:
     def set_canary_weight(self, name: str, weight: float, reason: str) -> Row:
         return self._run(lambda c: c.set_canary_weight(name, weight, reason))
 
+    def set_canary(self, name: str, model: str, weight: float, reason: str) -> Row:
+        return self._run(lambda c: c.set_canary(name, model, weight, reason))
+
     def rollback(self, name: str, reason: str) -> Row:
         return self._run(lambda c: c.rollback(name, reason))
 

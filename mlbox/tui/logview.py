@@ -9,17 +9,21 @@ everywhere, `esc` goes back to the jobs. Each poll reads what was written after 
 more than SKIP bytes ahead is read from its tail again, with a line saying how much was skipped.
 Every line of the log goes through `printable` (control and ANSI characters escaped); a carriage
 return keeps what follows it (a progress bar's last state), and a line shows once its newline is written.
+`/` searches the lines held (case-insensitive): every occurrence is shown in reverse video, the view
+moves to the first match from its top down and stops following; `n` and `p` go to the next and
+previous match (wrapping), the line under the log says which match of how many; `esc` clears it.
 """
 
 from __future__ import annotations
 
 from typing import Any, ClassVar
 
+from rich.highlighter import Highlighter
 from rich.text import Text
 from textual.app import ComposeResult
 from textual.binding import Binding, BindingType
 from textual.reactive import var
-from textual.widgets import Footer, Log, Static
+from textual.widgets import Footer, Input, Log, Static
 
 from mlbox.tui.screens.base import DetailScreen
 from mlbox.tui.widgets import size, status
@@ -42,6 +46,21 @@ def amount(n: int) -> str:
     return f"{n:,} bytes" if n < 100 << 10 else size(n)
 
 
+class Found(Highlighter):
+    """Marks every case-insensitive occurrence of the searched text in reverse video (no colour needed)."""
+
+    def __init__(self, term: str = "") -> None:
+        self.term = term.lower()
+
+    def highlight(self, text: Text) -> None:
+        if not self.term:
+            return
+        plain, at = text.plain.lower(), 0
+        while (at := plain.find(self.term, at)) >= 0:
+            text.stylize("reverse", at, at + len(self.term))
+            at += len(self.term)
+
+
 class LogLines(Log):
     """Log lines, following the end unless the reader scrolled up (then `waiting` counts the lines below)."""
 
@@ -50,8 +69,23 @@ class LogLines(Log):
     waiting: var[int] = var(0)  # lines written below the view since following stopped
 
     def __init__(self, *, max_lines: int = MAX_LINES, **kwargs: Any) -> None:
-        super().__init__(max_lines=max_lines, auto_scroll=False, **kwargs)
+        super().__init__(max_lines=max_lines, auto_scroll=False, highlight=True, **kwargs)
         self.partial = ""  # the last line, until its newline comes
+        self.highlighter = Found()
+
+    def mark_found(self, term: str) -> None:
+        """Highlight `term` (empty: nothing) on every line, those drawn already included."""
+        self.highlighter = Found(term)
+        self.refresh_lines(0, len(self.lines))
+
+    def find(self, term: str, after: int, step: int) -> int | None:
+        """The next line (step 1) or previous one (-1) from `after` that holds `term`, wrapping around; None: none does."""
+        lines, low = self.lines, term.lower()
+        for i in range(1, len(lines) + 1):
+            y = (after + step * i) % len(lines)
+            if low in lines[y].lower():
+                return y
+        return None
 
     def add(self, text: str) -> None:
         """Append raw log text; the view stays on the lines it showed unless following."""
@@ -99,10 +133,15 @@ class LogScreen(DetailScreen):
         Binding("end", "follow", "follow", id="mlbox.log.follow"),
         Binding("f", "toggle_follow", "follow on/off", id="mlbox.log.toggle"),
         Binding("full_stop", "pause", "pause", key_display=".", id="mlbox.pause"),
+        Binding("slash", "search", "search", key_display="/", id="mlbox.log.search"),
+        Binding("n", "next_match", "next match", id="mlbox.log.next"),
+        Binding("p", "previous_match", "previous match", id="mlbox.log.previous"),
     ]
 
     def __init__(self, job_id: int) -> None:
         super().__init__()
+        self.term = ""  # the searched text ("": no search)
+        self.match: int | None = None  # the line of the current match
         self.job_id = job_id
         self.end: int | None = None  # where the next read starts (None: read the tail)
         self.last: Row = {}  # the last answer
@@ -114,6 +153,9 @@ class LogScreen(DetailScreen):
         yield Static(Text(f" job {self.job_id} log"), id="title", classes="title")
         yield LogLines(id="log")
         yield Static("", id="log-state", classes="title")
+        box = Input(placeholder="search the log (enter finds, esc closes)", id="filter", select_on_focus=False)
+        box.cursor_blink = False
+        yield box
         yield Footer()
 
     def on_mount(self) -> None:
@@ -161,7 +203,15 @@ class LogScreen(DetailScreen):
 
     def _state(self) -> None:
         lines, log = self.lines, self.last
-        if self.box_app.paused:
+        if self.term:
+            found = sum(1 for line in lines.lines if self.term.lower() in line.lower())
+            if self.match is None or not found:
+                text = f"/{printable(self.term)}: no match (esc clears)"
+            else:
+                before = sum(1 for line in lines.lines[: self.match + 1] if self.term.lower() in line.lower())
+                where = f"match {before:,} of {found:,}, line {self.match + 1:,}"
+                text = f"/{printable(self.term)}: {where} (n next, p previous, esc clears)"
+        elif self.box_app.paused:
             text = "‖ paused (. resumes)"
         elif not lines.following:
             waiting = f"+{lines.waiting:,} lines below" if lines.waiting else "no new lines below"
@@ -175,6 +225,51 @@ class LogScreen(DetailScreen):
 
     def action_follow(self) -> None:
         self.lines.following = True
+
+    # search ------------------------------------------------------------------------------------
+    def action_search(self) -> None:
+        box = self.query_one("#filter", Input)
+        box.value = self.term
+        box.add_class("-open")
+        box.focus()
+
+    def on_input_submitted(self, event: Input.Submitted) -> None:
+        event.input.remove_class("-open")
+        self.lines.focus()
+        self.term = event.value
+        self.lines.mark_found(self.term)
+        self.match = None
+        if self.term:
+            self._jump(int(self.lines.scroll_y) - 1, 1)  # the first match from the top of the view down
+        self._state()
+
+    def _jump(self, after: int, step: int) -> None:
+        lines = self.lines
+        found = lines.find(self.term, after, step) if self.term and lines.lines else None
+        if found is not None:
+            self.match = found
+            lines.following = False  # reading back: new lines wait below, counted
+            lines.scroll_to(y=max(0, found - lines.size.height // 3), animate=False, immediate=True)
+        self._state()
+
+    def action_next_match(self) -> None:
+        self._jump(self.match if self.match is not None else int(self.lines.scroll_y) - 1, 1)
+
+    def action_previous_match(self) -> None:
+        self._jump(self.match if self.match is not None else int(self.lines.scroll_y), -1)
+
+    def action_close(self) -> None:
+        """`esc`: close the search line, else clear the search, else back to the jobs."""
+        box = self.query_one("#filter", Input)
+        if box.has_class("-open"):
+            box.remove_class("-open")
+            self.lines.focus()
+        elif self.term:
+            self.term, self.match = "", None
+            self.lines.mark_found("")
+            self._state()
+        else:
+            super().action_close()
 
     def action_toggle_follow(self) -> None:
         self.lines.following = not self.lines.following

@@ -134,6 +134,10 @@ class RemoteClient:
     def set_canary_weight(self, name: str, weight: float, reason: str) -> Row:
         return dict(self._call("POST", f"/deployments/{_seg(name)}/weight", {"weight": weight, "reason": reason}))
 
+    def set_canary(self, name: str, model: str, weight: float, reason: str) -> Row:
+        body = {"model": model, "weight": weight, "reason": reason}
+        return dict(self._call("POST", f"/deployments/{_seg(name)}/canary", body))
+
     def rollback(self, name: str, reason: str) -> Row:
         return dict(self._call("POST", f"/deployments/{_seg(name)}/rollback", {"reason": reason}))
 

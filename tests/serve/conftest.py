@@ -428,6 +428,7 @@ PROBE_BODY: dict[str, Any] = {
     "/v1/deployments/{name}/shadow": {"model": "churn:2"},
     "/v1/features/online": {"features": ["usage:calls"], "entities": [{"customer_id": 1001}]},
     "/v1/console/deployments/{name}/weight": {"weight": 10},
+    "/v1/console/deployments/{name}/canary": {"model": "churn:2", "weight": 10},
     "/v1/console/deployments/{name}/shadow": {"model": None},
     "/v1/console/models/{ref}/promote": {"alias": "staging"},
 }

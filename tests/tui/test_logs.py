@@ -33,7 +33,7 @@ from mlbox.tui.logview import LogLines, LogScreen
 from mlbox.tui.screens.jobs import JobsScreen
 
 from ..conftest import OS_USER
-from ._pilot import drive, keys_shown, press, settle
+from ._pilot import drive, fill, keys_shown, press, settle
 from .conftest import ENVIRON, open_box
 
 
@@ -327,3 +327,55 @@ def test_the_log_keys_remap_by_id_and_esc_and_pause_remap_with_the_apps(tui_home
             assert app.screen is jobs
 
     asyncio.run(go())
+
+
+def test_slash_finds_text_n_and_p_walk_the_matches_and_esc_clears_then_goes_back(tui_home: Path) -> None:
+    text = numbered(0, 300).replace("line 42\n", "line 42 ERROR disk full\n").replace("line 250\n", "line 250 error: retry\n")
+    job_id, _ = start_job(tui_home, text)
+    seen: dict[str, Any] = {}
+
+    async def script(app: MlboxApp, pilot: Pilot[Any]) -> None:
+        screen = await open_log(app, pilot, job_id)
+        log = screen.lines
+        await press(pilot, "slash")
+        await fill(pilot, "error")
+        # from the top of the view (the tail) down, wrapping: line 42 first
+        seen["first"] = (screen.match, log.following, screen.state_text, log.scroll_y <= 42 < log.scroll_y + log.size.height)
+        seen["marked"] = log.highlighter.term
+        await press(pilot, "n")
+        seen["next"] = (screen.match, screen.state_text)
+        await press(pilot, "n")
+        seen["wrapped"] = screen.match
+        await press(pilot, "p")
+        seen["previous"] = screen.match
+        await press(pilot, "slash")
+        await fill(pilot, "no such text")
+        seen["none"] = screen.state_text
+        await press(pilot, "escape")
+        seen["cleared"] = (screen.term, log.highlighter.term, isinstance(app.screen, LogScreen), screen.state_text)
+        await press(pilot, "escape")
+        seen["back"] = isinstance(app.screen, JobsScreen)
+
+    drive(tui_home, script)
+    match, following, state, in_view = seen["first"]
+    assert match == 42 and not following and in_view and seen["marked"] == "error"
+    assert state == "/error: match 1 of 2, line 43 (n next, p previous, esc clears)"
+    assert seen["next"] == (250, "/error: match 2 of 2, line 251 (n next, p previous, esc clears)")
+    assert seen["wrapped"] == 42 and seen["previous"] == 250
+    assert seen["none"] == "/no such text: no match (esc clears)"
+    term, marked, still_log, state = seen["cleared"]
+    assert (term, marked, still_log) == ("", "", True) and not state.startswith("/")
+    assert seen["back"]
+
+
+def test_every_occurrence_of_the_searched_text_is_marked_in_reverse_video() -> None:
+    from rich.text import Text
+
+    from mlbox.tui.logview import Found
+
+    line = Text("Error: retry after error; ERROR")
+    Found("error").highlight(line)
+    assert [(s.start, s.end, str(s.style)) for s in line.spans] == [(0, 5, "reverse"), (19, 24, "reverse"), (26, 31, "reverse")]
+    untouched = Text("nothing here")
+    Found("").highlight(untouched)
+    assert untouched.spans == []

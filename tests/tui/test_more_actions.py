@@ -1,4 +1,4 @@
-"""Promote and archive (Models), roll back and shadow (Deployments): role gate, confirmation, change, audit entry."""
+"""Promote and archive (Models), roll back, canary and shadow (Deployments): role gate, confirmation, change, audit."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ from mlbox.tui.choose import Choose
 from mlbox.tui.confirm import Confirm
 from mlbox.tui.screens.deployments import DeploymentsScreen
 from mlbox.tui.screens.models import ModelsScreen
+from mlbox.tui.split import SplitEditor
 
 from ._pilot import drive, keys_shown, press, table_rows
 from .conftest import open_box
@@ -35,13 +36,13 @@ def test_a_data_scientist_sees_neither_promote_nor_rollback_nor_shadow(tui_home:
         seen["after_P"] = type(app.screen)
         await press(pilot, "4")
         seen["deploy"] = keys_shown(app)
-        await press(pilot, "R", "S")
+        await press(pilot, "R", "S", "C")
         seen["after_RS"] = type(app.screen)
         seen["palette"] = {c.title for c in app.get_system_commands(app.screen)}
 
     drive(tui_home, script, os_user="ana")
     assert not {"promote", "archive"} & seen["models"] and seen["after_P"] is ModelsScreen
-    assert not {"rollback", "shadow", "weights"} & seen["deploy"] and seen["after_RS"] is DeploymentsScreen
+    assert not {"rollback", "shadow", "weights", "canary"} & seen["deploy"] and seen["after_RS"] is DeploymentsScreen
     assert "deployments: filter" in seen["palette"]
     assert not {"deployments: roll back", "deployments: shadow"} & seen["palette"]
     with open_box(tui_home) as box:
@@ -131,6 +132,44 @@ def test_an_ml_engineer_rolls_back_the_canary_then_the_primary(tui_home: Path) -
     assert seen["primary"]["diff"] == "change:   primary churn:2 → churn:1  (the previous primary back)"
     with open_box(tui_home) as box:
         assert box.deployments.get("churn_api").primary_model == "churn:1"
+
+
+def test_an_ml_engineer_starts_a_canary_choosing_its_model_and_weight(tui_home: Path) -> None:
+    with open_box(tui_home, "mel") as box:
+        box.deployments.promote("churn_api", "mel")  # churn:2 primary, no canary
+    seen: dict[str, Any] = {}
+
+    async def script(app: MlboxApp, pilot: Pilot[Any]) -> None:
+        await press(pilot, "4")
+        seen["keys"] = keys_shown(app)
+        await press(pilot, "C")
+        assert isinstance(app.screen, Choose)
+        seen["choices"] = [str(o.prompt) for o in app.screen.query_one("#choices", OptionList).options]
+        await press(pilot, "enter")  # churn:1
+        assert isinstance(app.screen, SplitEditor)
+        await press(pilot, "right", "enter")  # a new canary starts at 10%: one step up
+        seen["new"] = confirm_text(app)
+        await apply_with(app, pilot, "try churn:1 again")
+        seen["row"] = table_rows(app)[0]
+        await press(pilot, "C")
+        seen["choices_after"] = [str(o.prompt) for o in app.screen.query_one("#choices", OptionList).options]
+        await press(pilot, "enter", "left", "left", "enter")
+        seen["again"] = confirm_text(app)
+        await press(pilot, "escape")  # cancelled: nothing changes
+
+    drive(tui_home, script, os_user="mel")
+    assert "canary" in seen["keys"] and seen["choices"] == ["churn:1"]  # the primary is not offered
+    assert seen["new"]["diff"] == "change:   canary – → churn:1; split 100/0 → 85/15  (churn:2 / churn:1)"
+    assert seen["new"]["command"] == "command:  mlbox deploy canary churn_api --model churn:1 --weight 15"
+    assert (seen["row"]["canary"], seen["row"]["split"]) == ("churn:1", "85/15")
+    assert seen["choices_after"] == ["churn:1  (the canary now)"]
+    assert seen["again"]["diff"] == "change:   canary churn:1 → churn:1; split 85/15 → 95/5  (churn:2 / churn:1)"
+    entry = latest(tui_home, "deploy.canary")
+    assert entry["details"] == {"model": "churn:1", "weight": 15.0, "sticky_key": None, "reason": "try churn:1 again",
+                                "via": "tui"}  # fmt: skip
+    with open_box(tui_home) as box:
+        d = box.deployments.get("churn_api")
+        assert (d.canary_model, d.canary_weight) == ("churn:1", 15.0)
 
 
 def test_an_ml_engineer_sets_then_removes_the_shadow(tui_home: Path) -> None:

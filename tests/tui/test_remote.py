@@ -21,7 +21,7 @@ from textual.pilot import Pilot
 from textual.widgets import Input, Static
 
 from mlbox.config import load_settings
-from mlbox.errors import AuthError, Conflict, NotFound, PermissionDenied
+from mlbox.errors import AuthError, Conflict, NotFound, PermissionDenied, UsageError
 from mlbox.tui.app import MlboxApp
 from mlbox.tui.confirm import Confirm
 from mlbox.tui.local import LocalClient
@@ -152,10 +152,12 @@ def test_a_remote_viewer_sees_no_change_and_the_server_refuses_one(world: World)
         seen["after_W"] = type(app.screen).__name__
 
     drive(world.client("vic"), script)
-    assert "go('audit')" not in seen["pulse"] and "weights" not in seen["deploy"]
+    assert "go('audit')" not in seen["pulse"] and not {"weights", "canary"} & seen["deploy"]
     assert seen["after_W"] == "DeploymentsScreen"
     with pytest.raises(PermissionDenied, match="deploy.manage"):
         world.client("vic").set_canary_weight("churn_api", 50, "no")
+    with pytest.raises(PermissionDenied, match="deploy.manage"):
+        world.client("vic").set_canary("churn_api", "churn:2", 50, "no")
     with pytest.raises(PermissionDenied, match="audit.read"):
         world.client("vic").audit()
     denied = world.latest("auth.denied")
@@ -208,6 +210,11 @@ def test_every_change_of_the_management_api(world: World) -> None:
     assert world.latest("jobs.retry")["details"] == {"was": "cancelled", "reason": "again", "via": "http"}
     check = admin.drift_check("churn_api")
     assert check["deployment"] == "churn_api" and set(check["variants"]) == {"primary", "canary"}
+    assert admin.set_canary("churn_api", "churn:2", 30, "wider")["split"] == "70/30"
+    assert world.latest("deploy.canary")["details"] == {"model": "churn:2", "weight": 30.0, "sticky_key": None,
+                                                        "reason": "wider", "via": "http"}  # fmt: skip
+    with pytest.raises(UsageError, match="already the primary"):
+        admin.set_canary("churn_api", "churn:1", 10, "")
     rolled = admin.rollback("churn_api", "bad canary")
     assert rolled["canary_weight"] == 0.0
     assert world.latest("deploy.rollback")["details"]["reason"] == "bad canary"

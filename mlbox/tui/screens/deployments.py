@@ -1,5 +1,5 @@
 """Deployments: primary, canary and shadow with their weights; `p` the prediction log (tui/predlog.py), `W` canary
-weight, `R` roll back, `S` shadow.
+weight, `C` canary model (and its weight), `R` roll back, `S` shadow.
 
 Under the table, the selected deployment's shadow-vs-primary disagreement, A/B verdict and quality
 (tui/deploypanel.py). That detail scans a day of the prediction log, so it is loaded when the
@@ -40,6 +40,7 @@ class DeploymentsScreen(TableScreen):
     BINDINGS: ClassVar[list[BindingType]] = [
         Binding("p", "predictions", "predictions", id="mlbox.deploy.predictions"),
         Binding("W", "weights", "canary weight", id="mlbox.deploy.weights"),
+        Binding("C", "canary", "canary model", id="mlbox.deploy.canary"),
         Binding("R", "rollback", "roll back", id="mlbox.deploy.rollback"),
         Binding("S", "shadow", "shadow", id="mlbox.deploy.shadow"),
     ]
@@ -135,6 +136,10 @@ class DeploymentsScreen(TableScreen):
                 return False  # the role lacks it: not shown, not runnable
             row = self.table.selected() if self.is_mounted else None
             return None if row is None or not row["canary"] else True  # dimmed without a canary to weigh
+        if action == "canary":
+            if not self.me.may("deploy canary"):
+                return False
+            return None if not self.is_mounted or self.table.selected() is None else True
         if action in ("rollback", "shadow"):
             if not self.me.may(f"deploy {action}"):
                 return False
@@ -145,7 +150,7 @@ class DeploymentsScreen(TableScreen):
         return True
 
     def on_data_table_row_highlighted(self) -> None:
-        for action in ("weights", "rollback", "shadow"):
+        for action in ("weights", "canary", "rollback", "shadow"):
             self.rebind(action)
         self.want_detail()
 
@@ -185,6 +190,55 @@ class DeploymentsScreen(TableScreen):
             return f"{d['name']}: {split_text(d['primary_weight'], d['canary_weight'])} (revision {d['revision']})"
 
         self.act(work)
+
+    def action_canary(self) -> None:
+        row = self.table.selected()
+        if row is not None:
+            self.run_worker(self._pick_canary(dict(row)), exclusive=True, group="pick", exit_on_error=False)
+
+    async def _pick_canary(self, row: dict[str, Any]) -> None:
+        """`C`: choose the canary's model, then its weight in the split editor, then confirm."""
+        try:
+            models = await asyncio.to_thread(self.client.models)
+        except MlboxError as exc:
+            self.problem(exc)
+            return
+        current = str(row["canary"] or "")
+        now = "  (the canary now)"
+        choices = [(str(m["model"]), f"{m['model']}  {m['aliases']}".rstrip() + (now if m["model"] == current else ""))
+                   for m in models if not m["archived"] and m["model"] != row["primary"]]  # fmt: skip
+        if not choices:
+            self.notify("no other model version to send canary traffic to", severity="warning")
+            return
+        name, before = str(row["name"]), float(row["canary_weight"]) if current else 0.0
+
+        def chosen(model: str | None) -> None:
+            if model is None:
+                return
+
+            def edited(weight: float | None) -> None:
+                if weight is None or (model == current and weight == before):
+                    return
+                change = Change(
+                    title=f"{'Change the canary of' if current else 'Start a canary on'} {name}",
+                    diff=f"canary {current or '–'} → {model}; split {split_text(100 - before, before)} → "
+                         f"{split_text(100 - weight, weight)}  ({row['primary']} / {model})",
+                    affects=f"{weight:g}% of the requests to {name} go to {model}; "
+                            "servers pick it up within serve.reload_seconds",
+                    command=f"mlbox deploy canary {name} --model {model} --weight {weight:g}",
+                )  # fmt: skip
+
+                def work(reason: str) -> str:
+                    d = self.client.set_canary(name, model, weight, reason)
+                    split = split_text(d["primary_weight"], d["canary_weight"])
+                    return f"{d['name']}: canary {d['canary']} at {split} (revision {d['revision']})"
+
+                self.app.push_screen(Confirm(change), lambda reason: self._confirmed(work, reason))
+
+            start = before if model == current else max(before, 10.0)  # a new canary starts at 10%
+            self.app.push_screen(SplitEditor(name, str(row["primary"]), model, start), edited)
+
+        self.app.push_screen(Choose(f"Canary model for {name} (primary {row['primary']})", choices), chosen)
 
     def action_rollback(self) -> None:
         row = self.table.selected()
