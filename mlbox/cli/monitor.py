@@ -119,7 +119,7 @@ def ab(name: Name, last: Last = None, since: Since = None, until: Until = None,
         emit_json(result)
         return
     record({k: result.get(k) for k in ("metric", "direction", "primary", "canary", "difference", "ci_low", "ci_high",
-                                        "confidence", "method", "verdict")}, f"A/B of {name}")  # fmt: skip
+                                        "p_value", "confidence", "method", "verdict")}, f"A/B of {name}")  # fmt: skip
     console.print(f"[bold]{result.get('verdict')}[/bold]")
 
 

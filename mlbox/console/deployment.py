@@ -129,6 +129,7 @@ def ab_summary(result: Row | None) -> Row | None:
         "primary": {"model": primary.get("model"), "n": primary.get("n"), "value": primary.get("value")},
         "canary": {"model": canary.get("model"), "n": canary.get("n"), "value": canary.get("value")},
         "difference": result.get("difference"), "ci_low": result.get("ci_low"), "ci_high": result.get("ci_high"),
+        "p_value": result.get("p_value"),
         "confidence": result.get("confidence"), "rows": sum(rows) if rows else None,
         "more_labels_needed": result.get("more_labels_needed"), "reason": result.get("reason") or "",
         "checked_at": result.get("checked_at") or "", "window": result.get("window") or {},

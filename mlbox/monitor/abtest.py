@@ -6,6 +6,10 @@ resample is drawn exactly as counts of the confusion cells (a multinomial over t
 the distribution of a row resample), O(rounds × cells); for log loss, RMSE, MAE and R² rows
 are resampled by index, O(rounds × n), in chunks.
 
+The p-value comes from the same resamples: twice the smaller share of differences on either side
+of 0 (as 2(k + 1)/(R + 1), never 0), so it agrees with the interval (p < 1 − confidence where the
+interval excludes 0) up to the resamples' resolution; the verdict reads the interval.
+
 The verdict, with `min_effect` the smallest difference that matters:
 - fewer than `MIN_LABELLED` labelled rows on either side, or a metric undefined on either:
   `not enough labels (about N more needed)`;
@@ -67,6 +71,7 @@ class ABVerdict:
     difference: float | None  # canary − primary
     ci_low: float | None
     ci_high: float | None
+    p_value: float | None  # two-sided, from the same resamples as the interval
     confidence: float
     min_effect: float | None
     method: str
@@ -78,7 +83,7 @@ class ABVerdict:
         return {
             "metric": self.metric, "direction": self.direction, "primary": self.primary.as_dict(),
             "canary": self.canary.as_dict(), "difference": self.difference, "ci_low": self.ci_low,
-            "ci_high": self.ci_high, "confidence": self.confidence, "min_effect": self.min_effect,
+            "ci_high": self.ci_high, "p_value": self.p_value, "confidence": self.confidence, "min_effect": self.min_effect,
             "method": self.method, "verdict": self.verdict, "more_labels_needed": self.more_labels_needed,
             "reason": self.reason,
         }  # fmt: skip
@@ -121,6 +126,7 @@ def ab_verdict(
     )
     n_p, n_c = arms[0].n, arms[1].n
     interval: tuple[float, float, float] | None = None  # difference, low, high
+    p_value: float | None = None
     if values[0] is None or values[1] is None or min(n_p, n_c) < 2:
         shortfall = _shortfall(n_p, n_c)
         more: int | None = shortfall
@@ -135,11 +141,22 @@ def ab_verdict(
         tail = (1 - confidence) / 2
         low, high = (float(x) for x in np.quantile(diffs, [tail, 1 - tail])) if len(diffs) else (math.nan, math.nan)
         interval = (values[1] - values[0], low, high)
+        p_value = bootstrap_p(diffs)
         verdict, more, reason = _decide(interval, n_p, n_c, effect, higher)
     difference, ci_low, ci_high = interval or (None, None, None)
     return ABVerdict(metric=metric, direction="higher" if higher else "lower", primary=arms[0],
-                     canary=arms[1], difference=difference, ci_low=ci_low, ci_high=ci_high, confidence=confidence,
+                     canary=arms[1], difference=difference, ci_low=ci_low, ci_high=ci_high, p_value=p_value, confidence=confidence,
                      min_effect=effect, method=method, verdict=verdict, more_labels_needed=more, reason=reason)  # fmt: skip
+
+
+def bootstrap_p(diffs: np.ndarray) -> float | None:
+    """The two-sided bootstrap p-value of "no difference": twice the smaller count k of resampled differences
+    on either side of 0, as 2(k + 1)/(R + 1) of the R resamples (never 0: R resamples cannot tell a p below
+    2/R), at most 1; None without resamples."""
+    if not len(diffs):
+        return None
+    k = min(int(np.count_nonzero(diffs <= 0)), int(np.count_nonzero(diffs >= 0)))
+    return min(1.0, 2 * (k + 1) / (len(diffs) + 1))
 
 
 def _decide(interval: tuple[float, float, float], n_p: int, n_c: int, effect: float, higher: bool) -> tuple[str, int | None, str]:

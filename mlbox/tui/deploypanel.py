@@ -59,6 +59,9 @@ def ab_text(ab: Row | None) -> str:
         level = f"{confidence:.0%} " if isinstance(confidence, (int, float)) else ""
         text += (f": {ab.get('metric')} {_num(ab['difference'], '+.3g')}, {level}CI "
                  f"[{_num(ab.get('ci_low'), '+.3g')}, {_num(ab.get('ci_high'), '+.3g')}]")  # fmt: skip
+        p = ab.get("p_value")
+        if isinstance(p, (int, float)):
+            text += f", p {p:.2g}"
     rows = ab.get("rows")
     return text + (f" ({rows:,} rows)" if isinstance(rows, int) else "")
 

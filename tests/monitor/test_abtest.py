@@ -177,3 +177,26 @@ def test_bad_arguments_raise_usage_errors() -> None:
             ab_verdict(frame, "classification", CLASSES, **kwargs)  # type: ignore[arg-type]
     with pytest.raises(UsageError):
         ab_verdict(frame, "regression", [], metric="accuracy")
+
+
+def test_the_p_value_agrees_with_the_interval_and_with_a_two_proportion_z_test() -> None:
+    clear = ab_verdict(ab_frame(0, 2000, 0.70, 2000, 0.85), "classification", CLASSES)
+    assert clear.p_value == pytest.approx(2 / 2001)  # no resample on the other side of 0: the floor of 2000 resamples
+    for seed, acc in ((21, 0.80), (22, 0.815), (23, 0.83), (24, 0.845)):
+        v = ab_verdict(ab_frame(seed, 2000, 0.80, 2000, acc), "classification", CLASSES)
+        assert v.p_value is not None and v.ci_low is not None and v.ci_high is not None
+        assert (v.p_value < 0.05) == (not v.ci_low <= 0 <= v.ci_high), (seed, v.p_value, v.ci_low, v.ci_high)
+        a, b = v.primary.value, v.canary.value
+        pooled = (a + b) / 2
+        z = (b - a) / math.sqrt(pooled * (1 - pooled) * 2 / 2000)
+        assert v.p_value == pytest.approx(math.erfc(abs(z) / math.sqrt(2)), abs=0.03), (seed, v.p_value)
+        assert v.as_dict()["p_value"] == v.p_value
+
+
+def test_bootstrap_p_counts_the_resamples_on_the_far_side_of_zero() -> None:
+    from mlbox.monitor.abtest import bootstrap_p
+
+    assert bootstrap_p(np.array([0.1] * 999)) == pytest.approx(2 / 1000)
+    assert bootstrap_p(np.array([-1.0, 1.0] * 500)) == 1.0
+    assert bootstrap_p(np.array([-0.1] * 49 + [0.2] * 950)) == pytest.approx(2 * 50 / 1000)
+    assert bootstrap_p(np.array([])) is None
