@@ -41,6 +41,7 @@ WHERE deployment = ? AND ts >= ? {before} {variant} {errors}
 ORDER BY ts DESC, request_id DESC, model DESC, variant DESC LIMIT ?
 """
 EPOCH = datetime.fromtimestamp(0, UTC)
+MIN_US, MAX_US = -30_610_224_000_000_000, 253_402_300_799_999_999  # 1000-01-01 .. 9999-12-31T23:59:59.999999Z (4-digit years)
 BEFORE_SQL = """AND (ts < ? OR (ts = ? AND (request_id < ? OR (request_id = ? AND (model < ? OR (model = ? AND variant < ?))))))"""
 
 
@@ -72,6 +73,8 @@ class Cursor:
             parts = raw[9:].decode().split("\0")
         except (ValueError, struct.error):
             raise bad from None
+        if not MIN_US <= ts_us <= MAX_US:  # a time no record has (and one a datetime cannot hold)
+            raise bad
         if index < len(VARIANTS) and len(parts) == 2:
             return cls(ts_us, parts[0], parts[1], VARIANTS[index])
         if index == 255 and len(parts) == 3:

@@ -16,6 +16,7 @@ previous match (wrapping), the line under the log says which match of how many; 
 
 from __future__ import annotations
 
+import re
 from typing import Any, ClassVar
 
 from rich.highlighter import Highlighter
@@ -46,19 +47,23 @@ def amount(n: int) -> str:
     return f"{n:,} bytes" if n < 100 << 10 else size(n)
 
 
+def pattern(term: str) -> re.Pattern[str]:
+    """The searched text, literally, ignoring case (on the text itself: lowering can change a line's length)."""
+    return re.compile(re.escape(term), re.IGNORECASE)
+
+
 class Found(Highlighter):
     """Marks every case-insensitive occurrence of the searched text in reverse video (no colour needed)."""
 
     def __init__(self, term: str = "") -> None:
-        self.term = term.lower()
+        self.term = term
+        self.pattern = pattern(term)
 
     def highlight(self, text: Text) -> None:
         if not self.term:
             return
-        plain, at = text.plain.lower(), 0
-        while (at := plain.find(self.term, at)) >= 0:
-            text.stylize("reverse", at, at + len(self.term))
-            at += len(self.term)
+        for m in self.pattern.finditer(text.plain):
+            text.stylize("reverse", m.start(), m.end())
 
 
 class LogLines(Log):
@@ -72,6 +77,8 @@ class LogLines(Log):
         super().__init__(max_lines=max_lines, auto_scroll=False, highlight=True, **kwargs)
         self.partial = ""  # the last line, until its newline comes
         self.highlighter = Found()
+        self.dropped = 0  # lines the cap dropped from the top since the log was last cleared
+        self.generation = 0  # how many times it was cleared (a replaced log): line numbers of before mean nothing
 
     def mark_found(self, term: str) -> None:
         """Highlight `term` (empty: nothing) on every line, those drawn already included."""
@@ -80,12 +87,17 @@ class LogLines(Log):
 
     def find(self, term: str, after: int, step: int) -> int | None:
         """The next line (step 1) or previous one (-1) from `after` that holds `term`, wrapping around; None: none does."""
-        lines, low = self.lines, term.lower()
+        lines, found = self.lines, pattern(term)
         for i in range(1, len(lines) + 1):
             y = (after + step * i) % len(lines)
-            if low in lines[y].lower():
+            if found.search(lines[y]):
                 return y
         return None
+
+    def clear(self) -> LogLines:
+        self.dropped, self.generation = 0, self.generation + 1
+        super().clear()
+        return self
 
     def add(self, text: str) -> None:
         """Append raw log text; the view stays on the lines it showed unless following."""
@@ -101,9 +113,10 @@ class LogLines(Log):
     def _put(self, lines: list[str]) -> None:
         before, y = len(self.lines), self.scroll_y
         self.write("".join(f"{line}\n" for line in lines), scroll_end=self.following)
+        dropped = before + len(lines) - len(self.lines)  # the cap dropped lines from the top
+        self.dropped += max(0, dropped)
         if not self.following:
             self.waiting += len(lines)
-            dropped = before + len(lines) - len(self.lines)  # the cap dropped lines from the top
             if dropped > 0:
                 self.scroll_to(y=max(0.0, y - dropped), animate=False, immediate=True)  # keep the same lines in view
 
@@ -141,12 +154,27 @@ class LogScreen(DetailScreen):
     def __init__(self, job_id: int) -> None:
         super().__init__()
         self.term = ""  # the searched text ("": no search)
-        self.match: int | None = None  # the line of the current match
+        self._match: tuple[int, int] | None = None  # the current match: (the log's generation, its line counting dropped ones)
         self.job_id = job_id
         self.end: int | None = None  # where the next read starts (None: read the tail)
         self.last: Row = {}  # the last answer
         self.more = False  # the last read stopped short of the log's end
         self.state_text = ""
+
+    @property
+    def match(self) -> int | None:
+        """The current match's line now (None: none, or dropped by the cap, or the log was replaced since)."""
+        if self._match is None or not self.is_mounted:
+            return None
+        lines = self.lines
+        generation, at = self._match
+        y = at - lines.dropped
+        return y if generation == lines.generation and 0 <= y < len(lines.lines) else None
+
+    @match.setter
+    def match(self, y: int | None) -> None:
+        lines = self.lines
+        self._match = None if y is None else (lines.generation, y + lines.dropped)
 
     def compose(self) -> ComposeResult:
         yield self.header()
@@ -203,13 +231,18 @@ class LogScreen(DetailScreen):
 
     def _state(self) -> None:
         lines, log = self.lines, self.last
+        match = self.match
         if self.term:
-            found = sum(1 for line in lines.lines if self.term.lower() in line.lower())
-            if self.match is None or not found:
+            holds = pattern(self.term).search
+            found = sum(1 for line in lines.lines if holds(line))
+            if not found:
                 text = f"/{printable(self.term)}: no match (esc clears)"
+            elif match is None:
+                many = f"{found:,} match" + ("es" if found != 1 else "")
+                text = f"/{printable(self.term)}: {many} (n next, p previous, esc clears)"
             else:
-                before = sum(1 for line in lines.lines[: self.match + 1] if self.term.lower() in line.lower())
-                where = f"match {before:,} of {found:,}, line {self.match + 1:,}"
+                before = sum(1 for line in lines.lines[: match + 1] if holds(line))
+                where = f"match {before:,} of {found:,}, line {match + 1:,}"
                 text = f"/{printable(self.term)}: {where} (n next, p previous, esc clears)"
         elif self.box_app.paused:
             text = "‖ paused (. resumes)"
@@ -240,8 +273,13 @@ class LogScreen(DetailScreen):
         self.lines.mark_found(self.term)
         self.match = None
         if self.term:
-            self._jump(int(self.lines.scroll_y) - 1, 1)  # the first match from the top of the view down
+            self._jump(self._top() - 1, 1)  # the first match from the top of the view down
         self._state()
+
+    def _top(self) -> int:
+        """The first line in view (scroll_y can run past the lines for a moment after the cap dropped some)."""
+        lines = self.lines
+        return max(0, min(int(lines.scroll_y), len(lines.lines) - lines.size.height))
 
     def _jump(self, after: int, step: int) -> None:
         lines = self.lines
@@ -253,10 +291,10 @@ class LogScreen(DetailScreen):
         self._state()
 
     def action_next_match(self) -> None:
-        self._jump(self.match if self.match is not None else int(self.lines.scroll_y) - 1, 1)
+        self._jump(self.match if self.match is not None else self._top() - 1, 1)
 
     def action_previous_match(self) -> None:
-        self._jump(self.match if self.match is not None else int(self.lines.scroll_y), -1)
+        self._jump(self.match if self.match is not None else self._top(), -1)
 
     def action_close(self) -> None:
         """`esc`: close the search line, else clear the search, else back to the jobs."""

@@ -8,7 +8,8 @@ newest; `v` shows one variant at a time (all → primary → canary → shadow),
 `/` filters the page's rows like every table. The highlighted record is shown in full below the
 table: its request id, entity, every input row and answer, escaped. A reader without
 `features.read_pii` gets the protected inputs as the server gives them: masked, or left out (named
-under the table). The page is read when opened and on `r` only: records stay put while one reads them.
+under the table). The page is read when opened, on `r` and when the screen is back on top (after `?`),
+never on the refresh tick: records stay put while one reads them. Paging keys wait for the page being read.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from rich.text import Text
 from textual.app import ComposeResult
 from textual.binding import Binding, BindingType
 from textual.widgets import Static
+from textual.worker import Worker, WorkerState
 
 from mlbox.monitor.logpage import answer
 from mlbox.tui.screens.base import DetailScreen, TableScreen
@@ -90,7 +92,9 @@ class PredictionsScreen(TableScreen, DetailScreen):
     def __init__(self, deployment: str) -> None:
         super().__init__()
         self.deployment = deployment
-        self.cursors: list[str | None] = [None]  # the cursor of each page up to the one shown (None: the newest)
+        self.cursors: list[str | None] = [None]  # the cursor of each page up to the one asked for (None: the newest)
+        self.shown_cursors: list[str | None] = [None]  # ... up to the one on screen: a failed load goes back to it
+        self.loading = False  # a page is being read: paging keys wait for it (a second `n` must not reuse its cursor)
         self.variant: str | None = None
         self.errors = False
         self.page: Row = {}
@@ -108,10 +112,23 @@ class PredictionsScreen(TableScreen, DetailScreen):
             else:
                 yield widget
 
+    def action_reload(self) -> None:
+        self.loading = True
+        super().action_reload()
+
     def load(self) -> Row:
         return self.client.predictions(self.deployment, PAGE, self.cursors[-1], self.variant, self.errors)
 
+    def on_worker_state_changed(self, event: Worker.StateChanged) -> None:
+        super().on_worker_state_changed(event)
+        # (a load cancelled by a newer one says nothing: the newer one is loading)
+        if event.worker.group == "load" and event.state in (WorkerState.SUCCESS, WorkerState.ERROR):
+            self.loading = False
+            if event.state == WorkerState.ERROR:
+                self.cursors = list(self.shown_cursors)  # the page on screen is still the one its title names
+
     def show(self, data: Row) -> None:
+        self.shown_cursors = list(self.cursors)
         self.page = data
         self.records = list(data["records"])
         self.set_rows([record_row(i, r) for i, r in enumerate(self.records)], bool(data.get("next")))
@@ -130,7 +147,7 @@ class PredictionsScreen(TableScreen, DetailScreen):
         first = (n - 1) * PAGE + 1
         records = f"{first:,}–{first + len(table.all_rows) - 1:,}" if table.all_rows else "none"
         narrowed = " ".join(w for w in (self.variant or "", "errors only" if self.errors else "") if w)
-        of = f" of {int(self.page['total']):,}" + (f" ({narrowed})" if narrowed else "")
+        of = (f" ({narrowed})" if narrowed else "") + f" of {int(self.page['total']):,} logged"
         shown = f"  filter /{table.filter.text}" if table.filter else ""
         keys = "  n: older" if self.more else "  (oldest)"
         keys += "  b: newer" if n > 1 else ""
@@ -151,12 +168,12 @@ class PredictionsScreen(TableScreen, DetailScreen):
 
     def action_more(self) -> None:
         nxt = self.page.get("next") if self.page else None
-        if nxt:
+        if nxt and not self.loading:
             self.cursors.append(str(nxt))
             self._go()
 
     def action_newer(self) -> None:
-        if len(self.cursors) > 1:
+        if len(self.cursors) > 1 and not self.loading:
             self.cursors.pop()
             self._go()
 
@@ -166,7 +183,7 @@ class PredictionsScreen(TableScreen, DetailScreen):
 
     def action_variant(self) -> None:
         self.variant = VARIANTS[(VARIANTS.index(self.variant) + 1) % len(VARIANTS)]
-        self.action_newest()
+        self.action_newest()  # a new narrowing starts from the newest page whatever is loading (exclusive: it wins)
 
     def action_errors(self) -> None:
         self.errors = not self.errors

@@ -379,3 +379,31 @@ def test_every_occurrence_of_the_searched_text_is_marked_in_reverse_video() -> N
     untouched = Text("nothing here")
     Found("").highlight(untouched)
     assert untouched.spans == []
+
+
+def test_a_match_keeps_its_line_while_the_cap_drops_older_ones_and_is_gone_with_its_line(tui_home: Path) -> None:
+    text = numbered(0, 10_100).replace("line 150\n", "line 150 needle\n").replace("line 9000\n", "line 9000 needle\n")
+    job_id, path = start_job(tui_home, text)
+    seen: dict[str, Any] = {}
+
+    async def script(app: MlboxApp, pilot: Pilot[Any]) -> None:
+        screen = await open_log(app, pilot, job_id)
+        log = screen.lines
+        await press(pilot, "slash")
+        await fill(pilot, "needle")
+        seen["first"] = log.lines[screen.match] if screen.match is not None else None
+        append(path, numbered(10_100, 10_140))  # 40 more lines: the cap drops the 40 oldest
+        await press(pilot, "r")
+        seen["kept"] = (log.lines[screen.match] if screen.match is not None else None, screen.state_text)
+        append(path, numbered(10_140, 10_240))  # now line 150 itself goes
+        await press(pilot, "r")
+        seen["gone"] = (screen.match, screen.state_text)
+        await press(pilot, "n")
+        seen["next"] = log.lines[screen.match] if screen.match is not None else None
+
+    drive(tui_home, script)
+    assert seen["first"] == "line 150 needle"
+    kept, state = seen["kept"]
+    assert kept == "line 150 needle" and state.startswith("/needle: match 1 of 2, line ")
+    assert seen["gone"] == (None, "/needle: 1 match (n next, p previous, esc clears)")
+    assert seen["next"] == "line 9000 needle"

@@ -9,6 +9,7 @@ independently of the DuckDB page query. The masking test trains a real model on 
 
 from __future__ import annotations
 
+import json
 import shutil
 import time
 from pathlib import Path
@@ -175,6 +176,8 @@ def test_bad_pages_are_one_clear_error(logged: Path) -> None:
         client.predictions("churn_api", 0)
     with pytest.raises(NotFound, match="no deployment 'nope'"):
         client.predictions("nope", 10)
+    with pytest.raises(UsageError, match="not a page cursor"):  # a time no datetime holds: refused, not a 500
+        client.predictions("churn_api", 10, "f_________8AYQBt")
     for cursor in (Cursor(1_796_000_000_123_456, "req|odd\"id", "churn:1", "primary"), Cursor(-5, "r", "m:1", "blue")):
         assert Cursor.parse(cursor.text()) == cursor
     assert cursor.moment.microsecond == 999_995 and len(Cursor(1_796_000_000_123_456, "3f43c58e1514000000018e",
@@ -243,20 +246,62 @@ def test_the_screen_pages_narrows_and_shows_the_highlighted_record(logged: Path)
         seen["back"] = type(app.screen).__name__
 
     drive(logged, script, size=(100, 30))
-    assert "churn_api: page 1, records 1–100 of 2,000, newest first  n: older" in seen["title1"]
+    assert "churn_api: page 1, records 1–100 of 2,000 logged, newest first  n: older" in seen["title1"]
     assert [r["request_id"] for r in seen["page1"]] == list(want.request_id[:100])
     assert [r["request_id"] for r in seen["page2"]] == list(want.request_id[100:200])
     assert [r["request_id"] for r in seen["page3"]] == list(want.request_id[200:300])
-    assert "page 3, records 201–300 of 2,000" in seen["title3"] and "b: newer" in seen["title3"]
+    assert "page 3, records 201–300 of 2,000 logged" in seen["title3"] and "b: newer" in seen["title3"]
     second = want.iloc[1]
     assert f"request {second.request_id}  {second.variant} {second.model}" in seen["pane"]
     assert "x0=" in seen["pane"] and "→  0=0.25, 1=0.75" in seen["pane"]
     primary_title, primary_rows = seen["canary?"]
-    assert "(primary)" in primary_title and {r["variant"] for r in primary_rows} == {"primary"}
+    assert "records 1–100 (primary) of 2,000 logged" in primary_title and {r["variant"] for r in primary_rows} == {"primary"}
     errors_title, error_rows = seen["errors"]
     assert "(canary errors only)" in errors_title and error_rows
     assert {r["variant"] for r in error_rows} == {"canary"} and all(r["error"] for r in error_rows)
     assert seen["back"] == "DeploymentsScreen"
+
+
+class SlowClient(LocalClient):
+    """A client whose log pages take a while (a remote box over a slow link), and fail when told to."""
+
+    fail = False
+
+    def predictions(self, *args: Any, **kwargs: Any) -> dict[str, Any]:
+        time.sleep(0.3)
+        if self.fail:
+            raise UsageError("the link went down")
+        return super().predictions(*args, **kwargs)
+
+
+def test_paging_keys_wait_for_the_page_being_read_and_a_failed_read_keeps_the_page(logged: Path) -> None:
+    import asyncio
+
+    from ._pilot import settle
+
+    want = expected(logged)
+    client = SlowClient(load_settings(logged, environ=ENVIRON), os_user=OS_USER)
+    app = MlboxApp(client, refresh_s=60)
+    seen: dict[str, Any] = {}
+
+    async def go() -> None:
+        async with app.run_test(size=(100, 30)) as pilot:
+            await settle(pilot)
+            await press(pilot, "4", "p")
+            await pilot.press("n", "n", "n")  # while page 2 is read: the second and third wait for nothing
+            await settle(pilot)
+            seen["title"], seen["rows"] = title(app), table_rows(app)
+            client.fail = True
+            await pilot.press("n")
+            await pilot.pause(0.8)  # the read fails (settle would re-raise the worker's error)
+            await pilot.pause()
+            seen["failed"] = (title(app), table_rows(app), list(app.screen.cursors))  # type: ignore[attr-defined]
+
+    asyncio.run(go())
+    assert "page 2, records 101–200" in seen["title"]
+    assert [r["request_id"] for r in seen["rows"]] == list(want.request_id[100:200])
+    failed_title, failed_rows, cursors = seen["failed"]
+    assert "page 2, records 101–200" in failed_title and failed_rows == seen["rows"] and len(cursors) == 2
 
 
 # protected inputs ----------------------------------------------------------------------------------
@@ -281,16 +326,30 @@ def pii_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
         raw = {"experiment": "pii", "model": "pii_churn", "task": "classification", "target": "churned", "flavor": "sklearn",
                "data": {"labels": "data/labels.csv", "timestamp": "event_ts",
                         "features": ["customer_profile:age", "customer_profile:region"]}, "device": "cpu", "params": {}}  # fmt: skip
+        # the same columns from a plain file: a shadow whose own lineage names no protected field
+        pd.DataFrame({"age": [30, 41, 29, 55] * 50, "region": ["ajman", "dubai"] * 100, "churned": [0, 1, 1, 0] * 50}
+                     ).to_parquet(home / "plain.parquet")  # fmt: skip
+        plain = {**raw, "model": "pii_plain", "data": {"path": "plain.parquet"}}
         with threadpool_limits(limits=1):
-            train(parse_spec(raw, "pii spec", home), store=fs, tracking=box.tracking, registry=box.registry, actor=OS_USER,
-                  register=True)  # fmt: skip
+            for spec_ in (raw, plain):
+                train(parse_spec(spec_, "pii spec", home), store=fs, tracking=box.tracking, registry=box.registry,
+                      actor=OS_USER, register=True)  # fmt: skip
         box.identity.add_user(OS_USER, "vic", "viewer", os_user="vic")
         box.deployments.create("pii_api", "pii_churn:1", OS_USER)
+        box.deployments.shadow("pii_api", "pii_plain:1", OS_USER)
         writer = PredictionLog(box.paths.predictions, box.db, flush_seconds=3600)
-        rows = [{"age": 41, "region": "ajman"}, {"age": 29, "region": "dubai"}]
-        writer.extend([Record(time.time(), "req-1", "pii_api", "pii_churn:1", "primary", False, 1.0,
-                              orjson.dumps([{"customer_id": 1001}, {"customer_id": 1002}]).decode(),
-                              orjson.dumps(rows).decode(), orjson.dumps([{"0": 0.9, "1": 0.1}] * 2).decode(), None)])  # fmt: skip
+        rows = orjson.dumps([{"age": 41, "region": "ajman"}, {"age": 29, "region": "dubai"}]).decode()
+        now, answer_ = time.time(), orjson.dumps([{"0": 0.9, "1": 0.1}] * 2).decode()
+        writer.extend([
+            Record(now, "req-1", "pii_api", "pii_churn:1", "primary", False, 1.0,
+                   orjson.dumps([{"customer_id": 1001}, {"customer_id": 1002}]).decode(), rows, answer_, None),
+            Record(now - 1, "req-1", "pii_api", "pii_plain:1", "shadow", True, 1.0, None, rows, answer_, None),
+            Record(now - 2, "req-2", "pii_api", "pii_churn:1", "primary", False, 1.0,  # sticky by a protected input
+                   orjson.dumps([{"region": "ajman"}]).decode(), orjson.dumps([{"age": 41, "region": "ajman"}]).decode(),
+                   orjson.dumps([{"0": 0.9, "1": 0.1}]).decode(), None),
+            Record(now - 3, "req-3", "pii_api", "pii_churn:1", "primary", False, 1.0, None, "[]", None,
+                   "422 validation: field 'region' must be one of 'abu dhabi', 'ajman', got 'sharjah'"),
+        ])  # fmt: skip
         writer.close()
     finally:
         box.close()
@@ -308,6 +367,20 @@ def test_a_reader_without_read_pii_gets_the_protected_inputs_masked(pii_home: Pa
     assert viewer["records"][0]["inputs"] == [{"age": 41, "region": "***"}, {"age": 29, "region": "***"}]
     assert viewer["disclosure"] == "mask" and viewer["masked"] == ["region"]
     assert viewer["records"][0]["entity"] == [{"customer_id": 1001}, {"customer_id": 1002}]
+
+
+def test_a_shadow_record_a_sticky_entity_and_an_error_text_hide_the_protected_values_too(pii_home: Path) -> None:
+    """The shadow's own lineage names no protected field, but its record holds the primary's inputs; a sticky key
+    that is a protected input is an entity value; a validation error quotes the value sent."""
+    admin, viewer = ({(r["request_id"], r["variant"]): r for r in inputs_as(pii_home, user)["records"]}
+                     for user in (OS_USER, "vic"))  # fmt: skip
+    assert admin[("req-1", "shadow")]["inputs"][0]["region"] == "ajman"
+    assert viewer[("req-1", "shadow")]["inputs"] == [{"age": 41, "region": "***"}, {"age": 29, "region": "***"}]
+    assert admin[("req-2", "primary")]["entity"] == [{"region": "ajman"}]
+    assert viewer[("req-2", "primary")]["entity"] == [{"region": "***"}]
+    assert "sharjah" in admin[("req-3", "primary")]["error"]
+    assert viewer[("req-3", "primary")]["error"] == "422 validation: (withheld: the message may quote a protected input)"
+    assert not any("ajman" in json.dumps(r) or "sharjah" in json.dumps(r) for r in viewer.values())
 
 
 def test_under_refuse_the_protected_inputs_are_left_out_and_named(pii_home: Path) -> None:
