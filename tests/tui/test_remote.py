@@ -266,13 +266,20 @@ def test_every_change_driven_through_the_screens_remotely(world: World) -> None:
         await apply_with(app, pilot, "watch it")
         await press(pilot, "W", *["right"] * 6, "enter")  # 100/0 -> 70/30
         await apply_with(app, pilot, "step")
+        seen["weighted"] = world.latest("deploy.canary")["details"]["reason"]
+        await press(pilot, "C")
+        assert isinstance(app.screen, Choose)  # churn:2 only: churn:1 is the primary (and archived)
+        await press(pilot, "enter", "right", "right", "enter")  # the canary's model kept, 70/30 -> 60/40
+        await apply_with(app, pilot, "canary up")
+        seen["canary"] = table_rows(app)[0]["split"]
         await press(pilot, "R")
         await apply_with(app, pilot, "errors up")
         seen["deployment"] = table_rows(app)[0]
 
     drive(world.client("mel"), deployments)
     assert (seen["deployment"]["shadow"], seen["deployment"]["split"]) == ("churn:2", "100/0")
-    for action, reason in (("deploy.shadow", "watch it"), ("deploy.canary", "step"), ("deploy.rollback", "errors up")):
+    assert seen["weighted"] == "step" and seen["canary"] == "60/40"
+    for action, reason in (("deploy.shadow", "watch it"), ("deploy.canary", "canary up"), ("deploy.rollback", "errors up")):
         entry = world.latest(action)
         assert (entry["actor"], entry["details"]["reason"], entry["details"]["via"]) == ("mel", reason, "http")
 
