@@ -1,10 +1,13 @@
-"""Regenerate the README's pictures of `mlbox tui`: docs/img/pulse.{svg,png} and docs/img/deployments.{svg,png}.
+"""Regenerate the pictures of `mlbox tui`: docs/img/pulse, deployments (the README's) and predictions (docs/tui.md).
 
 Run from a checkout: `.venv/bin/python docs/tools/tui_screenshots.py`. It makes a throwaway box in a
 temporary directory (the quickstart's `tabular-classification` project, two small xgboost versions of
-`churn`, a deployment with a 10% canary, two queued jobs and a drift check), all done by an admin
-`ada` so no OS user name is in the pictures. It drives the app with Pilot at 100×30, saves each screen
-with the app's own `save_screenshot` (SVG), and turns each SVG into a PNG with headless chromium.
+`churn`, a deployment with a 10% canary and churn:2 as its shadow, two queued jobs and a drift check),
+all done by an admin `ada` so no OS user name is in the pictures. 600 requests are answered by the
+real models and logged through the real prediction-log sidecar (which runs the shadow), labelled, and
+checked by `mlbox monitor ab` and `quality`'s own code, so the Deployments panel has something to say.
+It drives the app with Pilot at 100×30, saves each screen with the app's own `save_screenshot` (SVG),
+and turns each SVG into a PNG with headless chromium.
 """
 
 import asyncio
@@ -62,21 +65,64 @@ def make_box(home: Path) -> None:
             "canary": {"model": "churn:2", "rows": 60, "drifted": False, "share": 0.0, "features": {"x0": {"drifted": False}}},
         }}  # fmt: skip
         Records(box.db).add_check("churn_api", "drift", drift, "drift", ADMIN)
+        box.deployments.shadow("churn_api", "churn:2", ADMIN)
+        traffic(box, home)
     finally:
         box.close()
+
+
+def traffic(box: Box, home: Path, n: int = 600) -> None:
+    """`n` requests answered by the real models, logged through the real sidecar (shadow included), labelled, checked."""
+    import io
+    import time
+
+    import orjson
+
+    from mlbox.monitor.window import Window
+    from mlbox.serve.labels import ingest_labels
+    from mlbox.serve.predlog.sidecar import Sidecar, Signatures
+    from mlbox.serve.predlog.wire import Record, encode_frame
+    from mlbox.serve.predlog.writer import PredictionLog
+    from mlbox.serve.runtime import ModelCache
+    from mlbox.serve.validation import encode_rows
+
+    rng, now = np.random.default_rng(1), time.time()
+    models = ModelCache(box.registry, 1)
+    records, shadows, labels = [], [], []
+    for i in range(n):
+        variant = "canary" if i % 10 == 0 else "primary"
+        row = {f"x{k}": round(float(rng.normal(scale=0.8)), 3) for k in range(3)}
+        model = models.get("churn:2" if variant == "canary" else "churn:1")
+        outputs = model.outputs(model.predict(encode_rows(model.signature, [row], "rows", levels=True)))
+        request = f"{i:08x}{int(rng.integers(1 << 48)):012x}"
+        records.append(Record(now - (n - i) * 30.0, request, "churn_api", model.ref, variant, False,
+                              float(rng.gamma(4, 0.4)), orjson.dumps([{"customer_id": 1000 + i % 200}]).decode(),
+                              orjson.dumps([row]).decode(), orjson.dumps(outputs).decode(), None))  # fmt: skip
+        if variant == "primary":
+            shadows.append((len(records) - 1, "churn:2"))
+        labels.append(f"{request},{int(row['x0'] + 0.5 * row['x1'] + 0.3 * rng.logistic() > 0)}\n")
+    log = PredictionLog(box.paths.predictions, box.db, flush_seconds=3600, signature_of=Signatures(box.registry).get)
+    Sidecar(log, ModelCache(box.registry, 1), lambda line: None).run(io.BytesIO(encode_frame(records, shadows)))
+    path = home / "labels.csv"
+    path.write_text("request_id,label\n" + "".join(labels))
+    ingest_labels(box.db, box.audit, box.paths.predictions, "churn_api", path, ADMIN)
+    box.monitor.ab("churn_api", Window.parse(), actor=ADMIN, rounds=2000)
+    box.monitor.quality("churn_api", Window.parse(), actor=ADMIN)
 
 
 async def shoot(home: Path) -> list[Path]:
     app = MlboxApp(LocalClient(load_settings(home, environ=ENVIRON), os_user=ADMIN), refresh_s=60)
     saved = []
     async with app.run_test(size=SIZE) as pilot:
-        for key, name in ((None, "pulse"), ("4", "deployments")):
-            if key:
+        # predictions: `v` once shows the primary's records (the sidecar logs every shadow answer at its own time,
+        # after the requests it mirrors, so the newest page of this log is shadows only)
+        for keys, name in (((), "pulse"), (("4",), "deployments"), (("p", "v", "down"), "predictions")):
+            for key in keys:
                 await pilot.press(key)
-            for _ in range(3):  # the screen's load runs in a worker: wait for it and its paint
-                await pilot.pause()
-                await app.workers.wait_for_complete()
-            await pilot.pause()
+                for _ in range(3):  # the screen's load runs in a worker: wait for it and its paint
+                    await pilot.pause()
+                    await app.workers.wait_for_complete()
+            await pilot.pause(0.2)
             saved.append(Path(app.save_screenshot(f"{name}.svg", path=str(OUT))))
     return saved
 

@@ -67,6 +67,8 @@ def record_text(r: Mapping[str, Any] | None) -> Text:
 
 
 def _compact(value: Any) -> str:
+    if isinstance(value, list) and value and all(isinstance(v, dict) for v in value):
+        return "; ".join(_compact(v) for v in value)  # an entity per row
     if isinstance(value, dict):
         return ", ".join(f"{k}={_compact(v)}" for k, v in value.items())
     if isinstance(value, float):
@@ -94,7 +96,7 @@ class PredictionsScreen(TableScreen, DetailScreen):
         self.deployment = deployment
         self.cursors: list[str | None] = [None]  # the cursor of each page up to the one asked for (None: the newest)
         self.shown_cursors: list[str | None] = [None]  # ... up to the one on screen: a failed load goes back to it
-        self.loading = False  # a page is being read: paging keys wait for it (a second `n` must not reuse its cursor)
+        self.reading = False  # a page is being read: paging keys wait for it (a second `n` must not reuse its cursor)
         self.variant: str | None = None
         self.errors = False
         self.page: Row = {}
@@ -113,7 +115,7 @@ class PredictionsScreen(TableScreen, DetailScreen):
                 yield widget
 
     def action_reload(self) -> None:
-        self.loading = True
+        self.reading = True
         super().action_reload()
 
     def load(self) -> Row:
@@ -123,7 +125,7 @@ class PredictionsScreen(TableScreen, DetailScreen):
         super().on_worker_state_changed(event)
         # (a load cancelled by a newer one says nothing: the newer one is loading)
         if event.worker.group == "load" and event.state in (WorkerState.SUCCESS, WorkerState.ERROR):
-            self.loading = False
+            self.reading = False
             if event.state == WorkerState.ERROR:
                 self.cursors = list(self.shown_cursors)  # the page on screen is still the one its title names
 
@@ -168,12 +170,12 @@ class PredictionsScreen(TableScreen, DetailScreen):
 
     def action_more(self) -> None:
         nxt = self.page.get("next") if self.page else None
-        if nxt and not self.loading:
+        if nxt and not self.reading:
             self.cursors.append(str(nxt))
             self._go()
 
     def action_newer(self) -> None:
-        if len(self.cursors) > 1 and not self.loading:
+        if len(self.cursors) > 1 and not self.reading:
             self.cursors.pop()
             self._go()
 

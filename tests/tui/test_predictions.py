@@ -217,6 +217,14 @@ def title(app: MlboxApp) -> str:
     return str(app.screen.query_one("#title", Static).render())
 
 
+def drawn(app: MlboxApp) -> str:
+    """The screen as its SVG export draws it, as text."""
+    import re
+
+    svg = app.export_screenshot()
+    return "".join(t.replace("&#160;", " ") for t in re.findall(r">([^<]*)</text>", svg))
+
+
 def pane(app: MlboxApp) -> str:
     return str(app.screen.query_one("#record", Static).render())
 
@@ -234,6 +242,7 @@ def test_the_screen_pages_narrows_and_shows_the_highlighted_record(logged: Path)
         seen["page1"] = table_rows(app)
         await press(pilot, "down")
         seen["pane"] = pane(app)
+        seen["drawn"] = drawn(app)
         await press(pilot, "n", "n")
         seen["title3"], seen["page3"] = title(app), table_rows(app)
         await press(pilot, "b")
@@ -247,6 +256,8 @@ def test_the_screen_pages_narrows_and_shows_the_highlighted_record(logged: Path)
 
     drive(logged, script, size=(100, 30))
     assert "churn_api: page 1, records 1–100 of 2,000 logged, newest first  n: older" in seen["title1"]
+    # what the terminal shows, header and footer included (a widget's `loading` overlay once blanked them)
+    assert "mlbox › deployments › churn_api › predictions" in seen["drawn"] and " n older  b newer" in seen["drawn"]
     assert [r["request_id"] for r in seen["page1"]] == list(want.request_id[:100])
     assert [r["request_id"] for r in seen["page2"]] == list(want.request_id[100:200])
     assert [r["request_id"] for r in seen["page3"]] == list(want.request_id[200:300])
