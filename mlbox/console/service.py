@@ -202,13 +202,13 @@ class Console:
     # changes: the CLI command's own service call, with the reason carried into its audit entry -----------------
     def set_canary_weight(self, name: str, weight: float, reason: str) -> Row:
         """`mlbox deploy canary NAME --model <its canary> --weight W`."""
-        who = self._require("deploy canary")
+        self._require("deploy canary")
         current = self.box.deployments.get(name)
         if not current.canary_model:
             from mlbox.errors import Conflict
 
             raise Conflict(f"deployment {name!r} has no canary", hint="`mlbox deploy canary NAME --model M` adds one")
-        return deployment_row(self._deploys(reason).canary(name, current.canary_model, weight, who.name).as_dict())
+        return self.set_canary(name, current.canary_model, weight, reason)
 
     def set_canary(self, name: str, model: str, weight: float, reason: str) -> Row:
         """`mlbox deploy canary NAME --model M --weight W`: a canary (a new one, or another model) at `weight` percent."""

@@ -18,7 +18,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from mlbox.errors import NotFound
-from mlbox.features.privacy import locations, masked_value
+from mlbox.features.privacy import masked_value, protected
 from mlbox.monitor.logpage import page
 from mlbox.security.roles import disclosure
 
@@ -56,7 +56,8 @@ def protected_inputs(box: Box, models: set[str]) -> dict[str, dict[str, str]]:
     """model ref -> {input column: dtype} of its inputs fed by a protected field ({"*": ""}: unknown lineage)."""
     if not models:
         return {}
-    guarded = {f"{r['view']}:{r['field']}": str(r["dtype"]) for r in locations(box.features.catalog, {})["fields"]}
+    # the protected fields alone (`locations` would also scan every recorded training set, on each page read)
+    guarded = {f"{v.ref}:{name}": dtype for v in box.features.catalog.versions() for name, dtype in protected(v).items()}
     out: dict[str, dict[str, str]] = {}
     for ref in models:
         try:

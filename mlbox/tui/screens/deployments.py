@@ -198,10 +198,8 @@ class DeploymentsScreen(TableScreen):
 
     async def _pick_canary(self, row: dict[str, Any]) -> None:
         """`C`: choose the canary's model, then its weight in the split editor, then confirm."""
-        try:
-            models = await asyncio.to_thread(self.client.models)
-        except MlboxError as exc:
-            self.problem(exc)
+        models = await self._versions()
+        if models is None:
             return
         current = str(row["canary"] or "")
         now = "  (the canary now)"
@@ -265,10 +263,8 @@ class DeploymentsScreen(TableScreen):
         self.run_worker(self._pick_shadow(dict(row)), exclusive=True, group="pick", exit_on_error=False)
 
     async def _pick_shadow(self, row: dict[str, Any]) -> None:
-        try:
-            models = await asyncio.to_thread(self.client.models)  # a read: off the event loop like every other
-        except MlboxError as exc:
-            self.problem(exc)
+        models = await self._versions()
+        if models is None:
             return
         taken = {row["primary"], row["shadow"]}
         choices = [(str(m["model"]), f"{m['model']}  {m['aliases']}".rstrip()) for m in models
@@ -299,6 +295,14 @@ class DeploymentsScreen(TableScreen):
             self.app.push_screen(Confirm(change), lambda reason: self._confirmed(work, reason))
 
         self.app.push_screen(Choose(f"Shadow model for {name} (primary {row['primary']})", choices), chosen)
+
+    async def _versions(self) -> list[Row] | None:
+        """The model versions to choose from (a read: off the event loop like every other); None after an error."""
+        try:
+            return await asyncio.to_thread(self.client.models)
+        except MlboxError as exc:
+            self.problem(exc)
+            return None
 
     def _confirmed(self, work: Any, reason: str | None) -> None:
         if reason is not None:
