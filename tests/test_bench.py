@@ -54,9 +54,12 @@ def test_bench_serve_quick(monkeypatch: pytest.MonkeyPatch) -> None:
     assert 0 < hot.mlbox < 100, hot  # measured; the <= 5 us target is the full run's to judge on a quiet machine
 
 
-def _round(unloaded_p99: float, capacity_rps: float, flood_p99: float, shed: int, errors: int = 0) -> dict[str, dict[str, float]]:
+def _round(
+    unloaded_p99: float, capacity_rps: float, flood_p99: float, shed: int, errors: int = 0, closed: tuple[int, int] = (0, 0)
+) -> dict[str, dict[str, float]]:
+    """`closed`: the capacity loop's non-200 answers and how many of them were 429."""
     return {"unloaded": {"p99_ms": unloaded_p99, "errors": 0, "requests": 1000, "rps": 1000.0},
-            "capacity": {"rps": capacity_rps, "requests": 1000, "errors": 0},
+            "capacity": {"rps": capacity_rps, "requests": 1000, "errors": closed[0], "shed": closed[1]},
             "flood": {"p99_ms": flood_p99, "shed": shed, "requests": 1000, "errors": errors, "ok_rps": 500.0,
                       "send_lag_p99_ms": 0.1, "rate": 2 * capacity_rps, "shed_p99_ms": flood_p99 / 2}}  # fmt: skip
 
@@ -77,6 +80,17 @@ def test_overload_rows_are_medians_of_rounds_with_the_2x_target() -> None:
     assert errors.mlbox == 1.0 and errors.ok is False  # errors are summed: one is a failure
     assert overload.ok_rps({"rps": 1000.0, "requests": 100, "errors": 25}) == 750.0
     assert pinning.mlbox == 1.0 and "sidecar on cpu 0" in pinning.name and "alone on cpu 1" in pinning.name
+
+
+def test_a_429_in_a_closed_loop_is_a_shed_answer_and_any_other_non_200_an_error() -> None:
+    from mlbox.bench import overload
+    from mlbox.bench.report import Recorder
+
+    for closed, expected in (((3, 3), 0.0), ((3, 1), 2.0)):
+        rec = Recorder(None, None)
+        overload.overload_rows([_round(2.0, 1000.0, 3.0, 400, closed=closed)], 2.0, rec)
+        errors = rec.rows[5]
+        assert errors.unit == "errors" and errors.mlbox == expected and errors.ok is (expected == 0)
 
 
 def test_overload_pins_the_worker_apart_from_the_load_generator_when_it_can() -> None:

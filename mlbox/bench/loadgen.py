@@ -3,7 +3,8 @@
     python -m mlbox.bench.loadgen PORT PATH CONCURRENCY SECONDS BODY_FILE [TOKEN]
     python -m mlbox.bench.loadgen PORT PATH --rate RATE SECONDS BODY_FILE [TOKEN]
 
-Prints one JSON line: requests, req/s, p50/p99/max latency in ms, non-200 count. Closed
+Prints one JSON line: requests, req/s, p50/p99/max latency in ms, non-200 count (`errors`) and how
+many of those were 429 (`shed`). Closed
 loop (CONCURRENCY): each connection sends its next request as soon as the previous answer
 is complete; the run ends after SECONDS, preceded by a one-second warm-up. Open loop
 (`--rate`): request i is due at i/RATE seconds whatever the server does, sent on an idle
@@ -55,6 +56,7 @@ class _Conn(asyncio.Protocol):
             self.stats["lat"].append(now - self.t0)
             if status != 200:
                 self.stats["errors"] += 1
+                self.stats["shed"] += status == 429
             if now < self.deadline:
                 self._send()
             else:
@@ -78,7 +80,7 @@ def post_request(port: int, path: str, body: bytes, token: str = "") -> bytes:
 async def run(port: int, path: str, concurrency: int, seconds: float, body: bytes, token: str = "") -> dict[str, Any]:
     request = post_request(port, path, body, token)
     loop = asyncio.get_running_loop()
-    stats: dict[str, Any] = {"lat": [], "errors": 0, "open": concurrency}
+    stats: dict[str, Any] = {"lat": [], "errors": 0, "shed": 0, "open": concurrency}
     done: asyncio.Future[None] = loop.create_future()
     started = time.perf_counter()
     deadline = started + seconds
@@ -93,7 +95,7 @@ async def run(port: int, path: str, concurrency: int, seconds: float, body: byte
         return lat[min(n - 1, int(p * n))] * 1000 if n else float("nan")
 
     return {"concurrency": concurrency, "requests": n, "rps": n / elapsed, "p50_ms": pct(0.5), "p99_ms": pct(0.99),
-            "max_ms": lat[-1] * 1000 if n else float("nan"), "errors": stats["errors"]}  # fmt: skip
+            "max_ms": lat[-1] * 1000 if n else float("nan"), "errors": stats["errors"], "shed": stats["shed"]}  # fmt: skip
 
 
 PREOPEN = 256  # open-loop connections opened before the run; more are opened when all are busy
