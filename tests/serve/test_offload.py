@@ -127,7 +127,7 @@ def test_the_sidecar_runs_below_its_worker_in_its_own_session_too(home: Path) ->
         assert os.getsid(pid) != os.getsid(0)  # a session (and so an autogroup) of its own
         group = Path(f"/proc/{pid}/autogroup").read_text().split()
         assert group[-2:] == ["nice", "19"], group
-        assert Path(f"/proc/self/autogroup").read_text().split()[-1] != "19"  # ours is untouched
+        assert group[0] != Path("/proc/self/autogroup").read_text().split()[0]  # its own group, not ours
         assert os.sched_getscheduler(pid) == os.SCHED_IDLE
         assert os.getpriority(os.PRIO_PROCESS, pid) == 19
     finally:
@@ -144,9 +144,12 @@ from mlbox.serve.predlog import sidecar
 print(sidecar.background(Path({str(tmp_path / "none")!r})))
 print(os.getpriority(os.PRIO_PROCESS, 0), os.sched_getscheduler(0) == os.SCHED_IDLE)
 """
-    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True).stdout.splitlines()
+    run = [sys.executable, "-c", script]
+    out = subprocess.run(run, capture_output=True, text=True, check=True, start_new_session=True).stdout.splitlines()
     assert out[0].startswith("['autogroup: ") and "No such file" in out[0]  # said, not raised
     assert out[1] == "19 True"  # the rest is set all the same
+    led = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True).stdout.splitlines()
+    assert "not a session leader" in led[0]  # run in the caller's session (by hand): the caller's group is left alone
     writes: list[str] = []
 
     class Busy:  # the kernel takes one unprivileged autogroup change per 100 ms, machine-wide: EAGAIN meanwhile
@@ -161,6 +164,7 @@ print(os.getpriority(os.PRIO_PROCESS, 0), os.sched_getscheduler(0) == os.SCHED_I
     assert sidecar.AUTOGROUP_TRIES >= 3
     pid = os.fork()
     if pid == 0:  # lowering a priority is for good: done in a child
+        os.setsid()  # leading a session of its own, as the sidecar does
         os._exit(0 if sidecar.background(Busy()) == [] and writes == ["19\n"] * 3 else 1)  # type: ignore[arg-type]
     assert os.waitpid(pid, 0)[1] == 0
 

@@ -177,7 +177,9 @@ def background(proc: Path = Path("/proc/self")) -> list[str]:
     preempts it at once. The threads it starts later inherit the last two.
     """
     missed = []
-    for attempt in range(AUTOGROUP_TRIES):
+    if os.getsid(0) != os.getpid():  # not its own session (run by hand): the group is the caller's, left alone
+        missed.append("autogroup: not a session leader")
+    for attempt in range(AUTOGROUP_TRIES if not missed else 0):
         try:
             (proc / "autogroup").write_text(f"{NICE}\n")
             break
@@ -187,7 +189,8 @@ def background(proc: Path = Path("/proc/self")) -> list[str]:
             missed.append(f"autogroup: {exc.strerror or exc}")
             break
     else:
-        missed.append("autogroup: busy (EAGAIN)")
+        if not missed:
+            missed.append("autogroup: busy (EAGAIN)")
     os.setpriority(os.PRIO_PROCESS, 0, NICE)
     try:
         os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
