@@ -176,27 +176,28 @@ def background(proc: Path = Path("/proc/self")) -> list[str]:
     the session's autogroup nice, the process's nice, and SCHED_IDLE, under which a waking worker
     preempts it at once. The threads it starts later inherit the last two.
     """
-    missed = []
-    if os.getsid(0) != os.getpid():  # not its own session (run by hand): the group is the caller's, left alone
-        missed.append("autogroup: not a session leader")
-    for attempt in range(AUTOGROUP_TRIES if not missed else 0):
-        try:
-            (proc / "autogroup").write_text(f"{NICE}\n")
-            break
-        except BlockingIOError:  # EAGAIN: the kernel takes one unprivileged change per 100 ms, machine-wide
-            time.sleep(0.05 * (attempt + 1))
-        except OSError as exc:  # no autogroup (a kernel without it): nothing groups the two apart then
-            missed.append(f"autogroup: {exc.strerror or exc}")
-            break
-    else:
-        if not missed:
-            missed.append("autogroup: busy (EAGAIN)")
+    missed = [] if (why := _lower_autogroup(proc)) is None else [f"autogroup: {why}"]
     os.setpriority(os.PRIO_PROCESS, 0, NICE)
     try:
         os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
     except (OSError, AttributeError) as exc:  # not Linux
         missed.append(f"SCHED_IDLE: {exc}")
     return missed
+
+
+def _lower_autogroup(proc: Path) -> str | None:
+    """Set this session's autogroup nice to NICE; None when done, else why not."""
+    if os.getsid(0) != os.getpid():  # not its own session (run by hand): the group is the caller's, left alone
+        return "not a session leader"
+    for attempt in range(AUTOGROUP_TRIES):
+        try:
+            (proc / "autogroup").write_text(f"{NICE}\n")
+            return None
+        except BlockingIOError:  # EAGAIN: the kernel takes one unprivileged change per 100 ms, machine-wide
+            time.sleep(0.05 * (attempt + 1))
+        except OSError as exc:  # no autogroup (a kernel without it): nothing groups the two apart then
+            return str(exc.strerror or exc)
+    return "busy (EAGAIN)"
 
 
 def main(argv: list[str]) -> int:
