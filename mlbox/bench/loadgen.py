@@ -1,7 +1,7 @@
-"""A minimal keep-alive HTTP/1.1 load generator on raw asyncio sockets (loopback only).
+"""A minimal keep-alive HTTP/1.1 load generator on raw sockets (loopback only).
 
     python -m mlbox.bench.loadgen PORT PATH CONCURRENCY SECONDS BODY_FILE [TOKEN]
-    python -m mlbox.bench.loadgen PORT PATH --rate RATE SECONDS BODY_FILE [TOKEN]
+    python -m mlbox.bench.loadgen PORT PATH --rate RATE SECONDS BODY_FILE [TOKEN] [--spin]
 
 Prints one JSON line: requests, req/s, p50/p99/max latency in ms, non-200 count (`errors`) and how
 many of those were 429 (`shed`). Closed
@@ -9,7 +9,9 @@ loop (CONCURRENCY): each connection sends its next request as soon as the previo
 is complete; the run ends after SECONDS, preceded by a one-second warm-up. Open loop
 (`--rate`): request i is due at i/RATE seconds whatever the server does, sent on an idle
 keep-alive connection or a new one, and its latency counts from when it was due (no
-coordinated omission); the answers are split into 200s, 429s and anything else.
+coordinated omission); the answers are split into 200s, 429s and anything else. The closed
+loop runs on asyncio protocols; the open loop on one epoll loop (see `flood`), and `--spin` makes it
+busy-poll so each request leaves when due (give it a CPU of its own).
 """
 
 from __future__ import annotations
@@ -17,6 +19,8 @@ from __future__ import annotations
 import asyncio
 import gc
 import json
+import select
+import socket
 import sys
 import time
 from typing import Any
@@ -101,123 +105,171 @@ async def run(port: int, path: str, concurrency: int, seconds: float, body: byte
 PREOPEN = 256  # open-loop connections opened before the run; more are opened when all are busy
 
 
-class _OpenConn(asyncio.Protocol):
+class _Sock:
     """One keep-alive connection of the open-loop generator: one request at a time, back to the idle pool after."""
 
-    def __init__(self, flood: _Flood) -> None:
-        self.flood = flood
-        self.buf = bytearray()
-        self.due = 0.0
-        self.transport: Any = None
+    __slots__ = ("sock", "buf", "due", "open", "connected")
 
-    def connection_made(self, transport: Any) -> None:
-        self.transport = transport
+    def __init__(self, sock: socket.socket, connected: bool) -> None:
+        self.sock, self.buf, self.due, self.open, self.connected = sock, bytearray(), 0.0, True, connected
 
-    def send(self, due: float) -> None:
-        self.due = due
-        self.transport.write(self.flood.request)
 
-    def data_received(self, data: bytes) -> None:
-        self.buf += data
-        head_end = self.buf.find(b"\r\n\r\n")
-        if head_end < 0:
-            return
-        head = bytes(self.buf[:head_end]).lower()
-        at = head.find(b"content-length:")
-        end = head_end + 4 + (int(head[at + 15 :].split(b"\r\n", 1)[0]) if at >= 0 else 0)
-        if len(self.buf) < end:
-            return
-        del self.buf[:end]
-        self.flood.answered(self, int(head[9:12]), time.perf_counter() - self.due)
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self.flood.lost(self)
+def _answer(buf: bytearray) -> int:
+    """The status of the complete answer at the start of `buf` (removed from it), or 0 while it is incomplete."""
+    head_end = buf.find(b"\r\n\r\n")
+    if head_end < 0:
+        return 0
+    head = bytes(buf[:head_end]).lower()
+    at = head.find(b"content-length:")
+    end = head_end + 4 + (int(head[at + 15 :].split(b"\r\n", 1)[0]) if at >= 0 else 0)
+    if len(buf) < end:
+        return 0
+    del buf[:end]
+    return int(head[9:12])
 
 
 class _Flood:
-    """Open-loop state: the idle connections, the answers by kind, and requests still unanswered."""
+    """The open loop's state: the schedule, the connections (idle ones in a pool), and the answers by kind.
 
-    def __init__(self, request: bytes, deadline: float) -> None:
-        self.request, self.deadline = request, deadline
-        self.idle: list[_OpenConn] = []
-        self.busy: set[_OpenConn] = set()
+    One epoll loop over non-blocking sockets, not asyncio: at several thousand requests a second an
+    asyncio loop is itself the bottleneck and sends late (its timers are whole milliseconds under uvloop,
+    so requests left in bursts, each burst's last one up to a millisecond late: the client's delay, counted
+    as the server's). Due requests are sent between any two answers read, so a burst of answers does not
+    hold them back, and an answer's time is when the poll that reported it returned (every answer in one
+    poll had arrived by then; reading them one by one would add the reading to the later ones).
+    """
+
+    def __init__(self, port: int, request: bytes, rate: float, seconds: float, preopen: int = PREOPEN) -> None:
+        self.port, self.request, self.rate = port, request, rate
+        self.poller = select.epoll()
+        self.conns: dict[int, _Sock] = {}
+        self.idle = [self._connect(blocking=True) for _ in range(preopen)]  # before the clock: a connect is no latency
         self.ok: list[float] = []
         self.shed: list[float] = []
-        self.errors = 0
-        self.outstanding = 0
+        self.lags: list[float] = []  # how late each request left this process: the client's own share of a latency
+        self.errors = self.outstanding = self.sent = 0
+        self.started = time.perf_counter()
+        self.deadline = self.started + seconds
+        self.due = self.started
 
-    def answered(self, conn: _OpenConn, status: int, seconds: float) -> None:
-        self.outstanding -= 1
-        self.busy.discard(conn)
-        (self.ok if status == 200 else self.shed if status == 429 else []).append(seconds)
-        if status not in (200, 429):
+    def _connect(self, blocking: bool = False) -> _Sock:
+        """A new connection; during the run a non-blocking connect, its request sent once it is writable."""
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        if blocking:
+            sock.connect(("127.0.0.1", self.port))
+        sock.setblocking(False)
+        connected = blocking or sock.connect_ex(("127.0.0.1", self.port)) == 0
+        conn = self.conns[sock.fileno()] = _Sock(sock, connected)
+        self.poller.register(sock.fileno(), select.EPOLLIN | (0 if connected else select.EPOLLOUT))
+        return conn
+
+    def send_due(self, now: float) -> None:
+        """Send every request due by `now`, each on an idle connection or, when none is, a new one."""
+        while self.due <= now and self.due < self.deadline:
+            due, self.sent = self.due, self.sent + 1
+            self.due = self.started + self.sent / self.rate
+            while self.idle and not self.idle[-1].open:  # closed by the server while idle
+                self.idle.pop()
+            try:
+                conn = self.idle.pop() if self.idle else self._connect()  # the client never waits for the server
+            except OSError:
+                self.errors += 1
+                continue
+            conn.due = due
+            self.outstanding += 1
+            if conn.connected:  # else sent once its connect completes (`read`)
+                try:
+                    self._send(conn)
+                except OSError:
+                    self._lost(conn)
+
+    def _send(self, conn: _Sock) -> None:
+        if conn.sock.send(self.request) < len(self.request):  # an idle connection's send buffer is empty: never short
+            raise OSError("short send")
+        self.lags.append(time.perf_counter() - conn.due)
+
+    def read(self, fd: int, events: int, polled: float) -> None:
+        """Handle one socket the poll reported at `polled`: its connect completing, or (part of) an answer."""
+        conn = self.conns.get(fd)
+        if conn is None:
+            return
+        if not conn.connected and events & select.EPOLLOUT:
+            conn.connected = True
+            self.poller.modify(fd, select.EPOLLIN)
+            try:
+                self._send(conn)
+            except OSError:
+                self._lost(conn)
+            return
+        try:
+            data = conn.sock.recv(65536)
+        except OSError:
+            data = b""
+        if not data:  # closed (before its answer, if one was due: an error)
+            self._lost(conn)
+            return
+        conn.buf += data
+        status = _answer(conn.buf)
+        if not status:
+            return
+        if status in (200, 429):
+            (self.ok if status == 200 else self.shed).append(polled - conn.due)
+        else:
             self.errors += 1
+        self.outstanding -= 1
+        conn.due = 0.0
         self.idle.append(conn)
 
-    def lost(self, conn: _OpenConn) -> None:
-        if conn in self.busy:  # closed before its answer: an error
-            self.busy.discard(conn)
-            self.outstanding -= 1
+    def _lost(self, conn: _Sock) -> None:
+        if conn.due:
             self.errors += 1
-        if conn in self.idle:
-            self.idle.remove(conn)
+            self.outstanding -= 1
+        self.close(conn)
+
+    def close(self, conn: _Sock) -> None:
+        if self.conns.pop(conn.sock.fileno(), None) is not None:
+            self.poller.unregister(conn.sock.fileno())
+        conn.sock.close()
+        conn.open = False
 
 
-async def _send_on_new(loop: asyncio.AbstractEventLoop, state: _Flood, port: int, due: float) -> None:
-    try:
-        _, conn = await loop.create_connection(lambda: _OpenConn(state), "127.0.0.1", port)
-    except OSError:
-        state.outstanding -= 1
-        state.errors += 1
-        return
-    state.busy.add(conn)
-    conn.send(due)
+def flood(
+    port: int, path: str, rate: float, seconds: float, body: bytes, token: str = "", spin: bool = False, preopen: int = PREOPEN
+) -> dict[str, Any]:
+    """Requests due at `rate` per second for `seconds`, each sent when due; then every answer is awaited.
 
-
-async def flood(port: int, path: str, rate: float, seconds: float, body: bytes, token: str = "") -> dict[str, Any]:
-    """Requests due at `rate` per second for `seconds`, each sent when due; then every answer is awaited."""
-    request = post_request(port, path, body, token)
-    loop = asyncio.get_running_loop()
-    started = time.perf_counter()
-    state = _Flood(request, started + seconds)
-    for _ in range(PREOPEN):  # connected before the clock starts: a connect is not a request's latency
-        state.idle.append((await loop.create_connection(lambda: _OpenConn(state), "127.0.0.1", port))[1])
-    started = time.perf_counter()
-    state.deadline = started + seconds
-    sent = 0
-    lags: list[float] = []  # how late each request left this process: the client's own share of a latency
-    connecting: set[asyncio.Task[None]] = set()
-    while (now := time.perf_counter()) < state.deadline:
-        due_count = int((now - started) * rate) - sent
-        for _ in range(due_count):
-            due = started + sent / rate
-            sent += 1
-            state.outstanding += 1
-            if state.idle:
-                conn = state.idle.pop()
-                state.busy.add(conn)
-                conn.send(due)
-                lags.append(time.perf_counter() - due)
-            else:  # the client never waits for the server: one more connection, the schedule going on meanwhile
-                connecting.add(loop.create_task(_send_on_new(loop, state, port, due)))
-                connecting = {t for t in connecting if not t.done()}
-        await asyncio.sleep(0.0005)
-    end = time.perf_counter() + 30
-    while state.outstanding > 0 and time.perf_counter() < end:
-        await asyncio.sleep(0.005)
-    elapsed = time.perf_counter() - started
-    for conn in [*state.idle, *state.busy]:
-        conn.transport.close()
-    ok = sorted(state.ok)
+    `spin` polls without sleeping, as wrk2 does: a request leaves within microseconds of when it is
+    due. Use it only with a CPU of its own (the overload bench pins one); without, the poll sleeps
+    until the next request is due, to the millisecond.
+    """
+    state = _Flood(port, post_request(port, path, body, token), rate, seconds, preopen)
+    give_up = state.deadline + 30
+    while True:
+        now = time.perf_counter()
+        state.send_due(now)
+        if (state.due >= state.deadline and state.outstanding == 0) or now > give_up:
+            break
+        timeout = 0.0 if spin else max(0.0, state.due - now) if state.due < state.deadline else 0.005
+        events = state.poller.poll(timeout)
+        polled = time.perf_counter()
+        for fd, mask in events:
+            state.send_due(time.perf_counter())  # a burst of answers does not hold a due request back
+            state.read(fd, mask, polled)
+    elapsed = time.perf_counter() - state.started
+    for conn in list(state.conns.values()):
+        state.close(conn)
+    state.poller.close()
+    ok, shed = sorted(state.ok), sorted(state.shed)
     n = len(ok)
+    return {"rate": rate, "requests": state.sent, "ok": n, "shed": len(shed), "errors": state.errors + state.outstanding,
+            "ok_rps": n / elapsed, "p50_ms": _pct(ok, 0.5), "p99_ms": _pct(ok, 0.99), "max_ms": ok[-1] * 1000 if n else float("nan"),
+            "shed_p99_ms": _pct(shed, 0.99), "send_lag_p99_ms": _pct(sorted(state.lags), 0.99), "spin": spin}  # fmt: skip
 
-    def pct(p: float) -> float:
-        return ok[min(n - 1, int(p * n))] * 1000 if n else float("nan")
 
-    return {"rate": rate, "requests": sent, "ok": n, "shed": len(state.shed), "errors": state.errors + state.outstanding,
-            "ok_rps": n / elapsed, "p50_ms": pct(0.5), "p99_ms": pct(0.99), "max_ms": ok[-1] * 1000 if n else float("nan"),
-            "shed_p99_ms": sorted(state.shed)[int(0.99 * len(state.shed))] * 1000 if state.shed else float("nan"),
-            "send_lag_p99_ms": sorted(lags)[int(0.99 * len(lags))] * 1000 if lags else float("nan")}  # fmt: skip
+def _pct(ordered: list[float], p: float) -> float:
+    """The p-quantile of sorted seconds, in ms (NaN when there are none)."""
+    return ordered[min(len(ordered) - 1, int(p * len(ordered)))] * 1000 if ordered else float("nan")
 
 
 def main() -> None:
@@ -225,7 +277,7 @@ def main() -> None:
     open_loop = third == "--rate"
     args = sys.argv[4:] if open_loop else sys.argv[3:]
     level, seconds, body_file = float(args[0]), float(args[1]), args[2]
-    token = args[3] if len(args) > 3 else ""
+    token = args[3] if len(args) > 3 and args[3] != "--spin" else ""
     body = open(body_file, "rb").read()
     gc.disable()
     try:
@@ -235,7 +287,7 @@ def main() -> None:
     except ImportError:
         pass
     if open_loop:
-        print(json.dumps(asyncio.run(flood(port, path, level, seconds, body, token))))
+        print(json.dumps(flood(port, path, level, seconds, body, token, spin="--spin" in sys.argv)))
         return
     asyncio.run(run(port, path, int(level), 1.0, body, token))
     print(json.dumps(asyncio.run(run(port, path, int(level), seconds, body, token))))

@@ -70,7 +70,7 @@ def serve(
     ] = False,
     queue_ms: Annotated[
         float, typer.Option("--queue-ms", min=0.1, help="serve.max_queue_ms of the server flooded by --overload.")
-    ] = 2.0,
+    ] = 0.3,
     no_pin: Annotated[
         bool, typer.Option("--no-pin", help="--overload: let the load generator share the serving worker's CPUs.")
     ] = False,
