@@ -150,6 +150,22 @@ def test_many_entities_in_one_lookup(fs: FeatureStore) -> None:
     assert [g["x"] for g in got] == [i * 3 if 0 <= i < n else None for i in ids]
 
 
+def test_many_entity_rows_with_odd_keys_are_judged_one_by_one(fs: FeatureStore) -> None:
+    """Plain in-range ints take the fast path; anything else in a multi-row lookup gets `coerce_key`'s verdict."""
+    fs.apply([Entity("customer", {"customer_id": "int64"}), FeatureView("p", "customer", "ts", (Field("x", "int64"),))])
+    fs.ingest("p", pd.DataFrame({"customer_id": range(5), "ts": T0, "x": [10, 11, 12, 13, 14]}))
+    fs.materialize()
+    assert [g["x"] for g in online_rows(fs, ["p:x"], [{"customer_id": 1}, {"customer_id": "3"}, {"customer_id": 4.0}])] == [11, 13, 14]
+    # rows with different keys: each column has a value per row (None where a row lacks it)
+    got = fs.get_online_features(["p:x"], [{"customer_id": 1, "tag": "a"}, {"customer_id": 2}])
+    assert got == {"customer_id": [1, 2], "tag": ["a", None], "x": [11, 12]}
+    for bad, match in ((True, "integer"), (2**63, "int64 range"), (-(2**63) - 1, "int64 range"), (1.5, "integer")):
+        with pytest.raises(ValidationError, match=match):
+            online_rows(fs, ["p:x"], [{"customer_id": 1}, {"customer_id": bad}])
+    with pytest.raises(ValidationError, match="lacks join key 'customer_id'"):
+        online_rows(fs, ["p:x"], [{"customer_id": 1}, {"other": 2}])
+
+
 def test_online_uses_the_transformation_output_and_unmaterialized_view_is_not_found(fs: FeatureStore) -> None:
     fs.apply([Entity("customer", {"customer_id": "int64"}), D.USAGE])
     with pytest.raises(NotFound, match="materialize"):
