@@ -8,8 +8,9 @@ and floods the server with it at FLOOD_FACTOR x: request i is due at i/rate what
 does, and its latency counts from when it was due. Reported, each the median of its rounds: the
 admitted p99 over the unloaded p99 (target <= 2), the same over the open loop's light-load p99
 (the same generator unloaded: on a VM it includes an idle vCPU's wake-up, which a closed loop
-never sees), the share answered 429, and other errors (target 0, summed). `serve.max_queue_ms` is the latency budget the server admits by: the bench sets
-it (`--queue-ms`) as a latency-sensitive deployment would.
+never sees), the share answered 429, and other errors (target 0, summed). `serve.max_queue_ms`
+is the latency budget the server admits by: the bench sets it (`--queue-ms`) as a
+latency-sensitive deployment would.
 
 As load tests are run (wrk on another machine), the load generator does not share the
 server's cores: with two or more usable CPUs, once the server is ready every thread of its
@@ -196,8 +197,8 @@ def overload_rows(rounds: list[dict[str, Any]], queue_ms: float, rec: Recorder, 
                 f"{100 * light_shed:.2f}% answered 429; flood admitted p99 = {light_ratio:.2f}x it (median of {n} rounds)",
                 light_ratio, None, "x open-loop unloaded p99", "report", None))  # fmt: skip
     rec.add(Row(f"flood: share answered 429 with Retry-After (median of {n} rounds)", 100 * shed, None, "%", "report", None))
-    # a 429 answered from the request head runs no app code: its latency is what the flood itself costs this machine
-    # (client, kernel, scheduling), the floor under any admitted request's
+    # a 429 answered from the request head runs no app code; its p99 is mostly the requests that arrived during a
+    # stall of the machine, found a queue and were refused (docs/serving.md)
     rec.add(Row(f"flood: p99 of the 429s, the flood's own floor; mlbox is the admitted p99 (median of {n} rounds)", admitted,
                 shed_p99, "ms", "report", None, "429 p99"))  # fmt: skip
     rec.add(Row(f"open and closed loops: answers neither 200 nor 429, or none (sum of {n} rounds)", float(errors), None,

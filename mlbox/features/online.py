@@ -22,13 +22,12 @@ exactly as in the point-in-time join at a label time of now.
 
 from __future__ import annotations
 
-from operator import itemgetter
-
 import struct
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from functools import cached_property
+from operator import itemgetter
 from pathlib import Path
 from typing import Any
 
@@ -344,8 +343,8 @@ class OnlineStore:
 
     def _many(self, lookup: Lookup, entity_keys: Sequence[Any], flat: bool = False) -> list[Any]:
         """Rows of several entities in the order asked (None for unknown ones), by IN lists of 500."""
-        nkeys, conn = len(lookup.keys), self.db.conn.cursor()
-        conn.row_factory = None  # plain tuples, read by position: a sqlite3.Row costs about 0.1 us more per row
+        nkeys, cursor = len(lookup.keys), self.db.conn.cursor()
+        cursor.row_factory = None  # plain tuples, read by position: a sqlite3.Row costs about 0.1 us more per row
         if nkeys == 1:  # keyed by the bare value, rows mapped by C-level zip/map: no Python step per row
             values = entity_keys if flat else [k for (k,) in entity_keys]
             # an IN list answers a repeated key once: only lists past one chunk need them unique
@@ -354,7 +353,7 @@ class OnlineStore:
             for start in range(0, len(unique), 500):
                 part = unique[start : start + 500]
                 where = f"{q(lookup.keys[0])} IN ({','.join('?' * len(part))})"
-                rows = conn.execute(f"SELECT {lookup.select} FROM {q(lookup.table)} WHERE {where}", part).fetchall()
+                rows = cursor.execute(f"SELECT {lookup.select} FROM {q(lookup.table)} WHERE {where}", part).fetchall()
                 position.update(zip(map(itemgetter(0), rows), rows))
             return list(map(position.get, values))
         keyed = list(dict.fromkeys(entity_keys))
@@ -363,7 +362,7 @@ class OnlineStore:
             part = keyed[start : start + 500]
             one = "(" + ",".join("?" * nkeys) + ")"
             where = f"({', '.join(q(k) for k in lookup.keys)}) IN (VALUES {','.join([one] * len(part))})"
-            rows = conn.execute(f"SELECT {lookup.select} FROM {q(lookup.table)} WHERE {where}", [v for k in part for v in k]).fetchall()
+            rows = cursor.execute(f"SELECT {lookup.select} FROM {q(lookup.table)} WHERE {where}", [v for k in part for v in k]).fetchall()
             found.update({tuple(r[:nkeys]): r for r in rows})
         return [found.get(k) for k in entity_keys]
 

@@ -366,13 +366,10 @@ class FeatureStore:
         now = None
         for lookup, _names, key_types, ref in online_plan.lookups:
             try:
-                flat = False
-                if len(key_types) == 1:
+                flat = len(key_types) == 1  # one join key: its bare values, no 1-tuples
+                if flat:
                     ((k, t),) = key_types.items()
-                    keys: Sequence[Any] | None = _int_keys(result.get(k), t)
-                    flat = keys is not None
-                    if keys is None:
-                        keys = [(coerce_key(row[k], t, k),) for row in entity_rows]
+                    keys: Sequence[Any] = _int_keys(result.get(k), t) or [coerce_key(row[k], t, k) for row in entity_rows]
                 else:
                     keys = [tuple([coerce_key(row[k], t, k) for k, t in key_types.items()]) for row in entity_rows]
             except KeyError as exc:
