@@ -19,6 +19,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from mlbox.api.jsonrows import fits
 from mlbox.console.records import PAGE, Pulse, Server, Verified
 from mlbox.console.service import Console, TrafficCache
 from mlbox.errors import NotFound, PermissionDenied, ValidationError
@@ -174,8 +175,9 @@ def console_routes(ref: ContextRef, guarded: Wrap, json: Json, read_body: Callab
             alias, expect = body["alias"], body.get("expect")
             if not isinstance(alias, str):
                 raise ValidationError('"alias" must be a string such as "production"')
-            if expect is not None and (isinstance(expect, bool) or not isinstance(expect, int)):
+            if expect is not None and not fits(expect, "int64"):  # 2.0 is an integer to JSON Schema, and to the document
                 raise ValidationError('"expect" must be the version the alias holds now, or null when it holds none')
+            expect = None if expect is None else int(expect)
             return await run(actor, lambda c: c.promote_model(ref_, alias, expect, _reason(body)))
         check_keys(body, {"reason"}, set())
         return await run(actor, lambda c: c.archive_model(ref_, _reason(body)))

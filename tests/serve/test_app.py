@@ -94,6 +94,15 @@ def test_bad_request_gets_the_error_envelope(api: AsgiClient, tokens: dict[str, 
     assert_error(response, case.status, case.code, case.mentions)
 
 
+def test_promote_expect_takes_any_json_integer(api: AsgiClient, tokens: dict[str, str]) -> None:
+    """`expect` is an integer in the document, and 1.0 is one to JSON Schema (schemathesis sent 2.0): accepted as 1."""
+    url, admin = "/v1/console/models/churn:1/promote", bearer(tokens, "admin")
+    assert api.post(url, json={"alias": "staging", "expect": None}, headers=admin).status_code == 200
+    assert api.post(url, json={"alias": "staging", "expect": 1.0}, headers=admin).status_code == 200  # compare-and-set on 1
+    for bad in (1.5, True, "1"):
+        assert_error(api.post(url, json={"alias": "staging", "expect": bad}, headers=admin), 422, "invalid", ('"expect"',))
+
+
 def test_bad_requests_change_nothing(api: AsgiClient, app_home: Path) -> None:
     """The management cases above all failed: `bad` is still at revision 1 with no canary or shadow."""
     with open_box(app_home) as box:
